@@ -1,0 +1,353 @@
+//! `Equipment`: a machine (PLC, robot cell, conveyor…) that one agent drives.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    common::{Condition, Duration, LocalRef, Time, ValueType},
+    value::Value,
+};
+
+/// Most properties one Equipment may declare; keeps CEL rule cost inside the API server budget.
+pub const MAX_PROPERTIES: usize = 64;
+/// Most actions one Equipment may declare.
+pub const MAX_ACTIONS: usize = 32;
+/// Most parameters one action may declare.
+pub const MAX_PARAMETERS: usize = 16;
+/// Most property writes one action may perform.
+pub const MAX_WRITES: usize = 16;
+
+/// A machine one agent drives: how to reach it, the properties it exposes with their setpoints
+/// and interlock limits, and the actions an operator may run on it.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "shopfloor.io",
+    version = "v1alpha1",
+    kind = "Equipment",
+    plural = "equipment",
+    namespaced,
+    derive = "PartialEq",
+    status = "EquipmentStatus",
+    shortname = "eq",
+    category = "shopfloor",
+    printcolumn(name = "Agent", type_ = "string", json_path = ".spec.agentRef.name"),
+    printcolumn(name = "Slice", type_ = "string", json_path = ".spec.networkSliceRef.name", priority = 1),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Applied", type_ = "string", json_path = ".status.appliedRevision", description = "Configuration revision the agent applied"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "(has(self.modbusTcp) ? 1 : 0) + (has(self.simulated) ? 1 : 0) == 1", "message": "exactly one protocol block (modbusTcp or simulated) must be set", "fieldPath": ".modbusTcp"},
+    {"rule": "!has(self.modbusTcp) || self.properties.all(p, has(p.modbus))", "message": "every property of modbusTcp equipment needs a modbus mapping", "fieldPath": ".properties"},
+    {"rule": "self.properties.all(p, self.properties.exists_one(q, q.name == p.name))", "message": "property names must be unique", "fieldPath": ".properties"},
+    {"rule": "self.actions.all(a, self.actions.exists_one(b, b.name == a.name))", "message": "action names must be unique", "fieldPath": ".actions"},
+    {"rule": "self.actions.all(a, a.writes.all(w, self.properties.exists(p, p.name == w.property && p.access == 'ReadWrite')))", "message": "every action write must name a ReadWrite property of this equipment", "fieldPath": ".actions"},
+    {"rule": "!has(self.simulated) || !has(self.simulated.initial) || self.simulated.initial.all(k, self.properties.exists(p, p.name == k))", "message": "simulated.initial may only name declared properties", "fieldPath": ".simulated.initial"}
+]))]
+pub struct EquipmentSpec {
+    /// The EdgeAgent that drives this equipment.
+    pub agent_ref: LocalRef,
+    /// Reach the equipment over Modbus TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modbus_tcp: Option<ModbusTcp>,
+    /// An in-process device model on the agent, for demos, training and tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulated: Option<Simulated>,
+    /// The values the equipment exposes (its twin).
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub properties: Vec<Property>,
+    /// Named operations an operator may run with a ControlCommand.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    pub actions: Vec<Action>,
+    /// How often the agent reads and reports the properties.
+    #[serde(default)]
+    pub reporting: Reporting,
+    /// The NetworkSlice this equipment's traffic rides on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_slice_ref: Option<LocalRef>,
+}
+
+/// Modbus TCP endpoint of the equipment, as seen from the agent's host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModbusTcp {
+    /// Host name or IP address.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    #[serde(default = "default_modbus_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+    /// Modbus unit (slave) identifier.
+    #[serde(default = "default_unit_id")]
+    #[schemars(range(min = 0, max = 255))]
+    pub unit_id: u8,
+    /// Per-request timeout (Go duration, default `1s`).
+    #[serde(default = "default_request_timeout")]
+    #[schemars(length(max = 32))]
+    pub timeout: Duration,
+}
+
+fn default_modbus_port() -> u16 {
+    502
+}
+
+fn default_unit_id() -> u8 {
+    1
+}
+
+fn default_request_timeout() -> Duration {
+    std::time::Duration::from_secs(1).into()
+}
+
+/// A simulated device: the agent keeps its register values in memory.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Simulated {
+    /// Value of each property at start, by property name; unset properties start at zero/false.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub initial: BTreeMap<String, Value>,
+}
+
+/// Whether operators may write a property.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Access {
+    #[default]
+    ReadOnly,
+    ReadWrite,
+}
+
+/// One value the equipment exposes: a measurement, a state or a setpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.min) || !has(self.max) || self.min <= self.max", "message": "min must not exceed max", "fieldPath": ".min"},
+    {"rule": "self.type != 'Bool' || (!has(self.min) && !has(self.max))", "message": "min and max apply to Int and Float properties only", "fieldPath": ".min"},
+    {"rule": "!has(self.desired) || self.access == 'ReadWrite'", "message": "desired can only be set on a ReadWrite property", "fieldPath": ".desired"},
+    {"rule": "!has(self.desired) || self.type == 'Bool' || !has(self.min) || double(self.desired) >= self.min", "message": "desired is below min", "fieldPath": ".desired"},
+    {"rule": "!has(self.desired) || self.type == 'Bool' || !has(self.max) || double(self.desired) <= self.max", "message": "desired is above max", "fieldPath": ".desired"},
+    {"rule": "!has(self.modbus) || self.access == 'ReadOnly' || self.modbus.table == 'Coil' || self.modbus.table == 'HoldingRegister'", "message": "a ReadWrite property must map to a Coil or a HoldingRegister", "fieldPath": ".modbus.table"},
+    {"rule": "!has(self.modbus) || (self.type == 'Bool') == (self.modbus.table == 'Coil' || self.modbus.table == 'DiscreteInput')", "message": "Bool properties map to Coil or DiscreteInput, Int and Float properties to registers", "fieldPath": ".modbus.table"}
+]))]
+pub struct Property {
+    #[schemars(length(min = 1, max = 63), regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_: ValueType,
+    #[serde(default)]
+    pub access: Access,
+    /// Where the value lives in the Modbus address space (required for modbusTcp equipment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modbus: Option<ModbusMapping>,
+    /// Setpoint the agent writes and keeps; only for ReadWrite properties.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<Value>,
+    /// Interlock: lowest value any write may set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Interlock: highest value any write may set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// Engineering unit for display, e.g. `degC`, `m/s`, `rpm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub unit: Option<String>,
+}
+
+/// The four Modbus data tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum ModbusTable {
+    Coil,
+    DiscreteInput,
+    InputRegister,
+    HoldingRegister,
+}
+
+/// How a register value is laid out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RegisterType {
+    #[default]
+    U16,
+    I16,
+    /// Two registers, high word first.
+    U32,
+    /// Two registers, high word first.
+    I32,
+    /// IEEE 754 single precision in two registers, high word first.
+    F32,
+}
+
+/// Location and scaling of a property in the Modbus address space. The engineering value is
+/// `raw * scale + offset`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.scale != 0.0", "message": "scale must not be zero", "fieldPath": ".scale"},
+    {"rule": "!has(self.registerType) || self.registerType == 'U16' || self.table == 'InputRegister' || self.table == 'HoldingRegister'", "message": "registerType applies to registers only", "fieldPath": ".registerType"}
+]))]
+pub struct ModbusMapping {
+    pub table: ModbusTable,
+    /// Zero-based address in the table.
+    #[schemars(range(min = 0, max = 65535))]
+    pub address: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub register_type: Option<RegisterType>,
+    #[serde(default = "one")]
+    pub scale: f64,
+    #[serde(default)]
+    pub offset: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// A named operation: typed parameters and the property writes it performs, in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.name != 'read' && self.name != 'write'", "message": "read and write are built-in actions and cannot be redeclared", "fieldPath": ".name"},
+    {"rule": "self.parameters.all(p, self.parameters.exists_one(q, q.name == p.name))", "message": "parameter names must be unique", "fieldPath": ".parameters"},
+    {"rule": "self.writes.all(w, !has(w.parameter) || self.parameters.exists(p, p.name == w.parameter))", "message": "a write's parameter must be declared in parameters", "fieldPath": ".writes"}
+]))]
+pub struct Action {
+    #[schemars(length(min = 1, max = 63), regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    #[serde(default)]
+    #[schemars(length(max = 16))]
+    pub parameters: Vec<Parameter>,
+    /// The property writes the action performs, in order.
+    #[schemars(length(min = 1, max = 16))]
+    pub writes: Vec<ActionWrite>,
+    /// How long the agent may take to execute the action (Go duration, default `5s`).
+    #[serde(default = "default_action_timeout")]
+    #[schemars(length(max = 32))]
+    pub timeout: Duration,
+}
+
+fn default_action_timeout() -> Duration {
+    std::time::Duration::from_secs(5).into()
+}
+
+/// A typed action parameter.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.min) || !has(self.max) || self.min <= self.max", "message": "min must not exceed max", "fieldPath": ".min"},
+    {"rule": "self.type != 'Bool' || (!has(self.min) && !has(self.max))", "message": "min and max apply to Int and Float parameters only", "fieldPath": ".min"}
+]))]
+pub struct Parameter {
+    #[schemars(length(min = 1, max = 63), regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_: ValueType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// One property write of an action: the value comes from a parameter or is a constant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.parameter) != has(self.value)", "message": "set exactly one of parameter or value"}
+]))]
+pub struct ActionWrite {
+    /// The ReadWrite property to write.
+    #[schemars(length(min = 1, max = 63))]
+    pub property: String,
+    /// Take the value from this parameter of the command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub parameter: Option<String>,
+    /// Write this constant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+}
+
+/// Telemetry cadence (KubeEdge calls this `reportCycle`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "duration(self.interval) >= duration('100ms')", "message": "interval must be at least 100ms", "fieldPath": ".interval"}
+]))]
+pub struct Reporting {
+    /// How often properties are read and reported (Go duration, default `1s`).
+    #[serde(default = "default_report_interval")]
+    #[schemars(length(max = 32))]
+    pub interval: Duration,
+}
+
+fn default_report_interval() -> Duration {
+    std::time::Duration::from_secs(1).into()
+}
+
+impl Default for Reporting {
+    fn default() -> Self {
+        Self { interval: default_report_interval() }
+    }
+}
+
+/// Observed state of an Equipment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EquipmentStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::common::conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// Configuration revision whose results `applied` shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_revision: Option<String>,
+    /// Result of applying each desired setpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub applied: Vec<PropertyApplyStatus>,
+    /// Last value read from the equipment, per property.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub reported: Vec<ReportedValue>,
+}
+
+/// Outcome of applying one desired setpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ApplyResult {
+    /// Written and read back equal.
+    Applied,
+    /// Not applied yet (agent offline or retrying).
+    Pending,
+    /// Outside the agent's local safety envelope; never written.
+    Rejected,
+    /// The device refused or could not be reached.
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PropertyApplyStatus {
+    pub property: String,
+    pub desired: Value,
+    pub result: ApplyResult,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_back: Option<Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportedValue {
+    pub property: String,
+    pub value: Value,
+    pub observed_at: Time,
+}

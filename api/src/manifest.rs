@@ -1,0 +1,254 @@
+//! Reading Shopfloor objects from YAML manifests, as an operator writes them for `kubectl apply`.
+//!
+//! Used by the standalone folder store and by `kubectl shopfloor validate`. A document that cannot
+//! be read is reported with its file, its position in the file and the field at fault; documents
+//! of other kinds (a Namespace in the same file, say) are skipped, not refused.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use crate::{
+    common::API_VERSION,
+    control_command::ControlCommand,
+    edge_agent::EdgeAgent,
+    equipment::Equipment,
+    network_slice::NetworkSlice,
+    validate::{Invalid, Validate},
+};
+
+/// One Shopfloor object read from a manifest.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    EdgeAgent(EdgeAgent),
+    Equipment(Equipment),
+    NetworkSlice(NetworkSlice),
+    ControlCommand(ControlCommand),
+}
+
+impl Object {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::EdgeAgent(_) => "EdgeAgent",
+            Object::Equipment(_) => "Equipment",
+            Object::NetworkSlice(_) => "NetworkSlice",
+            Object::ControlCommand(_) => "ControlCommand",
+        }
+    }
+
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Object::EdgeAgent(o) => &o.metadata,
+            Object::Equipment(o) => &o.metadata,
+            Object::NetworkSlice(o) => &o.metadata,
+            Object::ControlCommand(o) => &o.metadata,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.metadata().name.as_deref().unwrap_or_default()
+    }
+
+    pub fn namespace(&self) -> Option<&str> {
+        self.metadata().namespace.as_deref()
+    }
+
+    /// Runs [`Validate`] on the object.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        match self {
+            Object::EdgeAgent(o) => o.validate(),
+            Object::Equipment(o) => o.validate(),
+            Object::NetworkSlice(o) => o.validate(),
+            Object::ControlCommand(o) => o.validate(),
+        }
+    }
+}
+
+/// Where a document came from: file and 1-based index of the document in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub file: PathBuf,
+    pub document: usize,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (document {})", self.file.display(), self.document)
+    }
+}
+
+/// A document that could not be turned into a Shopfloor object.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{source_}: not valid YAML: {error}")]
+    Yaml { source_: Source, error: serde_yaml::Error },
+    #[error("{source_}: {kind} {object}: {field}: {message}")]
+    Field { source_: Source, kind: String, object: String, field: String, message: String },
+    #[error("{source_}: apiVersion `{found}` is not served for {kind}; use `{API_VERSION}`")]
+    Version { source_: Source, kind: String, found: String },
+    #[error("{0}")]
+    Invalid(Box<InvalidAt>),
+    #[error("cannot read {path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+}
+
+/// A parsed object that failed [`Validate`], with where it came from.
+#[derive(Debug)]
+pub struct InvalidAt {
+    pub source: Source,
+    pub invalid: Invalid,
+}
+
+impl fmt::Display for InvalidAt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.source, self.invalid)
+    }
+}
+
+/// A document read from a manifest: an object with its source, or why it could not be read.
+pub type Loaded = Result<(Source, Object), ManifestError>;
+
+#[derive(Deserialize)]
+struct Head {
+    #[serde(rename = "apiVersion", default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    metadata: HeadMeta,
+}
+
+#[derive(Deserialize, Default)]
+struct HeadMeta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+/// Reads every Shopfloor object in a YAML text of one or more documents, without validating
+/// them. Documents of other kinds and empty documents are skipped.
+pub fn parse(file: &Path, text: &str) -> Vec<Loaded> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let source = Source { file: file.to_owned(), document: i + 1 };
+        let value = match serde_yaml::Value::deserialize(doc) {
+            Ok(serde_yaml::Value::Null) => continue,
+            Ok(v) => v,
+            Err(error) => {
+                out.push(Err(ManifestError::Yaml { source_: source, error }));
+                // A syntax error leaves the stream unusable; later documents cannot be trusted.
+                break;
+            }
+        };
+        if let Some(loaded) = parse_value(source, value) {
+            out.push(loaded);
+        }
+    }
+    out
+}
+
+fn parse_value(source: Source, value: serde_yaml::Value) -> Option<Loaded> {
+    let head: Head = match serde_yaml::from_value(value.clone()) {
+        Ok(h) => h,
+        Err(e) => {
+            return Some(Err(ManifestError::Field {
+                source_: source,
+                kind: "document".into(),
+                object: "?".into(),
+                field: "apiVersion/kind/metadata".into(),
+                message: e.to_string(),
+            }));
+        }
+    };
+    let group = head.api_version.split('/').next().unwrap_or_default();
+    if group != crate::common::GROUP {
+        return None;
+    }
+    if !matches!(head.kind.as_str(), "EdgeAgent" | "Equipment" | "NetworkSlice" | "ControlCommand") {
+        return Some(Err(ManifestError::Field {
+            source_: source,
+            kind: head.kind.clone(),
+            object: head.metadata.name.unwrap_or_default(),
+            field: "kind".into(),
+            message: format!("`{}` is not a Shopfloor kind: use EdgeAgent, Equipment, NetworkSlice or ControlCommand", head.kind),
+        }));
+    }
+    if head.api_version != API_VERSION {
+        return Some(Err(ManifestError::Version { source_: source, kind: head.kind, found: head.api_version }));
+    }
+    let object = match (&head.metadata.namespace, &head.metadata.name) {
+        (Some(ns), Some(n)) => format!("{ns}/{n}"),
+        (None, Some(n)) => n.clone(),
+        _ => "<unnamed>".into(),
+    };
+    fn typed<T: serde::de::DeserializeOwned>(v: serde_yaml::Value) -> Result<T, (String, String)> {
+        serde_path_to_error::deserialize(v).map_err(|e| {
+            let field = e.path().to_string();
+            (if field == "." { "(document)".into() } else { field }, e.into_inner().to_string())
+        })
+    }
+    let parsed = match head.kind.as_str() {
+        "EdgeAgent" => typed(value).map(Object::EdgeAgent),
+        "Equipment" => typed(value).map(Object::Equipment),
+        "NetworkSlice" => typed(value).map(Object::NetworkSlice),
+        _ => typed(value).map(Object::ControlCommand),
+    };
+    Some(match parsed {
+        Ok(obj) => Ok((source, obj)),
+        Err((field, message)) => Err(ManifestError::Field { source_: source, kind: head.kind, object, field, message }),
+    })
+}
+
+/// Parses and validates: a document that parses but breaks a rule becomes
+/// [`ManifestError::Invalid`].
+pub fn parse_valid(file: &Path, text: &str) -> Vec<Loaded> {
+    parse(file, text)
+        .into_iter()
+        .map(|loaded| {
+            let (source, obj) = loaded?;
+            match obj.validate() {
+                Ok(()) => Ok((source, obj)),
+                Err(invalid) => Err(ManifestError::Invalid(Box::new(InvalidAt { source, invalid }))),
+            }
+        })
+        .collect()
+}
+
+/// The manifest files of a folder (`*.yaml`, `*.yml`, `*.json`), sorted, not recursing; or the
+/// file itself when `path` is a file.
+pub fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
+    let io = |error| ManifestError::Io { path: path.to_owned(), error };
+    if path.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let p = entry.path();
+        let is_manifest = p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+        // Editors' swap and backup files start with a dot or end in '~'; never read them.
+        let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        if is_manifest && !hidden && p.is_file() {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Parses and validates every manifest under `path` (a file or a folder).
+pub fn load_valid(path: &Path) -> Result<Vec<Loaded>, ManifestError> {
+    let mut out = Vec::new();
+    for file in manifest_files(path)? {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => out.extend(parse_valid(&file, &text)),
+            Err(error) => out.push(Err(ManifestError::Io { path: file, error })),
+        }
+    }
+    Ok(out)
+}
