@@ -35,7 +35,12 @@ pub const MAX_PRECONDITIONS: usize = 8;
     printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Result", type_ = "string", json_path = ".status.result.code"),
-    printcolumn(name = "Total-us", type_ = "integer", json_path = ".status.latency.totalMicros", description = "End-to-end latency in microseconds"),
+    printcolumn(
+        name = "Total-us",
+        type_ = "integer",
+        json_path = ".status.latency.totalMicros",
+        description = "End-to-end latency in microseconds"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -1,7 +1,7 @@
 //! The CustomResourceDefinitions, generated from the types; `crdgen` writes them to `crds/`.
 
-use kube::CustomResourceExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
 
 use crate::{ControlCommand, EdgeAgent, Equipment, NetworkSlice};
 

@@ -21,9 +21,24 @@ use crate::common::{Condition, Duration, Time};
     category = "shopfloor",
     printcolumn(name = "Site", type_ = "string", json_path = ".spec.site"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "RTT-us", type_ = "integer", json_path = ".status.connection.rttMicros", description = "Round-trip time to the agent in microseconds"),
-    printcolumn(name = "Desired", type_ = "string", json_path = ".status.config.desiredRevision", description = "Configuration revision the agent must hold"),
-    printcolumn(name = "Applied", type_ = "string", json_path = ".status.config.appliedRevision", description = "Configuration revision the agent reported applied"),
+    printcolumn(
+        name = "RTT-us",
+        type_ = "integer",
+        json_path = ".status.connection.rttMicros",
+        description = "Round-trip time to the agent in microseconds"
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "string",
+        json_path = ".status.config.desiredRevision",
+        description = "Configuration revision the agent must hold"
+    ),
+    printcolumn(
+        name = "Applied",
+        type_ = "string",
+        json_path = ".status.config.appliedRevision",
+        description = "Configuration revision the agent reported applied"
+    ),
     printcolumn(name = "Cert-Expiry", type_ = "date", json_path = ".status.certificate.notAfter", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]

@@ -36,7 +36,12 @@ pub const MAX_WRITES: usize = 16;
     printcolumn(name = "Agent", type_ = "string", json_path = ".spec.agentRef.name"),
     printcolumn(name = "Slice", type_ = "string", json_path = ".spec.networkSliceRef.name", priority = 1),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Applied", type_ = "string", json_path = ".status.appliedRevision", description = "Configuration revision the agent applied"),
+    printcolumn(
+        name = "Applied",
+        type_ = "string",
+        json_path = ".status.appliedRevision",
+        description = "Configuration revision the agent applied"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

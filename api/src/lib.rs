@@ -5,6 +5,8 @@
 //! This crate knows nothing about the wire protocol; the controller's planner is the one place
 //! that maps these types onto it.
 #![forbid(unsafe_code)]
+// kube's `printcolumn(...)` attributes repeat keys such as `type_` by design.
+#![allow(clippy::duplicated_attributes)]
 
 pub mod bitrate;
 pub mod common;

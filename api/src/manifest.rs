@@ -86,14 +86,32 @@ impl fmt::Display for Source {
 pub enum ManifestError {
     #[error("{source_}: not valid YAML: {error}")]
     Yaml { source_: Source, error: serde_yaml::Error },
-    #[error("{source_}: {kind} {object}: {field}: {message}")]
-    Field { source_: Source, kind: String, object: String, field: String, message: String },
-    #[error("{source_}: apiVersion `{found}` is not served for {kind}; use `{API_VERSION}`")]
-    Version { source_: Source, kind: String, found: String },
+    #[error("{0}")]
+    Field(Box<FieldError>),
     #[error("{0}")]
     Invalid(Box<InvalidAt>),
     #[error("cannot read {path}: {error}")]
     Io { path: PathBuf, error: std::io::Error },
+}
+
+/// A document whose fields cannot be read into the object's type.
+#[derive(Debug)]
+pub struct FieldError {
+    pub source: Source,
+    pub kind: String,
+    pub object: String,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} {}: {}: {}", self.source, self.kind, self.object, self.field, self.message)
+    }
+}
+
+fn field_error(source: Source, kind: String, object: String, field: &str, message: String) -> ManifestError {
+    ManifestError::Field(Box::new(FieldError { source, kind, object, field: field.to_owned(), message }))
 }
 
 /// A parsed object that failed [`Validate`], with where it came from.
@@ -156,13 +174,13 @@ fn parse_value(source: Source, value: serde_yaml::Value) -> Option<Loaded> {
     let head: Head = match serde_yaml::from_value(value.clone()) {
         Ok(h) => h,
         Err(e) => {
-            return Some(Err(ManifestError::Field {
-                source_: source,
-                kind: "document".into(),
-                object: "?".into(),
-                field: "apiVersion/kind/metadata".into(),
-                message: e.to_string(),
-            }));
+            return Some(Err(field_error(
+                source,
+                "document".into(),
+                "?".into(),
+                "apiVersion/kind/metadata",
+                e.to_string(),
+            )));
         }
     };
     let group = head.api_version.split('/').next().unwrap_or_default();
@@ -170,16 +188,21 @@ fn parse_value(source: Source, value: serde_yaml::Value) -> Option<Loaded> {
         return None;
     }
     if !matches!(head.kind.as_str(), "EdgeAgent" | "Equipment" | "NetworkSlice" | "ControlCommand") {
-        return Some(Err(ManifestError::Field {
-            source_: source,
-            kind: head.kind.clone(),
-            object: head.metadata.name.unwrap_or_default(),
-            field: "kind".into(),
-            message: format!("`{}` is not a Shopfloor kind: use EdgeAgent, Equipment, NetworkSlice or ControlCommand", head.kind),
-        }));
+        let message = format!(
+            "`{}` is not a Shopfloor kind: use EdgeAgent, Equipment, NetworkSlice or ControlCommand",
+            head.kind
+        );
+        return Some(Err(field_error(source, head.kind, head.metadata.name.unwrap_or_default(), "kind", message)));
     }
     if head.api_version != API_VERSION {
-        return Some(Err(ManifestError::Version { source_: source, kind: head.kind, found: head.api_version }));
+        let message = format!("`{}` is not served; use `{API_VERSION}`", head.api_version);
+        return Some(Err(field_error(
+            source,
+            head.kind,
+            head.metadata.name.unwrap_or_default(),
+            "apiVersion",
+            message,
+        )));
     }
     let object = match (&head.metadata.namespace, &head.metadata.name) {
         (Some(ns), Some(n)) => format!("{ns}/{n}"),
@@ -200,7 +223,7 @@ fn parse_value(source: Source, value: serde_yaml::Value) -> Option<Loaded> {
     };
     Some(match parsed {
         Ok(obj) => Ok((source, obj)),
-        Err((field, message)) => Err(ManifestError::Field { source_: source, kind: head.kind, object, field, message }),
+        Err((field, message)) => Err(field_error(source, head.kind, object, &field, message)),
     })
 }
 

@@ -71,11 +71,7 @@ fn object_id(meta: &ObjectMeta) -> String {
 
 fn finish(kind: &'static str, meta: &ObjectMeta, mut v: Violations) -> Result<(), Invalid> {
     v.metadata(meta);
-    if v.0.is_empty() {
-        Ok(())
-    } else {
-        Err(Invalid { kind, object: object_id(meta), violations: v.0 })
-    }
+    if v.0.is_empty() { Ok(()) } else { Err(Invalid { kind, object: object_id(meta), violations: v.0 }) }
 }
 
 impl Validate for EdgeAgent {
@@ -192,7 +188,10 @@ fn edge_agent_spec_rules(spec: &EdgeAgentSpec) -> Violations {
     if !site_ok {
         v.push(
             "spec.site",
-            format!("`{}` is not a site: use lower-case letters, digits, '-', '.' and '/', e.g. `plant-a/line-1`", spec.site),
+            format!(
+                "`{}` is not a site: use lower-case letters, digits, '-', '.' and '/', e.g. `plant-a/line-1`",
+                spec.site
+            ),
         );
     }
     let cert = &spec.certificate;
@@ -221,7 +220,9 @@ fn equipment_spec_rules(spec: &EquipmentSpec) -> Violations {
         v.reference("spec.networkSliceRef", slice);
     }
     match (&spec.modbus_tcp, &spec.simulated) {
-        (Some(_), Some(_)) => v.push("spec.modbusTcp", "exactly one protocol block may be set: remove modbusTcp or simulated"),
+        (Some(_), Some(_)) => {
+            v.push("spec.modbusTcp", "exactly one protocol block may be set: remove modbusTcp or simulated")
+        }
         (None, None) => v.push("spec.modbusTcp", "exactly one protocol block must be set: add modbusTcp or simulated"),
         _ => {}
     }
@@ -241,22 +242,30 @@ fn equipment_spec_rules(spec: &EquipmentSpec) -> Violations {
     for (i, p) in spec.properties.iter().enumerate() {
         let at = format!("spec.properties[{i}]");
         if !seen.insert(p.name.as_str()) {
-            v.push(format!("{at}.name"), format!("duplicate property name `{}`: property names must be unique", p.name));
+            v.push(
+                format!("{at}.name"),
+                format!("duplicate property name `{}`: property names must be unique", p.name),
+            );
         }
         property(&mut v, &at, p, spec.modbus_tcp.is_some());
     }
     if let Some(sim) = &spec.simulated {
         if sim.initial.len() > MAX_PROPERTIES {
-            v.push("spec.simulated.initial", format!("has {} entries; at most {MAX_PROPERTIES} are allowed", sim.initial.len()));
+            v.push(
+                "spec.simulated.initial",
+                format!("has {} entries; at most {MAX_PROPERTIES} are allowed", sim.initial.len()),
+            );
         }
         for (name, value) in &sim.initial {
             let at = format!("spec.simulated.initial.{name}");
             match spec.properties.iter().find(|p| &p.name == name) {
-                None => v.push(at, format!("`{name}` is not a declared property; declare it in spec.properties or remove it")),
-                Some(p) if !value.fits(p.type_) => v.push(
+                None => v.push(
                     at,
-                    format!("is a {} but property `{name}` has type {}", value.type_name(), p.type_),
+                    format!("`{name}` is not a declared property; declare it in spec.properties or remove it"),
                 ),
+                Some(p) if !value.fits(p.type_) => {
+                    v.push(at, format!("is a {} but property `{name}` has type {}", value.type_name(), p.type_))
+                }
                 Some(_) => {}
             }
         }
@@ -304,20 +313,28 @@ fn property(v: &mut Violations, at: &str, p: &Property, modbus_equipment: bool) 
         }
         if !d.fits(p.type_) {
             v.push(&field, format!("{d} is a {} but property `{}` has type {}", d.type_name(), p.name, p.type_));
-        } else if let Some(x) = d.as_f64() {
-            if p.min.is_some_and(|lo| x < lo) || p.max.is_some_and(|hi| x > hi) {
-                v.push(&field, format!("{d} is outside the interlock limits {}", range(p.min, p.max)));
-            }
+        } else if let Some(x) = d.as_f64()
+            && (p.min.is_some_and(|lo| x < lo) || p.max.is_some_and(|hi| x > hi))
+        {
+            v.push(&field, format!("{d} is outside the interlock limits {}", range(p.min, p.max)));
         }
     }
     match &p.modbus {
-        None if modbus_equipment => v.push(format!("{at}.modbus"), "modbusTcp equipment needs a modbus mapping for every property"),
+        None if modbus_equipment => {
+            v.push(format!("{at}.modbus"), "modbusTcp equipment needs a modbus mapping for every property")
+        }
         None => {}
         Some(m) => {
             let field = format!("{at}.modbus.table");
             let bit_table = matches!(m.table, ModbusTable::Coil | ModbusTable::DiscreteInput);
             if p.access == Access::ReadWrite && !matches!(m.table, ModbusTable::Coil | ModbusTable::HoldingRegister) {
-                v.push(&field, format!("{:?} is read-only in Modbus: a ReadWrite property maps to Coil or HoldingRegister", m.table));
+                v.push(
+                    &field,
+                    format!(
+                        "{:?} is read-only in Modbus: a ReadWrite property maps to Coil or HoldingRegister",
+                        m.table
+                    ),
+                );
             }
             if (p.type_ == ValueType::Bool) != bit_table {
                 v.push(
@@ -350,7 +367,10 @@ fn range(min: Option<f64>, max: Option<f64>) -> String {
 fn action(v: &mut Violations, at: &str, a: &Action, properties: &[Property]) {
     v.name(&format!("{at}.name"), &a.name);
     if a.name == ACTION_READ || a.name == ACTION_WRITE {
-        v.push(format!("{at}.name"), format!("`{}` is a built-in action and cannot be redeclared; pick another name", a.name));
+        v.push(
+            format!("{at}.name"),
+            format!("`{}` is a built-in action and cannot be redeclared; pick another name", a.name),
+        );
     }
     v.max_items(&format!("{at}.parameters"), a.parameters.len(), MAX_PARAMETERS);
     v.max_items(&format!("{at}.writes"), a.writes.len(), MAX_WRITES);
@@ -372,9 +392,10 @@ fn action(v: &mut Violations, at: &str, a: &Action, properties: &[Property]) {
         let target = properties.iter().find(|p| p.name == w.property);
         match target {
             None => v.push(format!("{wat}.property"), format!("`{}` is not a property of this equipment", w.property)),
-            Some(p) if p.access != Access::ReadWrite => {
-                v.push(format!("{wat}.property"), format!("property `{}` is ReadOnly: an action can only write ReadWrite properties", p.name))
-            }
+            Some(p) if p.access != Access::ReadWrite => v.push(
+                format!("{wat}.property"),
+                format!("property `{}` is ReadOnly: an action can only write ReadWrite properties", p.name),
+            ),
             Some(_) => {}
         }
         match (&w.parameter, &w.value) {
@@ -388,7 +409,10 @@ fn action(v: &mut Violations, at: &str, a: &Action, properties: &[Property]) {
                     {
                         v.push(
                             format!("{wat}.parameter"),
-                            format!("parameter `{param}` has type {} but property `{}` has type {}", decl.type_, t.name, t.type_),
+                            format!(
+                                "parameter `{param}` has type {} but property `{}` has type {}",
+                                decl.type_, t.name, t.type_
+                            ),
                         );
                     }
                 }
@@ -396,11 +420,22 @@ fn action(v: &mut Violations, at: &str, a: &Action, properties: &[Property]) {
             (None, Some(value)) => {
                 if let Some(t) = target {
                     if !value.fits(t.type_) {
-                        v.push(format!("{wat}.value"), format!("{value} is a {} but property `{}` has type {}", value.type_name(), t.name, t.type_));
+                        v.push(
+                            format!("{wat}.value"),
+                            format!(
+                                "{value} is a {} but property `{}` has type {}",
+                                value.type_name(),
+                                t.name,
+                                t.type_
+                            ),
+                        );
                     } else if let Some(x) = value.as_f64()
                         && (t.min.is_some_and(|lo| x < lo) || t.max.is_some_and(|hi| x > hi))
                     {
-                        v.push(format!("{wat}.value"), format!("{value} is outside the interlock limits {} of `{}`", range(t.min, t.max), t.name));
+                        v.push(
+                            format!("{wat}.value"),
+                            format!("{value} is outside the interlock limits {} of `{}`", range(t.min, t.max), t.name),
+                        );
                     }
                 }
             }
@@ -419,7 +454,10 @@ fn network_slice_spec_rules(spec: &NetworkSliceSpec) -> Violations {
     if let Some(sd) = &spec.snssai.sd
         && !(sd.len() == 6 && sd.bytes().all(|b| b.is_ascii_hexdigit()))
     {
-        v.push("spec.snssai.sd", format!("`{sd}` is not a slice differentiator: write exactly 6 hex digits, e.g. `00A001`"));
+        v.push(
+            "spec.snssai.sd",
+            format!("`{sd}` is not a slice differentiator: write exactly 6 hex digits, e.g. `00A001`"),
+        );
     }
     let dnn_ok = !spec.dnn.is_empty()
         && spec.dnn.len() <= 100
@@ -427,14 +465,23 @@ fn network_slice_spec_rules(spec: &NetworkSliceSpec) -> Violations {
         && spec.dnn.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && spec.dnn.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
     if !dnn_ok {
-        v.push("spec.dnn", format!("`{}` is not a data network name: use letters, digits, '-' and '.', e.g. `plant-control`", spec.dnn));
+        v.push(
+            "spec.dnn",
+            format!(
+                "`{}` is not a data network name: use letters, digits, '-' and '.', e.g. `plant-control`",
+                spec.dnn
+            ),
+        );
     }
     let qos = &spec.qos;
     if qos.five_qi == 0 {
         v.push("spec.qos.fiveQi", "must be between 1 and 255");
     }
     if !(1..=15).contains(&qos.arp.priority_level) {
-        v.push("spec.qos.arp.priorityLevel", format!("is {}; it must be between 1 (highest) and 15 (lowest)", qos.arp.priority_level));
+        v.push(
+            "spec.qos.arp.priorityLevel",
+            format!("is {}; it must be between 1 (highest) and 15 (lowest)", qos.arp.priority_level),
+        );
     }
     if GBR_FIVE_QIS.contains(&qos.five_qi) && qos.gbr.is_none() {
         v.push("spec.qos.gbr", format!("5QI {} has a GBR resource type: set qos.gbr uplink and downlink", qos.five_qi));
@@ -465,7 +512,10 @@ fn network_slice_spec_rules(spec: &NetworkSliceSpec) -> Violations {
         let b = per.as_bytes();
         let ok = b.len() == 4 && (b'1'..=b'9').contains(&b[0]) && &b[1..3] == b"e-" && (b'1'..=b'9').contains(&b[3]);
         if !ok {
-            v.push("spec.qos.packetErrorRate", format!("`{per}` is not a packet error rate: write scalar e-exponent with single digits, e.g. `1e-5`"));
+            v.push(
+                "spec.qos.packetErrorRate",
+                format!("`{per}` is not a packet error rate: write scalar e-exponent with single digits, e.g. `1e-5`"),
+            );
         }
     }
     let st = &spec.steering;
@@ -473,10 +523,16 @@ fn network_slice_spec_rules(spec: &NetworkSliceSpec) -> Violations {
         && st.interface.len() <= 15
         && st.interface.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
     if !iface_ok {
-        v.push("spec.steering.interface", format!("`{}` is not a Linux interface name (at most 15 characters)", st.interface));
+        v.push(
+            "spec.steering.interface",
+            format!("`{}` is not a Linux interface name (at most 15 characters)", st.interface),
+        );
     }
     if !(1..=252).contains(&st.routing_table) {
-        v.push("spec.steering.routingTable", format!("is {}; use a table between 1 and 252 (253-255 are the kernel's)", st.routing_table));
+        v.push(
+            "spec.steering.routingTable",
+            format!("is {}; use a table between 1 and 252 (253-255 are the kernel's)", st.routing_table),
+        );
     }
     if st.fwmark == 0 {
         v.push("spec.steering.fwmark", "must be non-zero: mark 0 is unmarked traffic");
@@ -536,7 +592,9 @@ pub struct CommandViolation {
 pub fn command_against_equipment(cmd: &ControlCommandSpec, eq: &EquipmentSpec) -> Vec<CommandViolation> {
     use crate::control_command::ResultCode as C;
     let mut out = Vec::new();
-    let mut push = |code, field: String, message: String| out.push(CommandViolation { code, violation: Violation { field, message } });
+    let mut push = |code, field: String, message: String| {
+        out.push(CommandViolation { code, violation: Violation { field, message } })
+    };
     let property = |name: &str| eq.properties.iter().find(|p| p.name == name);
     let equipment = &cmd.equipment_ref.name;
 
@@ -545,10 +603,18 @@ pub fn command_against_equipment(cmd: &ControlCommandSpec, eq: &EquipmentSpec) -
             let name = cmd.parameters.get("property").and_then(ParameterValue::as_name);
             if let Some(name) = name {
                 match property(name) {
-                    None => push(C::UnknownProperty, "spec.parameters.property".into(), format!("equipment {equipment} has no property `{name}`")),
+                    None => push(
+                        C::UnknownProperty,
+                        "spec.parameters.property".into(),
+                        format!("equipment {equipment} has no property `{name}`"),
+                    ),
                     Some(p) if cmd.action == ACTION_WRITE => {
                         if p.access != Access::ReadWrite {
-                            push(C::InvalidParameter, "spec.parameters.property".into(), format!("property `{name}` of {equipment} is ReadOnly"));
+                            push(
+                                C::InvalidParameter,
+                                "spec.parameters.property".into(),
+                                format!("property `{name}` of {equipment} is ReadOnly"),
+                            );
                         }
                         if let Some(value) = cmd.parameters.get("value") {
                             check_value(&mut push, "spec.parameters.value", value, p.type_, p);
@@ -558,24 +624,41 @@ pub fn command_against_equipment(cmd: &ControlCommandSpec, eq: &EquipmentSpec) -
                 }
             }
             for key in cmd.parameters.keys().filter(|k| !matches!(k.as_str(), "property" | "value")) {
-                push(C::InvalidParameter, format!("spec.parameters.{key}"), format!("the {} action takes no parameter `{key}`", cmd.action));
+                push(
+                    C::InvalidParameter,
+                    format!("spec.parameters.{key}"),
+                    format!("the {} action takes no parameter `{key}`", cmd.action),
+                );
             }
         }
         name => match eq.actions.iter().find(|a| a.name == name) {
             None => {
-                let known: Vec<&str> = eq.actions.iter().map(|a| a.name.as_str()).chain([ACTION_WRITE, ACTION_READ]).collect();
-                push(C::UnknownAction, "spec.action".into(), format!("equipment {equipment} has no action `{name}`; it has: {}", known.join(", ")));
+                let known: Vec<&str> =
+                    eq.actions.iter().map(|a| a.name.as_str()).chain([ACTION_WRITE, ACTION_READ]).collect();
+                push(
+                    C::UnknownAction,
+                    "spec.action".into(),
+                    format!("equipment {equipment} has no action `{name}`; it has: {}", known.join(", ")),
+                );
             }
             Some(action) => {
                 for key in cmd.parameters.keys() {
                     if !action.parameters.iter().any(|p| &p.name == key) {
-                        push(C::InvalidParameter, format!("spec.parameters.{key}"), format!("action `{name}` has no parameter `{key}`"));
+                        push(
+                            C::InvalidParameter,
+                            format!("spec.parameters.{key}"),
+                            format!("action `{name}` has no parameter `{key}`"),
+                        );
                     }
                 }
                 for decl in &action.parameters {
                     let field = format!("spec.parameters.{}", decl.name);
                     match cmd.parameters.get(&decl.name) {
-                        None if decl.required => push(C::InvalidParameter, field, format!("action `{name}` requires parameter `{}`", decl.name)),
+                        None if decl.required => push(
+                            C::InvalidParameter,
+                            field,
+                            format!("action `{name}` requires parameter `{}`", decl.name),
+                        ),
                         None => {}
                         Some(value) => {
                             // Interlock limits of every property the parameter is written to apply too.
@@ -595,17 +678,29 @@ pub fn command_against_equipment(cmd: &ControlCommandSpec, eq: &EquipmentSpec) -
     for (i, pre) in cmd.preconditions.iter().enumerate() {
         let at = format!("spec.preconditions[{i}]");
         match property(&pre.property) {
-            None => push(C::UnknownProperty, format!("{at}.property"), format!("equipment {equipment} has no property `{}`", pre.property)),
+            None => push(
+                C::UnknownProperty,
+                format!("{at}.property"),
+                format!("equipment {equipment} has no property `{}`", pre.property),
+            ),
             Some(p) if !pre.value.fits(p.type_) => push(
                 C::InvalidParameter,
                 format!("{at}.value"),
                 format!("{} is a {} but property `{}` has type {}", pre.value, pre.value.type_name(), p.name, p.type_),
             ),
-            Some(p) if p.type_ == ValueType::Bool && !matches!(pre.operator, crate::control_command::Operator::Equal | crate::control_command::Operator::NotEqual) => push(
-                C::InvalidParameter,
-                format!("{at}.operator"),
-                format!("Bool property `{}` can only be compared with Equal or NotEqual", p.name),
-            ),
+            Some(p)
+                if p.type_ == ValueType::Bool
+                    && !matches!(
+                        pre.operator,
+                        crate::control_command::Operator::Equal | crate::control_command::Operator::NotEqual
+                    ) =>
+            {
+                push(
+                    C::InvalidParameter,
+                    format!("{at}.operator"),
+                    format!("Bool property `{}` can only be compared with Equal or NotEqual", p.name),
+                )
+            }
             Some(_) => {}
         }
     }
@@ -633,7 +728,11 @@ fn check_value(
         push(
             C::OutOfLimits,
             field.into(),
-            format!("{value} is outside the interlock limits {} of property `{}`", range(target.min, target.max), target.name),
+            format!(
+                "{value} is outside the interlock limits {} of property `{}`",
+                range(target.min, target.max),
+                target.name
+            ),
         );
     }
 }
@@ -651,13 +750,21 @@ fn check_param(
         return;
     };
     if !v.fits(decl.type_) {
-        push(C::InvalidParameter, field.into(), format!("{v} is a {} but parameter `{}` is {}", v.type_name(), decl.name, decl.type_));
+        push(
+            C::InvalidParameter,
+            field.into(),
+            format!("{v} is a {} but parameter `{}` is {}", v.type_name(), decl.name, decl.type_),
+        );
         return;
     }
     if let Some(x) = v.as_f64()
         && (decl.min.is_some_and(|lo| x < lo) || decl.max.is_some_and(|hi| x > hi))
     {
-        push(C::InvalidParameter, field.into(), format!("{v} is outside the declared range {} of parameter `{}`", range(decl.min, decl.max), decl.name));
+        push(
+            C::InvalidParameter,
+            field.into(),
+            format!("{v} is outside the declared range {} of parameter `{}`", range(decl.min, decl.max), decl.name),
+        );
     }
     for target in targets {
         if let Some(x) = v.as_f64()
@@ -666,7 +773,11 @@ fn check_param(
             push(
                 C::OutOfLimits,
                 field.into(),
-                format!("{v} is outside the interlock limits {} of property `{}`", range(target.min, target.max), target.name),
+                format!(
+                    "{v} is outside the interlock limits {} of property `{}`",
+                    range(target.min, target.max),
+                    target.name
+                ),
             );
         }
     }
@@ -709,19 +820,28 @@ pub fn references(objects: &[crate::manifest::Object]) -> Vec<Invalid> {
             Object::Equipment(eq) => {
                 let ns = obj.namespace();
                 if find("EdgeAgent", ns, &eq.spec.agent_ref.name).is_none() {
-                    v.push("spec.agentRef.name", format!("EdgeAgent `{}` does not exist in this namespace", eq.spec.agent_ref.name));
+                    v.push(
+                        "spec.agentRef.name",
+                        format!("EdgeAgent `{}` does not exist in this namespace", eq.spec.agent_ref.name),
+                    );
                 }
                 if let Some(s) = &eq.spec.network_slice_ref
                     && find("NetworkSlice", ns, &s.name).is_none()
                 {
-                    v.push("spec.networkSliceRef.name", format!("NetworkSlice `{}` does not exist in this namespace", s.name));
+                    v.push(
+                        "spec.networkSliceRef.name",
+                        format!("NetworkSlice `{}` does not exist in this namespace", s.name),
+                    );
                 }
             }
             Object::ControlCommand(cmd) => match find("Equipment", obj.namespace(), &cmd.spec.equipment_ref.name) {
                 Some(Object::Equipment(eq)) => {
                     v.0.extend(command_against_equipment(&cmd.spec, &eq.spec).into_iter().map(|c| c.violation));
                 }
-                _ => v.push("spec.equipmentRef.name", format!("Equipment `{}` does not exist in this namespace", cmd.spec.equipment_ref.name)),
+                _ => v.push(
+                    "spec.equipmentRef.name",
+                    format!("Equipment `{}` does not exist in this namespace", cmd.spec.equipment_ref.name),
+                ),
             },
             _ => {}
         }
