@@ -1,0 +1,181 @@
+//! The generated CRDs: committed files match the code, and every schema is one an API server
+//! (1.29 or newer) accepts — structural, with compiling CEL rules inside the cost budget.
+
+use std::path::PathBuf;
+
+use kube::core::cel::{WarningKind, compile_schema, estimate_rule_cost};
+use serde_json::Value;
+use shopfloor_api::crds;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn committed_crds_match_the_types() {
+    let mut drifted = Vec::new();
+    for dir in ["crds", "charts/shopfloor/crds"] {
+        for (file, crd) in crds::all() {
+            let path = root().join(dir).join(file);
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            if committed != crds::render(&crd) {
+                drifted.push(format!("{dir}/{file}"));
+            }
+        }
+    }
+    assert!(
+        drifted.is_empty(),
+        "generated CRDs differ from the committed files {drifted:?}; run `cargo run -p shopfloor-api --bin crdgen` and commit the result"
+    );
+}
+
+fn schema_of(crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition) -> Value {
+    let version = &crd.spec.versions[0];
+    serde_json::to_value(version.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).expect("schema"))
+        .expect("schema to json")
+}
+
+#[test]
+fn crds_are_complete_v1_definitions() {
+    for (file, crd) in crds::all() {
+        let json = serde_json::to_value(&crd).expect("crd to json");
+        assert_eq!(json["apiVersion"], "apiextensions.k8s.io/v1", "{file}");
+        assert_eq!(json["kind"], "CustomResourceDefinition", "{file}");
+        let spec = &crd.spec;
+        assert_eq!(spec.group, "shopfloor.io", "{file}");
+        assert_eq!(spec.scope, "Namespaced", "{file}");
+        assert_eq!(crd.metadata.name.as_deref(), Some(format!("{}.shopfloor.io", spec.names.plural).as_str()));
+        assert!(spec.names.short_names.as_ref().is_some_and(|s| !s.is_empty()), "{file}: short names");
+        assert_eq!(spec.names.categories.as_deref(), Some(&["shopfloor".to_owned()][..]), "{file}: category");
+        assert_eq!(spec.versions.len(), 1, "{file}");
+        let v = &spec.versions[0];
+        assert_eq!((v.name.as_str(), v.served, v.storage), ("v1alpha1", true, true), "{file}");
+        assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "{file}: status subresource");
+        let columns = v.additional_printer_columns.as_deref().unwrap_or_default();
+        assert!(columns.len() >= 4, "{file}: printer columns");
+        assert!(columns.iter().any(|c| c.name == "Age"), "{file}: Age column");
+        let schema = schema_of(&crd);
+        let status = &schema["properties"]["status"]["properties"];
+        assert_eq!(status["observedGeneration"]["type"], "integer", "{file}: status.observedGeneration");
+        let conditions = &status["conditions"];
+        assert_eq!(conditions["x-kubernetes-list-type"], "map", "{file}: conditions list-map");
+        for field in ["type", "status", "reason", "message", "lastTransitionTime"] {
+            assert!(conditions["items"]["properties"][field].is_object(), "{file}: conditions[].{field}");
+        }
+    }
+}
+
+/// The structural-schema rules of apiextensions v1 (KEP-1693), checked node by node.
+fn check_structural(node: &Value, path: &str, problems: &mut Vec<String>) {
+    let Some(obj) = node.as_object() else {
+        problems.push(format!("{path}: schema node is not an object"));
+        return;
+    };
+    let preserve = obj.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+    let int_or_string = obj.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true));
+    if !obj.contains_key("type") && !preserve && !int_or_string {
+        problems.push(format!("{path}: no type"));
+    }
+    for forbidden in ["$ref", "definitions", "$defs", "$schema", "id", "patternProperties", "dependencies"] {
+        if obj.contains_key(forbidden) {
+            problems.push(format!("{path}: `{forbidden}` is not allowed in a CRD schema"));
+        }
+    }
+    for junctor in ["anyOf", "oneOf", "allOf", "not"] {
+        if obj.contains_key(junctor) {
+            // Allowed only without type/default/nullable/additionalProperties inside; we emit none.
+            problems.push(format!("{path}: `{junctor}` (keep the schema free of logical junctors)"));
+        }
+    }
+    if obj.contains_key("properties") && obj.contains_key("additionalProperties") {
+        problems.push(format!("{path}: both properties and additionalProperties"));
+    }
+    if obj.get("type") == Some(&Value::String("array".into())) && !obj.contains_key("items") {
+        problems.push(format!("{path}: array without items"));
+    }
+    if let Some(keys) = obj.get("x-kubernetes-list-map-keys").and_then(Value::as_array) {
+        let required = node["items"]["required"].as_array().cloned().unwrap_or_default();
+        for k in keys {
+            if !required.contains(k) {
+                problems.push(format!("{path}: list-map key {k} must be required in items"));
+            }
+        }
+    }
+    if let Some(rules) = obj.get("x-kubernetes-validations").and_then(Value::as_array) {
+        for r in rules {
+            if r["message"].as_str().is_none_or(str::is_empty) {
+                problems.push(format!("{path}: CEL rule {} has no message", r["rule"]));
+            }
+        }
+    }
+    if let Some(props) = obj.get("properties").and_then(Value::as_object) {
+        for (k, v) in props {
+            check_structural(v, &format!("{path}.{k}"), problems);
+        }
+    }
+    if let Some(items) = obj.get("items") {
+        check_structural(items, &format!("{path}[]"), problems);
+    }
+    if let Some(ap) = obj.get("additionalProperties").filter(|v| v.is_object()) {
+        check_structural(ap, &format!("{path}{{}}"), problems);
+    }
+}
+
+#[test]
+fn schemas_are_structural() {
+    let mut problems = Vec::new();
+    for (file, crd) in crds::all() {
+        let schema = schema_of(&crd);
+        assert_eq!(schema["type"], "object", "{file}");
+        assert!(schema["required"].as_array().is_some_and(|r| r.contains(&"spec".into())), "{file}: spec required");
+        check_structural(&schema, file, &mut problems);
+    }
+    assert!(problems.is_empty(), "non-structural schema:\n{}", problems.join("\n"));
+}
+
+/// Every node carrying CEL rules, with its path.
+fn rule_nodes<'a>(node: &'a Value, path: String, out: &mut Vec<(String, &'a Value)>) {
+    if node.get("x-kubernetes-validations").is_some() {
+        out.push((path.clone(), node));
+    }
+    if let Some(props) = node.get("properties").and_then(Value::as_object) {
+        for (k, v) in props {
+            rule_nodes(v, format!("{path}.{k}"), out);
+        }
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(v) = node.get(key).filter(|v| v.is_object()) {
+            rule_nodes(v, format!("{path}[]"), out);
+        }
+    }
+}
+
+#[test]
+fn cel_rules_compile_within_budget() {
+    let mut problems = Vec::new();
+    let mut count = 0;
+    for (file, crd) in crds::all() {
+        let schema = schema_of(&crd);
+        let mut nodes = Vec::new();
+        rule_nodes(&schema, file.to_owned(), &mut nodes);
+        for (path, node) in nodes {
+            // Cost is estimated against the node the rule is attached to, as the API server does,
+            // so the maxItems/maxLength bounds below it count.
+            let compiled = compile_schema(node);
+            for e in compiled.compilation_errors() {
+                problems.push(format!("{path}: {e}"));
+            }
+            for rule in node["x-kubernetes-validations"].as_array().into_iter().flatten() {
+                let rule = rule["rule"].as_str().unwrap_or_default();
+                count += 1;
+                for w in estimate_rule_cost(rule, &compiled) {
+                    if matches!(w.kind, WarningKind::CostExceeded | WarningKind::MissingBounds) {
+                        problems.push(format!("{path}: {rule}: {}", w.message));
+                    }
+                }
+            }
+        }
+    }
+    assert!(count >= 25, "expected the cross-field rules to be in the schemas, found {count}");
+    assert!(problems.is_empty(), "CEL problems:\n{}", problems.join("\n"));
+}
