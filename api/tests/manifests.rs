@@ -99,7 +99,8 @@ fn expectation(path: &Path) -> Expectation {
         text.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
     };
     Expectation {
-        field: header("# expect-field:").unwrap_or_else(|| panic!("{} has no `# expect-field:` header", path.display())),
+        field: header("# expect-field:")
+            .unwrap_or_else(|| panic!("{} has no `# expect-field:` header", path.display())),
         cel: header("# expect-cel:"),
     }
 }
