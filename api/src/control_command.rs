@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    common::{Condition, Duration, LocalRef, Time},
+    common::{Condition, Duration, LocalRef, MicroTime},
     value::Value,
 };
 
@@ -229,22 +229,22 @@ pub struct CommandResult {
     pub outputs: BTreeMap<String, Value>,
 }
 
-/// When each step happened.
+/// When each step happened, to the microsecond.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CommandTimestamps {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dispatched_at: Option<Time>,
+    pub dispatched_at: Option<MicroTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub acknowledged_at: Option<Time>,
+    pub acknowledged_at: Option<MicroTime>,
     /// Execution start on the agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<Time>,
+    pub started_at: Option<MicroTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<Time>,
+    pub finished_at: Option<MicroTime>,
     /// Creation time plus `spec.timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deadline: Option<Time>,
+    pub deadline: Option<MicroTime>,
 }
 
 /// Where the time went, in microseconds.

@@ -1,0 +1,3 @@
+//! The command engine: the ControlCommand lifecycle and its driver.
+
+pub mod lifecycle;

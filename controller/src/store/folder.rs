@@ -1,0 +1,369 @@
+//! The standalone store: manifests in a folder (the same YAML an operator would `kubectl apply`),
+//! and everything the controller writes — status, store metadata, secrets — in a state directory.
+//!
+//! Layout of the state directory:
+//! - `objects/<plural>/<namespace>/<name>.yaml`: uid, creation time, generation, spec hash and the
+//!   last status of each object (what the API server would keep in `metadata` and `status`);
+//! - `secrets/<name>.yaml`: CA, tokens and other secrets, mode 0600.
+//!
+//! Every write is atomic (temporary file, fsync, rename, fsync of the directory), so a crash
+//! leaves either the old or the new file. Objects without a namespace go to `default`, as
+//! `kubectl apply` would put them.
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use sha2::{Digest, Sha256};
+use shopfloor_api::manifest::{self, Object};
+
+use super::{ObjectKey, SecretData, StatusUpdate, Store, StoreError, World};
+
+const DEFAULT_NAMESPACE: &str = "default";
+
+/// What the store keeps per object besides the manifest.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ObjectState {
+    uid: String,
+    creation_timestamp: Option<Time>,
+    generation: i64,
+    spec_sha256: String,
+    /// Set when a finished command was deleted (its TTL elapsed) while its manifest remains.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    status: Option<serde_json::Value>,
+}
+
+/// Manifests in `manifests`, state in `state`.
+#[derive(Debug)]
+pub struct FolderStore {
+    manifests: PathBuf,
+    state: PathBuf,
+    // One writer at a time: status writes are read-modify-write of one file.
+    lock: Mutex<()>,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let what = what.into();
+    move |source| StoreError::Io { what, source }
+}
+
+fn plural(kind: &str) -> &'static str {
+    match kind {
+        "EdgeAgent" => "edgeagents",
+        "Equipment" => "equipment",
+        "NetworkSlice" => "networkslices",
+        _ => "controlcommands",
+    }
+}
+
+/// Writes `bytes` to `path` atomically and durably.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    {
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn read_yaml<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_yaml::from_str(&text)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt { what: path.display().to_string(), message: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Io { what: path.display().to_string(), source: e }),
+    }
+}
+
+fn to_yaml<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_yaml::to_string(value).expect("store types always serialize").into_bytes()
+}
+
+fn spec_hash<T: Serialize>(spec: &T) -> String {
+    hex::encode(Sha256::digest(serde_json::to_vec(spec).expect("specs always serialize")))
+}
+
+impl FolderStore {
+    /// Opens the store, creating the state directory if needed.
+    pub fn open(manifests: impl Into<PathBuf>, state: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let manifests = manifests.into();
+        let state = state.into();
+        if !manifests.is_dir() {
+            return Err(StoreError::Io {
+                what: format!("manifest folder {}", manifests.display()),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+            });
+        }
+        for sub in ["objects", "secrets"] {
+            std::fs::create_dir_all(state.join(sub)).map_err(io(format!("state directory {}", state.display())))?;
+        }
+        Ok(Self { manifests, state, lock: Mutex::new(()) })
+    }
+
+    pub fn manifests(&self) -> &Path {
+        &self.manifests
+    }
+
+    pub fn state(&self) -> &Path {
+        &self.state
+    }
+
+    fn object_path(&self, kind: &str, key: &ObjectKey) -> PathBuf {
+        self.state.join("objects").join(plural(kind)).join(&key.namespace).join(format!("{}.yaml", key.name))
+    }
+
+    fn secret_path(&self, name: &str) -> PathBuf {
+        self.state.join("secrets").join(format!("{name}.yaml"))
+    }
+
+    /// Reads every manifest, validates it, and merges in the state the store keeps: the world
+    /// as the controller must see it now. Never fails as a whole: unreadable or invalid
+    /// documents are listed in [`World::refused`] and the rest of the plant carries on.
+    pub fn load(&self) -> World {
+        let mut world = World::default();
+        let loaded = match manifest::load_valid(&self.manifests) {
+            Ok(l) => l,
+            Err(e) => {
+                world.refused.push(e.to_string());
+                return world;
+            }
+        };
+        let now = Timestamp::now();
+        let mut seen = std::collections::BTreeSet::new();
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        for item in loaded {
+            let (source, mut object) = match item {
+                Ok(x) => x,
+                Err(e) => {
+                    world.refused.push(e.to_string());
+                    continue;
+                }
+            };
+            let meta = metadata_mut(&mut object);
+            meta.namespace.get_or_insert_with(|| DEFAULT_NAMESPACE.to_owned());
+            let key = ObjectKey::of(meta);
+            if !seen.insert((object.kind(), key.clone())) {
+                world.refused.push(format!(
+                    "{source}: {} {key} is defined more than once; the first definition is used",
+                    object.kind()
+                ));
+                continue;
+            }
+            match self.merge_state(&mut object, &key, now) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    world.refused.push(format!("{source}: {} {key}: {e}", object.kind()));
+                    continue;
+                }
+            }
+            match object {
+                Object::EdgeAgent(o) => world.agents.push(o),
+                Object::Equipment(o) => world.equipment.push(o),
+                Object::NetworkSlice(o) => world.slices.push(o),
+                Object::ControlCommand(o) => world.commands.push(o),
+            }
+        }
+        world
+    }
+
+    /// Fills uid, creation time, generation and status from the state directory, recording new
+    /// objects and bumping the generation when the spec changed. `false` for a deleted object.
+    fn merge_state(&self, object: &mut Object, key: &ObjectKey, now: Timestamp) -> Result<bool, StoreError> {
+        let kind = object.kind();
+        let hash = match &*object {
+            Object::EdgeAgent(o) => spec_hash(&o.spec),
+            Object::Equipment(o) => spec_hash(&o.spec),
+            Object::NetworkSlice(o) => spec_hash(&o.spec),
+            Object::ControlCommand(o) => spec_hash(&o.spec),
+        };
+        let path = self.object_path(kind, key);
+        let stored: Option<ObjectState> = match read_yaml(&path) {
+            Ok(s) => s,
+            Err(StoreError::Corrupt { what, message }) => {
+                // Keep the evidence, start the object afresh, and say so.
+                let aside = path.with_extension(format!("corrupt-{}", now.as_second()));
+                let _ = std::fs::rename(&path, &aside);
+                tracing::warn!(file = %what, moved_to = %aside.display(), "corrupt object state moved aside: {message}");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let mut state = match stored {
+            Some(s) => s,
+            None => ObjectState {
+                uid: new_uid(kind, key, now),
+                // Second precision, as the API server records it.
+                creation_timestamp: Timestamp::from_second(now.as_second()).ok().map(Time),
+                generation: 1,
+                spec_sha256: hash.clone(),
+                deleted: false,
+                status: None,
+            },
+        };
+        let mut dirty = !path.exists();
+        if state.spec_sha256 != hash {
+            state.generation += 1;
+            state.spec_sha256 = hash;
+            dirty = true;
+        }
+        if dirty {
+            write_atomic(&path, &to_yaml(&state), 0o644).map_err(io(path.display().to_string()))?;
+        }
+        if state.deleted {
+            return Ok(false);
+        }
+        let meta = metadata_mut(object);
+        meta.uid = Some(state.uid.clone());
+        meta.creation_timestamp = state.creation_timestamp.clone();
+        meta.generation = Some(state.generation);
+        if let Some(status) = state.status {
+            let what = || path.display().to_string();
+            let corrupt = |e: serde_json::Error| StoreError::Corrupt { what: what(), message: e.to_string() };
+            match object {
+                Object::EdgeAgent(o) => o.status = Some(serde_json::from_value(status).map_err(corrupt)?),
+                Object::Equipment(o) => o.status = Some(serde_json::from_value(status).map_err(corrupt)?),
+                Object::NetworkSlice(o) => o.status = Some(serde_json::from_value(status).map_err(corrupt)?),
+                Object::ControlCommand(o) => o.status = Some(serde_json::from_value(status).map_err(corrupt)?),
+            }
+        }
+        Ok(true)
+    }
+
+    fn update_state(
+        &self,
+        kind: &'static str,
+        key: &ObjectKey,
+        f: impl FnOnce(&mut ObjectState),
+    ) -> Result<(), StoreError> {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let path = self.object_path(kind, key);
+        let mut state: ObjectState = read_yaml(&path)?.ok_or_else(|| StoreError::Gone { kind, key: key.clone() })?;
+        f(&mut state);
+        write_atomic(&path, &to_yaml(&state), 0o644).map_err(io(path.display().to_string()))
+    }
+
+    /// Watches the manifest folder; every change sends `()` (bursts are not coalesced here).
+    pub fn watch(&self) -> Result<(notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>), StoreError> {
+        use notify::Watcher;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok_and(|e| !e.kind.is_access()) {
+                let _ = tx.try_send(());
+            }
+        })
+        .map_err(|e| StoreError::Io {
+            what: "watching the manifest folder".into(),
+            source: std::io::Error::other(e),
+        })?;
+        watcher.watch(&self.manifests, notify::RecursiveMode::NonRecursive).map_err(|e| StoreError::Io {
+            what: format!("watching {}", self.manifests.display()),
+            source: std::io::Error::other(e),
+        })?;
+        Ok((watcher, rx))
+    }
+}
+
+fn metadata_mut(object: &mut Object) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    match object {
+        Object::EdgeAgent(o) => &mut o.metadata,
+        Object::Equipment(o) => &mut o.metadata,
+        Object::NetworkSlice(o) => &mut o.metadata,
+        Object::ControlCommand(o) => &mut o.metadata,
+    }
+}
+
+/// A uid in the UUID layout, unique per object and first sighting.
+fn new_uid(kind: &str, key: &ObjectKey, now: Timestamp) -> String {
+    let h = Sha256::digest(format!("{kind}/{key}/{}/{}", now.as_nanosecond(), std::process::id()));
+    let x = hex::encode(&h[..16]);
+    format!("{}-{}-{}-{}-{}", &x[0..8], &x[8..12], &x[12..16], &x[16..20], &x[20..32])
+}
+
+#[derive(Serialize, Deserialize)]
+struct SecretFile {
+    /// Values as UTF-8 where they are (PEM, tokens), base64 otherwise is not needed: every secret
+    /// the controller writes is text.
+    data: BTreeMap<String, String>,
+}
+
+fn secret_to_file(data: &SecretData) -> Result<Vec<u8>, StoreError> {
+    let mut text = BTreeMap::new();
+    for (k, v) in data {
+        let s = String::from_utf8(v.clone())
+            .map_err(|_| StoreError::Corrupt { what: format!("secret key {k}"), message: "not UTF-8 text".into() })?;
+        text.insert(k.clone(), s);
+    }
+    Ok(to_yaml(&SecretFile { data: text }))
+}
+
+impl Store for FolderStore {
+    async fn write_status(&self, update: StatusUpdate) -> Result<(), StoreError> {
+        let value = match &update {
+            StatusUpdate::EdgeAgent(_, s) => serde_json::to_value(s),
+            StatusUpdate::Equipment(_, s) => serde_json::to_value(s),
+            StatusUpdate::NetworkSlice(_, s) => serde_json::to_value(s),
+            StatusUpdate::ControlCommand(_, s) => serde_json::to_value(s),
+        }
+        .expect("status always serializes");
+        self.update_state(update.kind(), update.key(), |state| state.status = Some(value))
+    }
+
+    async fn delete_command(&self, key: &ObjectKey) -> Result<(), StoreError> {
+        self.update_state("ControlCommand", key, |state| state.deleted = true)
+    }
+
+    async fn create_secret_if_absent(&self, name: &str, data: SecretData) -> Result<SecretData, StoreError> {
+        let path = self.secret_path(name);
+        let bytes = secret_to_file(&data)?;
+        let tmp = self.state.join("secrets").join(format!(".{name}.new-{}", std::process::id()));
+        write_atomic(&tmp, &bytes, 0o600).map_err(io(tmp.display().to_string()))?;
+        // link(2) fails if the target exists: an atomic create-if-absent, even against another
+        // process starting at the same moment.
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(data),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                self.read_secret(name).await?.ok_or_else(|| StoreError::Corrupt {
+                    what: path.display().to_string(),
+                    message: "vanished right after being found".into(),
+                })
+            }
+            Err(e) => Err(StoreError::Io { what: path.display().to_string(), source: e }),
+        }
+    }
+
+    async fn read_secret(&self, name: &str) -> Result<Option<SecretData>, StoreError> {
+        let file: Option<SecretFile> = read_yaml(&self.secret_path(name))?;
+        Ok(file.map(|f| f.data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect()))
+    }
+
+    async fn write_secret(&self, name: &str, data: SecretData) -> Result<(), StoreError> {
+        let path = self.secret_path(name);
+        write_atomic(&path, &secret_to_file(&data)?, 0o600).map_err(io(path.display().to_string()))
+    }
+
+    async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {
+        match std::fs::remove_file(self.secret_path(name)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::Io { what: format!("secret {name}"), source: e }),
+        }
+    }
+}

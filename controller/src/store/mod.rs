@@ -1,0 +1,127 @@
+//! Where the controller reads objects and writes status and secrets: a Kubernetes API server or,
+//! in standalone mode, a folder of manifests plus a state directory. The planner and the command
+//! engine never know which.
+
+use std::{collections::BTreeMap, future::Future, sync::Arc};
+
+use shopfloor_api::{
+    ControlCommand, EdgeAgent, Equipment, NetworkSlice, control_command::ControlCommandStatus,
+    edge_agent::EdgeAgentStatus, equipment::EquipmentStatus, network_slice::NetworkSliceStatus,
+};
+
+pub mod folder;
+
+/// Every Shopfloor object the controller can see, with store-provided metadata (uid,
+/// generation, creation time) and the last status written.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct World {
+    pub agents: Vec<EdgeAgent>,
+    pub equipment: Vec<Equipment>,
+    pub slices: Vec<NetworkSlice>,
+    pub commands: Vec<ControlCommand>,
+    /// Documents that could not be read or failed validation, with the reason. In Kubernetes the
+    /// API server refuses these before they exist; in a folder they sit next to valid ones.
+    pub refused: Vec<String>,
+}
+
+/// A snapshot shared between the tasks of the controller.
+pub type SharedWorld = Arc<World>;
+
+/// A namespaced object name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { namespace: namespace.into(), name: name.into() }
+    }
+
+    pub fn of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
+        Self::new(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A status to record for one object.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StatusUpdate {
+    EdgeAgent(ObjectKey, EdgeAgentStatus),
+    Equipment(ObjectKey, EquipmentStatus),
+    NetworkSlice(ObjectKey, NetworkSliceStatus),
+    ControlCommand(ObjectKey, ControlCommandStatus),
+}
+
+impl StatusUpdate {
+    pub fn key(&self) -> &ObjectKey {
+        match self {
+            StatusUpdate::EdgeAgent(k, _)
+            | StatusUpdate::Equipment(k, _)
+            | StatusUpdate::NetworkSlice(k, _)
+            | StatusUpdate::ControlCommand(k, _) => k,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StatusUpdate::EdgeAgent(..) => "EdgeAgent",
+            StatusUpdate::Equipment(..) => "Equipment",
+            StatusUpdate::NetworkSlice(..) => "NetworkSlice",
+            StatusUpdate::ControlCommand(..) => "ControlCommand",
+        }
+    }
+}
+
+/// Secret data: key to bytes, as in a Kubernetes Secret.
+pub type SecretData = BTreeMap<String, Vec<u8>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} {key} no longer exists")]
+    Gone { kind: &'static str, key: ObjectKey },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("{what}: {message}")]
+    Corrupt { what: String, message: String },
+    #[error("Kubernetes API: {0}")]
+    Api(String),
+}
+
+impl StoreError {
+    /// Whether retrying later can help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Io { .. } | StoreError::Api(_))
+    }
+}
+
+/// Writes the controller makes. Implementations persist before they return: the command engine
+/// relies on a recorded phase surviving a crash.
+pub trait Store: Send + Sync + 'static {
+    fn write_status(&self, update: StatusUpdate) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deletes a finished ControlCommand (its `ttlSecondsAfterFinished` elapsed).
+    fn delete_command(&self, key: &ObjectKey) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Creates the secret if no secret of that name exists, and returns what is stored — the
+    /// given data if it won, the existing data if another writer (or an earlier run) was first.
+    /// Two controllers starting together must end up with the same CA.
+    fn create_secret_if_absent(
+        &self,
+        name: &str,
+        data: SecretData,
+    ) -> impl Future<Output = Result<SecretData, StoreError>> + Send;
+
+    fn read_secret(&self, name: &str) -> impl Future<Output = Result<Option<SecretData>, StoreError>> + Send;
+
+    /// Replaces (or creates) a secret.
+    fn write_secret(&self, name: &str, data: SecretData) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn delete_secret(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+}

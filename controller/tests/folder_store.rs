@@ -1,0 +1,119 @@
+//! The standalone store over a temporary folder.
+
+use std::path::Path;
+
+use shopfloor_api::control_command::{CommandPhase, ControlCommandStatus};
+use shopfloor_controller::store::{ObjectKey, StatusUpdate, Store, folder::FolderStore};
+
+fn copy_plant(to: &Path) {
+    let plant = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plant");
+    for entry in std::fs::read_dir(plant).expect("plant") {
+        let p = entry.expect("entry").path();
+        std::fs::copy(&p, to.join(p.file_name().expect("name"))).expect("copy");
+    }
+}
+
+#[tokio::test]
+async fn loads_the_plant_with_stable_metadata_and_persisted_status() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (manifests, state) = (dir.path().join("plant"), dir.path().join("state"));
+    std::fs::create_dir(&manifests).expect("mkdir");
+    copy_plant(&manifests);
+    let store = FolderStore::open(&manifests, &state).expect("open");
+    let world = store.load();
+    assert!(world.refused.is_empty(), "{:?}", world.refused);
+    assert_eq!(world.agents.len(), 3);
+    let cmd = &world.commands[0];
+    let uid = cmd.metadata.uid.clone().expect("uid");
+    assert_eq!(cmd.metadata.generation, Some(1));
+    let key = ObjectKey::of(&cmd.metadata);
+
+    let status = ControlCommandStatus { phase: Some(CommandPhase::Dispatched), attempts: 1, ..Default::default() };
+    store.write_status(StatusUpdate::ControlCommand(key.clone(), status.clone())).await.expect("write");
+
+    // A second store on the same folders (a restarted controller) sees the same identity and status.
+    let again = FolderStore::open(&manifests, &state).expect("reopen").load();
+    let cmd2 = again.commands.iter().find(|c| ObjectKey::of(&c.metadata) == key).expect("same command");
+    assert_eq!(cmd2.metadata.uid.as_deref(), Some(uid.as_str()));
+    assert_eq!(cmd2.status.as_ref(), Some(&status));
+    assert_eq!(cmd2.metadata.creation_timestamp, cmd.metadata.creation_timestamp);
+}
+
+#[tokio::test]
+async fn spec_changes_bump_generation_and_invalid_documents_are_refused_alone() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (manifests, state) = (dir.path().join("plant"), dir.path().join("state"));
+    std::fs::create_dir(&manifests).expect("mkdir");
+    copy_plant(&manifests);
+    let store = FolderStore::open(&manifests, &state).expect("open");
+    store.load();
+    let path = manifests.join("line-1.yaml");
+    let text = std::fs::read_to_string(&path).expect("read").replace("desired: 1.2", "desired: 1.4");
+    std::fs::write(&path, text).expect("write");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/invalid/equipment-desired-above-max.yaml"),
+        manifests.join("zz-bad.yaml"),
+    )
+    .expect("copy");
+    let world = store.load();
+    let conveyor = world.equipment.iter().find(|e| e.metadata.name.as_deref() == Some("infeed-conveyor")).expect("eq");
+    assert_eq!(conveyor.metadata.generation, Some(2));
+    assert_eq!(world.refused.len(), 1, "{:?}", world.refused);
+    assert!(world.refused[0].contains("zz-bad.yaml") && world.refused[0].contains("spec.properties[0].desired"));
+    assert_eq!(world.equipment.len(), 7, "the rest of the plant is unaffected");
+}
+
+#[tokio::test]
+async fn secrets_are_created_once_even_when_two_writers_race() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let manifests = dir.path().join("plant");
+    std::fs::create_dir(&manifests).expect("mkdir");
+    let a = FolderStore::open(&manifests, dir.path().join("state")).expect("open");
+    let b = FolderStore::open(&manifests, dir.path().join("state")).expect("open");
+    let mk = |v: &str| [("ca.crt".to_owned(), v.as_bytes().to_vec())].into_iter().collect();
+    let (ra, rb) =
+        tokio::join!(a.create_secret_if_absent("ca", mk("first")), b.create_secret_if_absent("ca", mk("second")));
+    let (ra, rb) = (ra.expect("a"), rb.expect("b"));
+    assert_eq!(ra, rb, "both writers end up with the same CA");
+    let stored = a.read_secret("ca").await.expect("read").expect("exists");
+    assert_eq!(stored, ra);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("state/secrets/ca.yaml")).expect("meta").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[tokio::test]
+async fn deleted_commands_stay_deleted_while_their_manifest_remains() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (manifests, state) = (dir.path().join("plant"), dir.path().join("state"));
+    std::fs::create_dir(&manifests).expect("mkdir");
+    copy_plant(&manifests);
+    let store = FolderStore::open(&manifests, &state).expect("open");
+    let world = store.load();
+    let key = ObjectKey::of(&world.commands[0].metadata);
+    store.delete_command(&key).await.expect("delete");
+    let world = store.load();
+    assert!(world.commands.iter().all(|c| ObjectKey::of(&c.metadata) != key));
+    assert_eq!(world.commands.len(), 3);
+}
+
+#[tokio::test]
+async fn corrupt_state_is_moved_aside_not_ignored() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (manifests, state) = (dir.path().join("plant"), dir.path().join("state"));
+    std::fs::create_dir(&manifests).expect("mkdir");
+    copy_plant(&manifests);
+    let store = FolderStore::open(&manifests, &state).expect("open");
+    store.load();
+    let file = state.join("objects/edgeagents/plant-a/line-1.yaml");
+    std::fs::write(&file, "uid: [unclosed").expect("corrupt");
+    let world = store.load();
+    assert_eq!(world.agents.len(), 3);
+    let aside: Vec<_> = std::fs::read_dir(file.parent().expect("dir"))
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the corrupt file is kept for inspection");
+}
