@@ -5,4 +5,5 @@
 #![forbid(unsafe_code)]
 
 pub mod engine;
+pub mod selector;
 pub mod store;

@@ -10,6 +10,7 @@ use shopfloor_api::{
 };
 
 pub mod folder;
+pub mod kube;
 
 /// Every Shopfloor object the controller can see, with store-provided metadata (uid,
 /// generation, creation time) and the last status written.

@@ -1,0 +1,128 @@
+//! The Kubernetes store against kube's mocked service: the exact requests it makes.
+
+use http::{Request, Response, StatusCode};
+use kube::{Client, client::Body};
+use serde_json::{Value, json};
+use shopfloor_api::control_command::{CommandPhase, ControlCommandStatus};
+use shopfloor_controller::store::{ObjectKey, StatusUpdate, Store, StoreError, kube::KubeStore};
+use tower_test::mock;
+
+type Handle = mock::Handle<Request<Body>, Response<Body>>;
+
+fn store() -> (KubeStore, Handle) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    (KubeStore::new(Client::new(service, "shopfloor-system"), "shopfloor-system"), handle)
+}
+
+async fn body_json(req: Request<Body>) -> Value {
+    let bytes = req.into_body().collect_bytes().await.expect("body");
+    serde_json::from_slice(&bytes).expect("json body")
+}
+
+fn respond(send: mock::SendResponse<Response<Body>>, code: StatusCode, body: Value) {
+    send.send_response(
+        Response::builder().status(code).body(Body::from(serde_json::to_vec(&body).expect("json"))).expect("response"),
+    );
+}
+
+fn api_status(code: u16, reason: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "message": reason, "reason": reason, "code": code})
+}
+
+#[tokio::test]
+async fn status_is_written_with_server_side_apply_and_one_field_manager() {
+    let (store, mut handle) = store();
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.expect("request");
+        assert_eq!(req.method(), http::Method::PATCH);
+        assert_eq!(
+            req.uri().path(),
+            "/apis/shopfloor.io/v1alpha1/namespaces/plant-a/controlcommands/start-infeed/status"
+        );
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        assert!(query.contains("fieldManager=shopfloor-controller"), "{query}");
+        assert!(query.contains("force=true"), "{query}");
+        assert_eq!(req.headers()["content-type"], "application/apply-patch+yaml");
+        let body = body_json(req).await;
+        assert_eq!(body["apiVersion"], "shopfloor.io/v1alpha1");
+        assert_eq!(body["kind"], "ControlCommand");
+        assert_eq!(body["status"]["phase"], "Dispatched");
+        assert_eq!(body["status"]["attempts"], 1);
+        assert!(body.get("spec").is_none(), "a status write never touches the spec");
+        respond(
+            send,
+            StatusCode::OK,
+            json!({
+                "apiVersion": "shopfloor.io/v1alpha1", "kind": "ControlCommand",
+                "metadata": {"name": "start-infeed", "namespace": "plant-a"},
+                "spec": {"equipmentRef": {"name": "infeed-conveyor"}, "action": "stop"},
+                "status": body["status"].clone(),
+            }),
+        );
+    });
+    let status = ControlCommandStatus { phase: Some(CommandPhase::Dispatched), attempts: 1, ..Default::default() };
+    store
+        .write_status(StatusUpdate::ControlCommand(ObjectKey::new("plant-a", "start-infeed"), status))
+        .await
+        .expect("written");
+    server.await.expect("server");
+}
+
+#[tokio::test]
+async fn status_of_a_deleted_object_is_gone_not_retried() {
+    let (store, mut handle) = store();
+    let server = tokio::spawn(async move {
+        let (_, send) = handle.next_request().await.expect("request");
+        respond(send, StatusCode::NOT_FOUND, api_status(404, "NotFound"));
+    });
+    let err = store
+        .write_status(StatusUpdate::ControlCommand(ObjectKey::new("plant-a", "gone"), ControlCommandStatus::default()))
+        .await
+        .expect_err("gone");
+    assert!(matches!(err, StoreError::Gone { .. }), "{err}");
+    assert!(!err.is_transient());
+    server.await.expect("server");
+}
+
+#[tokio::test]
+async fn secret_creation_never_overwrites_an_existing_secret() {
+    let (store, mut handle) = store();
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.expect("create");
+        assert_eq!(req.method(), http::Method::POST);
+        assert_eq!(req.uri().path(), "/api/v1/namespaces/shopfloor-system/secrets");
+        let body = body_json(req).await;
+        assert_eq!(body["metadata"]["name"], "shopfloor-ca");
+        assert_eq!(body["metadata"]["labels"]["app.kubernetes.io/managed-by"], "shopfloor-controller");
+        respond(send, StatusCode::CONFLICT, api_status(409, "AlreadyExists"));
+        let (req, send) = handle.next_request().await.expect("read the winner");
+        assert_eq!(req.method(), http::Method::GET);
+        assert_eq!(req.uri().path(), "/api/v1/namespaces/shopfloor-system/secrets/shopfloor-ca");
+        respond(
+            send,
+            StatusCode::OK,
+            json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "shopfloor-ca", "namespace": "shopfloor-system"},
+                "data": {"ca.crt": "d2lubmVy"}, // "winner"
+            }),
+        );
+    });
+    let mine = [("ca.crt".to_owned(), b"loser".to_vec())].into_iter().collect();
+    let stored = store.create_secret_if_absent("shopfloor-ca", mine).await.expect("resolved");
+    assert_eq!(stored.get("ca.crt").map(Vec::as_slice), Some(&b"winner"[..]));
+    server.await.expect("server");
+}
+
+#[tokio::test]
+async fn finished_commands_are_deleted_and_a_missing_one_is_fine() {
+    let (store, mut handle) = store();
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.expect("delete");
+        assert_eq!(req.method(), http::Method::DELETE);
+        assert_eq!(req.uri().path(), "/apis/shopfloor.io/v1alpha1/namespaces/plant-a/controlcommands/old");
+        respond(send, StatusCode::NOT_FOUND, api_status(404, "NotFound"));
+    });
+    store.delete_command(&ObjectKey::new("plant-a", "old")).await.expect("idempotent");
+    server.await.expect("server");
+}
