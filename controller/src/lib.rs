@@ -4,6 +4,8 @@
 //! Being built under issue #5. What exists: the command lifecycle (`engine::lifecycle`).
 #![forbid(unsafe_code)]
 
+pub mod conditions;
 pub mod engine;
 pub mod selector;
+pub mod status_writer;
 pub mod store;
