@@ -6,6 +6,7 @@
 
 pub mod conditions;
 pub mod engine;
+pub mod enrollment;
 pub mod leader;
 pub mod metrics;
 pub mod selector;
