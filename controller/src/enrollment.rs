@@ -53,22 +53,12 @@ pub enum TokenError {
 }
 
 fn random_string(len: usize) -> Result<String, TokenError> {
-    let mut bytes = vec![0u8; len];
-    getrandom::fill(&mut bytes).map_err(|e| TokenError::Random(e.to_string()))?;
-    // 36 symbols from a byte: reject the top of the range so every symbol is equally likely.
     let mut out = String::with_capacity(len);
-    let mut pool = bytes.into_iter();
     while out.len() < len {
-        let b = match pool.next() {
-            Some(b) => b,
-            None => {
-                let mut more = [0u8; 16];
-                getrandom::fill(&mut more).map_err(|e| TokenError::Random(e.to_string()))?;
-                pool = more.to_vec().into_iter();
-                continue;
-            }
-        };
-        if usize::from(b) < 252 {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| TokenError::Random(e.to_string()))?;
+        // 36 symbols from a byte: skip the top of the range so every symbol is equally likely.
+        for b in bytes.into_iter().filter(|b| *b < 252).take(len - out.len()) {
             out.push(char::from(ALPHABET[usize::from(b) % 36]));
         }
     }
