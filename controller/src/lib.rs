@@ -9,6 +9,7 @@ pub mod engine;
 pub mod enrollment;
 pub mod leader;
 pub mod metrics;
+pub mod planner;
 pub mod selector;
 pub mod status_writer;
 pub mod store;
