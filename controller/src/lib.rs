@@ -10,6 +10,7 @@ pub mod enrollment;
 pub mod leader;
 pub mod metrics;
 pub mod planner;
+pub mod registry;
 pub mod selector;
 pub mod status_writer;
 pub mod store;

@@ -1,3 +1,301 @@
-//! The command engine: the ControlCommand lifecycle and its driver.
+//! The command engine: drives each ControlCommand through its lifecycle.
+//!
+//! Every transition is persisted through the store before the engine acts on it (sends the
+//! command), so a controller that dies at any point resumes from the last recorded phase: a
+//! command recorded Dispatched or Acknowledged is re-sent with the same id, and the agent's
+//! journal turns the redelivery into the recorded result instead of a second execution.
 
 pub mod lifecycle;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use k8s_openapi::jiff::Timestamp;
+use shopfloor_api::{
+    ControlCommand, Equipment,
+    control_command::{CommandPhase, ControlCommandStatus, ResultCode},
+    validate::{self, CommandViolation, Violation},
+};
+
+use self::lifecycle::{Effect, Event};
+use crate::{
+    metrics::{Metrics, PhaseLabel},
+    registry::{Dispatch, Registry, Reply},
+    store::{ObjectKey, StatusUpdate, Store, StoreError},
+};
+
+/// When a command should be looked at again.
+pub type Requeue = Option<Duration>;
+
+/// Drives commands; cheap to clone (shared state inside).
+pub struct Engine<S: Store> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S: Store> Clone for Engine<S> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone() }
+    }
+}
+
+impl<S: Store> std::fmt::Debug for Engine<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+struct Inner<S> {
+    store: Arc<S>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    /// Latest persisted status per command uid; the store's view may lag behind.
+    statuses: Mutex<HashMap<String, ControlCommandStatus>>,
+    /// Commands with a live stream to an agent.
+    in_flight: Mutex<HashSet<String>>,
+    /// Serialises the transitions of each command (its replies and reconciles race otherwise).
+    transitions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A command and what the engine needs to know about it.
+#[derive(Clone, Debug)]
+struct Cmd {
+    uid: String,
+    key: ObjectKey,
+    created: Timestamp,
+    object: ControlCommand,
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    // A trace id of zeros is invalid in W3C trace context; fall back to the clock if the OS
+    // cannot give randomness (never seen in practice, and it must not stop a command).
+    if getrandom::fill(&mut b).is_err() {
+        let nanos = Timestamp::now().as_nanosecond().to_le_bytes();
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = nanos[i % nanos.len()] ^ (i as u8);
+        }
+    }
+    hex::encode(b)
+}
+
+impl<S: Store> Engine<S> {
+    pub fn new(store: Arc<S>, registry: Arc<Registry>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                registry,
+                metrics,
+                statuses: Mutex::default(),
+                in_flight: Mutex::default(),
+                transitions: Mutex::default(),
+            }),
+        }
+    }
+
+    fn status_of(&self, cmd: &Cmd) -> ControlCommandStatus {
+        let cached = self.inner.statuses.lock().unwrap_or_else(|p| p.into_inner()).get(&cmd.uid).cloned();
+        cached.or_else(|| cmd.object.status.clone()).unwrap_or_default()
+    }
+
+    /// Applies `event`, persists the result, then returns the effect to carry out.
+    async fn transition(&self, cmd: &Cmd, event: Event) -> Result<Option<(ControlCommandStatus, Effect)>, StoreError> {
+        let lock = self
+            .inner
+            .transitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(cmd.uid.clone())
+            .or_default()
+            .clone();
+        let _guard = lock.lock().await;
+        let current = self.status_of(cmd);
+        let Some((next, effect)) = lifecycle::step(&cmd.object.spec, cmd.created, &current, event, Timestamp::now())
+        else {
+            return Ok(None);
+        };
+        self.inner.store.write_status(StatusUpdate::ControlCommand(cmd.key.clone(), next.clone())).await?;
+        self.inner.metrics.status_writes.inc();
+        if let Some(phase) = next.phase.filter(|p| p.is_terminal()) {
+            self.inner.metrics.commands_finished.get_or_create(&PhaseLabel { phase: format!("{phase:?}") }).inc();
+            if let Some(total) = next.latency.total_micros {
+                self.inner.metrics.command_latency.observe(total as f64 / 1e6);
+            }
+            tracing::info!(command = %cmd.key, phase = ?phase, result = ?next.result.as_ref().map(|r| r.code), "command finished");
+        }
+        self.inner.statuses.lock().unwrap_or_else(|p| p.into_inner()).insert(cmd.uid.clone(), next.clone());
+        Ok(Some((next, effect)))
+    }
+
+    /// Moves a command as far as it can go now. `equipment` is the target Equipment if it
+    /// exists. Returns when to look again (deadline, TTL), if ever.
+    pub async fn reconcile(
+        &self,
+        object: &ControlCommand,
+        equipment: Option<&Equipment>,
+    ) -> Result<Requeue, StoreError> {
+        let key = ObjectKey::of(&object.metadata);
+        let uid = object.metadata.uid.clone().unwrap_or_else(|| key.to_string());
+        let created = object.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
+        let cmd = Cmd { uid, key, created, object: object.clone() };
+        let deadline = lifecycle::deadline(&object.spec, created);
+        let until =
+            |t: Timestamp| Some(Timestamp::now().duration_until(t).unsigned_abs().max(Duration::from_millis(10)));
+
+        let mut status = self.status_of(&cmd);
+        if status.phase.is_none() {
+            let trace_id = random_hex(16);
+            match self.transition(&cmd, Event::Admitted { trace_id }).await? {
+                Some((s, _)) => status = s,
+                None => return Ok(None),
+            }
+        }
+        match status.phase {
+            Some(p) if p.is_terminal() => return self.ttl(&cmd, &status).await,
+            Some(CommandPhase::Pending) => {
+                if let Some(refusal) = refusal(&cmd, equipment) {
+                    self.transition(&cmd, refusal).await?;
+                    return self.ttl(&cmd, &self.status_of(&cmd)).await;
+                }
+            }
+            _ => {}
+        }
+        let Some(equipment) = equipment else {
+            // Dispatched earlier, equipment deleted since: the agent may still answer.
+            self.transition(&cmd, Event::Tick).await?;
+            return Ok(Some(Duration::from_secs(1)));
+        };
+        let agent = ObjectKey::new(cmd.key.namespace.clone(), equipment.spec.agent_ref.name.clone());
+        if self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).contains(&cmd.uid) {
+            self.transition(&cmd, Event::Tick).await?;
+            return Ok(until(deadline.checked_add(lifecycle::RESULT_GRACE).unwrap_or(deadline)));
+        }
+        let Some(connected) = self.inner.registry.get(&agent) else {
+            if let Some((s, _)) = self.transition(&cmd, Event::AgentOffline).await?
+                && s.phase.is_some_and(CommandPhase::is_terminal)
+            {
+                return self.ttl(&cmd, &s).await;
+            }
+            self.transition(&cmd, Event::Tick).await?;
+            let phase = self.status_of(&cmd).phase;
+            return match phase {
+                Some(p) if p.is_terminal() => self.ttl(&cmd, &self.status_of(&cmd)).await,
+                Some(CommandPhase::Pending) => Ok(until(deadline)),
+                _ => Ok(until(deadline.checked_add(lifecycle::RESULT_GRACE).unwrap_or(deadline))),
+            };
+        };
+        let Some((status, Effect::Send)) =
+            self.transition(&cmd, Event::Dispatched { agent: agent.name.clone() }).await?
+        else {
+            return self.ttl(&cmd, &self.status_of(&cmd)).await;
+        };
+        let dispatch = Dispatch {
+            id: cmd.uid.clone(),
+            key: cmd.key.clone(),
+            spec: cmd.object.spec.clone(),
+            deadline,
+            traceparent: format!(
+                "00-{}-{}-01",
+                status.trace_id.clone().unwrap_or_else(|| random_hex(16)),
+                random_hex(8)
+            ),
+        };
+        self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(cmd.uid.clone());
+        let engine = self.clone();
+        tokio::spawn(async move {
+            engine.deliver(cmd, connected.session, dispatch).await;
+        });
+        Ok(until(deadline.checked_add(lifecycle::RESULT_GRACE).unwrap_or(deadline)))
+    }
+
+    /// Sends one command and records what comes back; the stream ending without a result leaves
+    /// the command Dispatched/Acknowledged for a redelivery on the next connection.
+    async fn deliver(&self, cmd: Cmd, session: Arc<dyn crate::registry::AgentSession>, dispatch: Dispatch) {
+        let result = session.dispatch(dispatch).await;
+        match result {
+            Ok(mut replies) => {
+                while let Some(reply) = replies.recv().await {
+                    let event = match reply {
+                        Reply::Acknowledged => Event::Acknowledged,
+                        Reply::Finished(outcome) => Event::Finished { outcome, rtt: Some(session.rtt()) },
+                    };
+                    if let Err(e) = self.persist_retrying(&cmd, event).await {
+                        tracing::error!(command = %cmd.key, "cannot record the command's progress: {e}");
+                        break;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(command = %cmd.key, "command not delivered, will retry on reconnect: {e}"),
+        }
+        self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&cmd.uid);
+    }
+
+    async fn persist_retrying(&self, cmd: &Cmd, event: Event) -> Result<(), StoreError> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.transition(cmd, event.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(command = %cmd.key, "status write failed, retrying in {delay:?}: {e}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn ttl(&self, cmd: &Cmd, status: &ControlCommandStatus) -> Result<Requeue, StoreError> {
+        let (Some(ttl), Some(finished)) =
+            (cmd.object.spec.ttl_seconds_after_finished, status.timestamps.finished_at.as_ref())
+        else {
+            return Ok(None);
+        };
+        let expires =
+            finished.0.checked_add(Duration::from_secs(ttl.max(0).unsigned_abs().into())).unwrap_or(Timestamp::MAX);
+        let now = Timestamp::now();
+        if now >= expires {
+            match self.inner.store.delete_command(&cmd.key).await {
+                Ok(()) | Err(StoreError::Gone { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            self.forget(&cmd.uid);
+            tracing::info!(command = %cmd.key, "deleted {ttl}s after it finished (ttlSecondsAfterFinished)");
+            Ok(None)
+        } else {
+            Ok(Some(now.duration_until(expires).unsigned_abs()))
+        }
+    }
+
+    /// Forgets a command that no longer exists.
+    pub fn forget(&self, uid: &str) {
+        self.inner.statuses.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+        self.inner.transitions.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+    }
+}
+
+/// The refusal event for a command that cannot be sent to its equipment, if it cannot.
+fn refusal(cmd: &Cmd, equipment: Option<&Equipment>) -> Option<Event> {
+    let spec = &cmd.object.spec;
+    let violations: Vec<CommandViolation> = match equipment {
+        None => vec![CommandViolation {
+            code: ResultCode::UnknownEquipment,
+            violation: Violation {
+                field: "spec.equipmentRef.name".into(),
+                message: format!("Equipment {}/{} does not exist", cmd.key.namespace, spec.equipment_ref.name),
+            },
+        }],
+        Some(eq) => {
+            let mut v: Vec<CommandViolation> = validate::control_command_spec(spec)
+                .into_iter()
+                .map(|violation| CommandViolation { code: ResultCode::InvalidParameter, violation })
+                .collect();
+            v.extend(validate::command_against_equipment(spec, &eq.spec));
+            v
+        }
+    };
+    let code = violations.first()?.code;
+    Some(Event::Refused { code, violations })
+}

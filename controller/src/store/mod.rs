@@ -11,6 +11,7 @@ use shopfloor_api::{
 
 pub mod folder;
 pub mod kube;
+pub mod memory;
 
 /// Every Shopfloor object the controller can see, with store-provided metadata (uid,
 /// generation, creation time) and the last status written.

@@ -1,0 +1,166 @@
+//! Which agents are connected right now, and how to reach them. The QUIC endpoint registers a
+//! session when an agent's handshake and Hello succeed and removes it when the connection ends;
+//! the command engine and the configuration pusher look sessions up here.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use futures::future::BoxFuture;
+use k8s_openapi::jiff::Timestamp;
+use shopfloor_api::control_command::ControlCommandSpec;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::{engine::lifecycle::Outcome, planner::AgentPlan, store::ObjectKey};
+
+/// A command as the engine hands it to a session.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dispatch {
+    /// The command's id on the wire and in the agent's journal: the object's uid.
+    pub id: String,
+    pub key: ObjectKey,
+    pub spec: ControlCommandSpec,
+    pub deadline: Timestamp,
+    /// W3C traceparent of the command's span.
+    pub traceparent: String,
+}
+
+/// What comes back on a command's stream.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    Acknowledged,
+    Finished(Outcome),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("the connection to the agent is closed")]
+    Closed,
+    #[error("the agent refused the stream: {0}")]
+    Refused(String),
+}
+
+/// One live agent connection.
+pub trait AgentSession: Send + Sync + 'static {
+    /// Smoothed round-trip time.
+    fn rtt(&self) -> Duration;
+    /// Sends a configuration revision on the control stream.
+    fn push_config(&self, plan: Arc<AgentPlan>) -> BoxFuture<'_, Result<(), SessionError>>;
+    /// Opens a command stream and sends the command; replies arrive on the receiver, which
+    /// closes when the stream ends (with or without a result).
+    fn dispatch(&self, command: Dispatch) -> BoxFuture<'_, Result<mpsc::Receiver<Reply>, SessionError>>;
+    /// Closes the connection with a Goodbye carrying `reason`.
+    fn close(&self, reason: &str);
+}
+
+/// What the controller knows about a connected agent.
+#[derive(Clone)]
+pub struct Connected {
+    pub session: Arc<dyn AgentSession>,
+    /// Distinguishes this connection from an earlier one of the same agent.
+    pub connection_id: u64,
+    pub connected_since: Timestamp,
+    pub remote: SocketAddr,
+    pub agent_version: String,
+    pub protocol_version: u32,
+    /// The configuration revision the agent holds (from Hello, then from each ConfigApplied).
+    pub held_revision: Option<String>,
+}
+
+impl std::fmt::Debug for Connected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connected")
+            .field("connection_id", &self.connection_id)
+            .field("remote", &self.remote)
+            .field("held_revision", &self.held_revision)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A change in who is connected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Connected(ObjectKey),
+    Disconnected(ObjectKey),
+}
+
+/// The registry of connected agents.
+pub struct Registry {
+    agents: RwLock<BTreeMap<ObjectKey, Connected>>,
+    changes: broadcast::Sender<Change>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("connected", &self.len()).finish()
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self { agents: RwLock::default(), changes: broadcast::channel(1024).0 }
+    }
+}
+
+impl Registry {
+    /// Registers a session, replacing (and closing) an older connection of the same agent.
+    pub fn connect(&self, agent: ObjectKey, connected: Connected) {
+        let old = self.agents.write().unwrap_or_else(|p| p.into_inner()).insert(agent.clone(), connected);
+        if let Some(old) = old {
+            old.session.close("replaced by a newer connection of the same agent");
+        }
+        let _ = self.changes.send(Change::Connected(agent));
+    }
+
+    /// Removes the session if it is still connection `connection_id` (a newer one stays).
+    pub fn disconnect(&self, agent: &ObjectKey, connection_id: u64) {
+        let mut agents = self.agents.write().unwrap_or_else(|p| p.into_inner());
+        if agents.get(agent).is_some_and(|c| c.connection_id == connection_id) {
+            agents.remove(agent);
+            drop(agents);
+            let _ = self.changes.send(Change::Disconnected(agent.clone()));
+        }
+    }
+
+    pub fn get(&self, agent: &ObjectKey) -> Option<Connected> {
+        self.agents.read().unwrap_or_else(|p| p.into_inner()).get(agent).cloned()
+    }
+
+    pub fn set_held_revision(&self, agent: &ObjectKey, revision: Option<String>) {
+        if let Some(c) = self.agents.write().unwrap_or_else(|p| p.into_inner()).get_mut(agent) {
+            c.held_revision = revision;
+        }
+    }
+
+    /// Closes and removes an agent's session (suspension, deletion, revocation).
+    pub fn evict(&self, agent: &ObjectKey, reason: &str) -> bool {
+        let removed = self.agents.write().unwrap_or_else(|p| p.into_inner()).remove(agent);
+        match removed {
+            Some(c) => {
+                c.session.close(reason);
+                let _ = self.changes.send(Change::Disconnected(agent.clone()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.agents.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn connected(&self) -> Vec<ObjectKey> {
+        self.agents.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+}

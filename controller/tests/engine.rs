@@ -1,0 +1,266 @@
+//! The command engine over an in-memory store and scripted agent sessions.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::future::BoxFuture;
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use shopfloor_api::{
+    ControlCommand, Equipment,
+    control_command::{CommandPhase, ControlCommandStatus, ParameterValue, ResultCode, WhenOffline},
+    manifest::{self, Object},
+};
+use shopfloor_controller::{
+    engine::{Engine, lifecycle::Outcome},
+    metrics::Metrics,
+    planner::AgentPlan,
+    registry::{AgentSession, Connected, Dispatch, Registry, Reply, SessionError},
+    store::{ObjectKey, StatusUpdate, memory::MemoryStore},
+};
+use tokio::sync::mpsc;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Script {
+    Succeed,
+    /// Acknowledge, then lose the connection before the result.
+    AckThenDrop,
+}
+
+struct FakeSession {
+    script: Script,
+    store: Arc<MemoryStore>,
+    seen: Mutex<Vec<(Dispatch, Option<CommandPhase>)>>,
+}
+
+impl AgentSession for FakeSession {
+    fn rtt(&self) -> Duration {
+        Duration::from_micros(600)
+    }
+
+    fn push_config(&self, _: Arc<AgentPlan>) -> BoxFuture<'_, Result<(), SessionError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn dispatch(&self, command: Dispatch) -> BoxFuture<'_, Result<mpsc::Receiver<Reply>, SessionError>> {
+        // What the store held when the command left: it must already say Dispatched.
+        let persisted = self.store.history(&command.key).last().and_then(|u| match u {
+            StatusUpdate::ControlCommand(_, s) => s.phase,
+            _ => None,
+        });
+        self.seen.lock().expect("lock").push((command, persisted));
+        let script = self.script;
+        Box::pin(async move {
+            let (tx, rx) = mpsc::channel(4);
+            tokio::spawn(async move {
+                let _ = tx.send(Reply::Acknowledged).await;
+                if script == Script::Succeed {
+                    let now = Timestamp::now();
+                    let outcome = Outcome {
+                        code: ResultCode::Ok,
+                        message: String::new(),
+                        outputs: BTreeMap::new(),
+                        received_at: Some(now),
+                        started_at: Some(now),
+                        finished_at: Some(now + Duration::from_millis(3)),
+                    };
+                    let _ = tx.send(Reply::Finished(outcome)).await;
+                }
+            });
+            Ok(rx)
+        })
+    }
+
+    fn close(&self, _: &str) {}
+}
+
+fn plant() -> (Vec<Equipment>, Vec<ControlCommand>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plant");
+    let (mut eq, mut cmds) = (vec![], vec![]);
+    for l in manifest::load_valid(&dir).expect("plant") {
+        match l.expect("valid").1 {
+            Object::Equipment(e) => eq.push(e),
+            Object::ControlCommand(c) => cmds.push(c),
+            _ => {}
+        }
+    }
+    (eq, cmds)
+}
+
+fn command(name: &str) -> (ControlCommand, Equipment) {
+    let (eq, cmds) = plant();
+    let mut c = cmds.into_iter().find(|c| c.metadata.name.as_deref() == Some(name)).expect("command");
+    c.metadata.uid = Some(format!("uid-{name}"));
+    c.metadata.creation_timestamp = Some(Time(Timestamp::now()));
+    let e =
+        eq.into_iter().find(|e| e.metadata.name.as_deref() == Some(c.spec.equipment_ref.name.as_str())).expect("eq");
+    (c, e)
+}
+
+struct Rig {
+    store: Arc<MemoryStore>,
+    registry: Arc<Registry>,
+    engine: Engine<MemoryStore>,
+}
+
+fn rig(store: Arc<MemoryStore>) -> Rig {
+    let registry = Arc::new(Registry::default());
+    let engine = Engine::new(store.clone(), registry.clone(), Arc::new(Metrics::default()));
+    Rig { store, registry, engine }
+}
+
+fn connect(rig: &Rig, agent: &str, script: Script) -> Arc<FakeSession> {
+    let session = Arc::new(FakeSession { script, store: rig.store.clone(), seen: Mutex::default() });
+    rig.registry.connect(
+        ObjectKey::new("plant-a", agent),
+        Connected {
+            session: session.clone(),
+            connection_id: 1,
+            connected_since: Timestamp::now(),
+            remote: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            agent_version: "test".into(),
+            protocol_version: 1,
+            held_revision: None,
+        },
+    );
+    session
+}
+
+fn phases(store: &MemoryStore, key: &ObjectKey) -> Vec<CommandPhase> {
+    store
+        .history(key)
+        .into_iter()
+        .filter_map(|u| match u {
+            StatusUpdate::ControlCommand(_, s) => s.phase,
+            _ => None,
+        })
+        .collect()
+}
+
+fn last_status(store: &MemoryStore, key: &ObjectKey) -> ControlCommandStatus {
+    match store.history(key).pop() {
+        Some(StatusUpdate::ControlCommand(_, s)) => s,
+        _ => panic!("no status for {key}"),
+    }
+}
+
+async fn settle(store: &MemoryStore, key: &ObjectKey, want: CommandPhase) {
+    for _ in 0..200 {
+        if phases(store, key).last() == Some(&want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{key} never reached {want:?}: {:?}", phases(store, key));
+}
+
+#[tokio::test]
+async fn a_command_walks_to_succeeded_and_is_persisted_before_it_is_sent() {
+    let (cmd, eq) = command("start-infeed");
+    let rig = rig(Arc::default());
+    let session = connect(&rig, "line-1", Script::Succeed);
+    let key = ObjectKey::of(&cmd.metadata);
+    rig.engine.reconcile(&cmd, Some(&eq)).await.expect("reconcile");
+    settle(&rig.store, &key, CommandPhase::Succeeded).await;
+    assert_eq!(
+        phases(&rig.store, &key),
+        vec![CommandPhase::Pending, CommandPhase::Dispatched, CommandPhase::Acknowledged, CommandPhase::Succeeded]
+    );
+    let seen = session.seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].1, Some(CommandPhase::Dispatched), "Dispatched was durable before the send");
+    assert_eq!(seen[0].0.id, "uid-start-infeed");
+    assert!(seen[0].0.traceparent.starts_with("00-") && seen[0].0.traceparent.len() == 55);
+    let s = last_status(&rig.store, &key);
+    assert_eq!(s.attempts, 1);
+    assert_eq!(s.latency.network_micros, Some(300));
+    assert_eq!(s.latency.execution_micros, Some(3000));
+    assert!(s.latency.total_micros.is_some() && s.trace_id.is_some());
+}
+
+#[tokio::test]
+async fn commands_for_an_offline_agent_queue_or_reject_as_asked() {
+    let (mut cmd, eq) = command("start-infeed");
+    let key = ObjectKey::of(&cmd.metadata);
+    let queued = rig(Arc::default());
+    let requeue = queued.engine.reconcile(&cmd, Some(&eq)).await.expect("reconcile");
+    assert_eq!(phases(&queued.store, &key), vec![CommandPhase::Pending]);
+    assert!(requeue.is_some_and(|d| d <= Duration::from_secs(10)), "looked at again by the deadline: {requeue:?}");
+    // The agent comes back: the queued command goes out.
+    let session = connect(&queued, "line-1", Script::Succeed);
+    queued.engine.reconcile(&cmd, Some(&eq)).await.expect("reconcile");
+    settle(&queued.store, &key, CommandPhase::Succeeded).await;
+    assert_eq!(session.seen.lock().expect("lock").len(), 1);
+
+    cmd.spec.when_offline = WhenOffline::Reject;
+    let rejecting = rig(Arc::default());
+    rejecting.engine.reconcile(&cmd, Some(&eq)).await.expect("reconcile");
+    let s = last_status(&rejecting.store, &key);
+    assert_eq!(s.phase, Some(CommandPhase::Rejected));
+    assert_eq!(s.result.map(|r| r.code), Some(ResultCode::AgentOffline));
+}
+
+#[tokio::test]
+async fn a_command_outside_an_interlock_is_rejected_with_the_field_and_never_sent() {
+    let (mut cmd, eq) = command("start-infeed");
+    cmd.spec.parameters.insert("speed".into(), ParameterValue::Scalar(shopfloor_api::Value::Float(3.0)));
+    let rig = rig(Arc::default());
+    let session = connect(&rig, "line-1", Script::Succeed);
+    rig.engine.reconcile(&cmd, Some(&eq)).await.expect("reconcile");
+    let s = last_status(&rig.store, &ObjectKey::of(&cmd.metadata));
+    assert_eq!(s.phase, Some(CommandPhase::Rejected));
+    let result = s.result.expect("result");
+    assert_eq!(result.code, ResultCode::InvalidParameter);
+    assert!(result.message.contains("spec.parameters.speed"), "{}", result.message);
+    assert!(session.seen.lock().expect("lock").is_empty());
+
+    let (mut unknown, _) = command("start-infeed");
+    unknown.metadata.uid = Some("uid-2".into());
+    rig.engine.reconcile(&unknown, None).await.expect("reconcile");
+    let s = last_status(&rig.store, &ObjectKey::of(&unknown.metadata));
+    assert_eq!(s.result.map(|r| r.code), Some(ResultCode::UnknownEquipment));
+}
+
+#[tokio::test]
+async fn after_a_controller_restart_a_dispatched_command_is_resent_with_its_id_and_ends_once() {
+    let (cmd, eq) = command("oven-to-185");
+    let key = ObjectKey::of(&cmd.metadata);
+    let store: Arc<MemoryStore> = Arc::default();
+    {
+        let first = rig(store.clone());
+        connect(&first, "line-2", Script::AckThenDrop);
+        first.engine.reconcile(&cmd, Some(&eq)).await.expect("reconcile");
+        settle(&store, &key, CommandPhase::Acknowledged).await;
+    }
+    // A new controller: fresh engine and registry, the command as the store returns it.
+    let mut persisted = cmd.clone();
+    persisted.status = Some(last_status(&store, &key));
+    let second = rig(store.clone());
+    let session = connect(&second, "line-2", Script::Succeed);
+    second.engine.reconcile(&persisted, Some(&eq)).await.expect("reconcile");
+    settle(&store, &key, CommandPhase::Succeeded).await;
+    let seen = session.seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].0.id, "uid-oven-to-185", "same id: the agent's journal answers the redelivery");
+    let s = last_status(&store, &key);
+    assert_eq!(s.attempts, 2);
+    let terminal = phases(&store, &key).into_iter().filter(|p| p.is_terminal()).count();
+    assert_eq!(terminal, 1, "exactly one result");
+}
+
+#[tokio::test]
+async fn finished_commands_are_deleted_after_their_ttl() {
+    let (mut cmd, eq) = command("start-infeed");
+    cmd.spec.ttl_seconds_after_finished = Some(0);
+    let rig = rig(Arc::default());
+    connect(&rig, "line-1", Script::Succeed);
+    let key = ObjectKey::of(&cmd.metadata);
+    rig.engine.reconcile(&cmd, Some(&eq)).await.expect("reconcile");
+    settle(&rig.store, &key, CommandPhase::Succeeded).await;
+    rig.engine.reconcile(&cmd, Some(&eq)).await.expect("reconcile");
+    assert_eq!(rig.store.deleted.lock().expect("lock").clone(), vec![key]);
+}
