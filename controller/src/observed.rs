@@ -1,0 +1,96 @@
+//! What agents report back, kept in memory until it lands in a status: configuration results
+//! per revision, and the last value read of every property.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::RwLock,
+};
+
+use k8s_openapi::jiff::Timestamp;
+use shopfloor_api::{Value, equipment::ApplyResult};
+
+use crate::store::ObjectKey;
+
+/// The result of applying one desired setpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PropertyResult {
+    pub property: String,
+    pub desired: Value,
+    pub result: ApplyResult,
+    pub message: Option<String>,
+    pub read_back: Option<Value>,
+}
+
+/// An agent's ConfigApplied, as the controller keeps it.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct AppliedReport {
+    pub revision: String,
+    pub at: Option<Timestamp>,
+    /// Per equipment name.
+    pub equipment: BTreeMap<String, Vec<PropertyResult>>,
+    /// Per slice name: `Ok(())` or the error.
+    pub slices: BTreeMap<String, Result<(), String>>,
+}
+
+/// One reported value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reading {
+    pub value: Value,
+    pub at: Timestamp,
+}
+
+/// Reports from every agent.
+#[derive(Debug, Default)]
+pub struct Observed {
+    applied: RwLock<HashMap<ObjectKey, AppliedReport>>,
+    /// Per equipment, per property.
+    readings: RwLock<HashMap<ObjectKey, BTreeMap<String, Reading>>>,
+}
+
+impl Observed {
+    pub fn record_applied(&self, agent: ObjectKey, report: AppliedReport) {
+        self.applied.write().unwrap_or_else(|p| p.into_inner()).insert(agent, report);
+    }
+
+    pub fn applied(&self, agent: &ObjectKey) -> Option<AppliedReport> {
+        self.applied.read().unwrap_or_else(|p| p.into_inner()).get(agent).cloned()
+    }
+
+    /// Records readings, keeping for each property the newest by timestamp (buffered telemetry
+    /// delivered after a partition arrives late and out of order).
+    pub fn record_readings(&self, equipment: ObjectKey, values: impl IntoIterator<Item = (String, Reading)>) {
+        let mut all = self.readings.write().unwrap_or_else(|p| p.into_inner());
+        let entry = all.entry(equipment).or_default();
+        for (property, reading) in values {
+            match entry.get(&property) {
+                Some(existing) if existing.at >= reading.at => {}
+                _ => {
+                    entry.insert(property, reading);
+                }
+            }
+        }
+    }
+
+    pub fn readings(&self, equipment: &ObjectKey) -> BTreeMap<String, Reading> {
+        self.readings.read().unwrap_or_else(|p| p.into_inner()).get(equipment).cloned().unwrap_or_default()
+    }
+
+    pub fn forget_agent(&self, agent: &ObjectKey) {
+        self.applied.write().unwrap_or_else(|p| p.into_inner()).remove(agent);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn late_buffered_readings_never_overwrite_newer_ones() {
+        let o = Observed::default();
+        let eq = ObjectKey::new("plant-a", "oven");
+        let at = |s: i64| Timestamp::from_second(1_800_000_000 + s).expect("valid");
+        o.record_readings(eq.clone(), [("pv".to_owned(), Reading { value: Value::Float(180.0), at: at(10) })]);
+        o.record_readings(eq.clone(), [("pv".to_owned(), Reading { value: Value::Float(170.0), at: at(5) })]);
+        assert_eq!(o.readings(&eq)["pv"].value, Value::Float(180.0));
+    }
+}

@@ -1,0 +1,261 @@
+//! Status of EdgeAgents, Equipment and NetworkSlices, computed from what the controller knows
+//! now. Pure: every write is the full status (server-side apply drops fields a manager stops
+//! sending), and the same facts give byte-identical statuses so unchanged objects are not
+//! rewritten.
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use shopfloor_api::{
+    EdgeAgent, Equipment, NetworkSlice,
+    common::condition_type::{APPLIED, READY, VALID},
+    edge_agent::{AgentPhase, ConfigStatus, ConnectionStatus, EdgeAgentStatus},
+    equipment::{ApplyResult, EquipmentStatus, PropertyApplyStatus, ReportedValue},
+    network_slice::NetworkSliceStatus,
+};
+
+use crate::{
+    conditions::{self, State},
+    observed::{AppliedReport, Reading},
+    planner::Problem,
+    registry::Connected,
+};
+
+fn second(t: Timestamp) -> Time {
+    Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
+}
+
+/// Facts about one agent beyond its object.
+#[derive(Debug, Default)]
+pub struct AgentFacts<'a> {
+    pub connected: Option<&'a Connected>,
+    pub desired_revision: Option<&'a str>,
+    pub applied: Option<&'a AppliedReport>,
+    /// This controller replica's name, shown in `status.connection.replica`.
+    pub replica: &'a str,
+}
+
+/// The EdgeAgent's status. Enrollment and certificate fields are carried over from `prev`:
+/// they are set by the enrollment path, not recomputed.
+pub fn edge_agent(agent: &EdgeAgent, facts: &AgentFacts<'_>, now: Timestamp) -> EdgeAgentStatus {
+    let prev = agent.status.clone().unwrap_or_default();
+    let generation = agent.metadata.generation;
+    let enrolled = prev.certificate.as_ref().is_some_and(|c| c.serial.is_some());
+    let phase = if agent.spec.suspend {
+        AgentPhase::Suspended
+    } else if facts.connected.is_some() {
+        AgentPhase::Connected
+    } else if prev.connection.is_some() {
+        AgentPhase::Disconnected
+    } else if enrolled {
+        AgentPhase::Enrolled
+    } else {
+        AgentPhase::Pending
+    };
+    let connection = match facts.connected {
+        Some(c) => Some(ConnectionStatus {
+            connected_since: Some(second(c.connected_since)),
+            last_seen: Some(second(now)),
+            rtt_micros: Some(i64::try_from(c.session.rtt().as_micros()).unwrap_or(i64::MAX)),
+            remote_address: Some(c.remote.to_string()),
+            replica: Some(facts.replica.to_owned()),
+            agent_version: Some(c.agent_version.clone()),
+            protocol_version: i32::try_from(c.protocol_version).ok(),
+        }),
+        // Keep when it was last seen; a round-trip time of a closed connection means nothing.
+        None => prev.connection.map(|c| ConnectionStatus { last_seen: c.last_seen, ..Default::default() }),
+    };
+    let applied_revision = facts
+        .applied
+        .map(|a| a.revision.clone())
+        .or_else(|| prev.config.as_ref().and_then(|c| c.applied_revision.clone()));
+    let applied_at = facts
+        .applied
+        .and_then(|a| a.at.map(second))
+        .or_else(|| prev.config.as_ref().and_then(|c| c.applied_at.clone()));
+    let config = ConfigStatus {
+        desired_revision: facts.desired_revision.map(str::to_owned),
+        applied_revision: applied_revision.clone(),
+        applied_at,
+    };
+    let in_sync = facts.desired_revision.is_some() && facts.desired_revision == applied_revision.as_deref();
+    let mut conds = prev.conditions.clone();
+    let (state, reason, message) = match phase {
+        AgentPhase::Suspended => (State::False, "Suspended", "spec.suspend is true: the agent is disconnected and refused".to_owned()),
+        AgentPhase::Pending => (
+            State::False,
+            "NotEnrolled",
+            "waiting for the agent to enroll: run the command `kubectl shopfloor enroll <agent>` prints on the plant host".to_owned(),
+        ),
+        AgentPhase::Enrolled => (State::False, "NotConnected", "enrolled; the agent has not connected yet".to_owned()),
+        AgentPhase::Disconnected => (State::False, "Disconnected", "the agent's connection is gone; it reconnects with backoff".to_owned()),
+        AgentPhase::Connected if !in_sync => (
+            State::False,
+            "ConfigPending",
+            format!(
+                "connected; applying revision {} (holds {})",
+                facts.desired_revision.unwrap_or("-"),
+                applied_revision.as_deref().unwrap_or("none")
+            ),
+        ),
+        AgentPhase::Connected => (State::True, "Connected", "connected and holding the desired configuration".to_owned()),
+    };
+    conditions::set(&mut conds, READY, state, reason, message, generation, now);
+    EdgeAgentStatus {
+        observed_generation: generation,
+        phase: Some(phase),
+        conditions: conds,
+        enrollment: prev.enrollment,
+        connection,
+        certificate: prev.certificate,
+        config: Some(config),
+    }
+}
+
+/// The Equipment's status from the problems the planner found, its agent's last ConfigApplied
+/// and the last readings.
+pub fn equipment(
+    eq: &Equipment,
+    problems: &[&Problem],
+    agent_connected: bool,
+    applied: Option<&AppliedReport>,
+    readings: &std::collections::BTreeMap<String, Reading>,
+    now: Timestamp,
+) -> EquipmentStatus {
+    let prev = eq.status.clone().unwrap_or_default();
+    let generation = eq.metadata.generation;
+    let name = eq.metadata.name.clone().unwrap_or_default();
+    let mut conds = prev.conditions.clone();
+    let invalid = problems.iter().find(|p| p.reason == "Invalid" || p.reason == "AgentNotFound");
+    match invalid {
+        Some(p) => conditions::set(&mut conds, VALID, State::False, p.reason, p.message.clone(), generation, now),
+        None => conditions::set(&mut conds, VALID, State::True, "Valid", "", generation, now),
+    };
+    let results: Vec<PropertyApplyStatus> = applied
+        .and_then(|a| a.equipment.get(&name))
+        .map(|rs| {
+            rs.iter()
+                .map(|r| PropertyApplyStatus {
+                    property: r.property.clone(),
+                    desired: r.desired,
+                    result: r.result,
+                    message: r.message.clone(),
+                    read_back: r.read_back,
+                })
+                .collect()
+        })
+        .unwrap_or_else(|| prev.applied.clone());
+    let failed: Vec<&PropertyApplyStatus> = results.iter().filter(|r| r.result != ApplyResult::Applied).collect();
+    let applied_revision =
+        applied.filter(|a| a.equipment.contains_key(&name)).map(|a| a.revision.clone()).or(prev.applied_revision);
+    if applied_revision.is_none() {
+        conditions::set(
+            &mut conds,
+            APPLIED,
+            State::Unknown,
+            "Pending",
+            "the agent has not applied a configuration with this equipment yet",
+            generation,
+            now,
+        );
+    } else if failed.is_empty() {
+        conditions::set(
+            &mut conds,
+            APPLIED,
+            State::True,
+            "Applied",
+            "every desired setpoint is applied and read back",
+            generation,
+            now,
+        );
+    } else {
+        let msg = failed
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}: {:?}{}",
+                    r.property,
+                    r.result,
+                    r.message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        conditions::set(&mut conds, APPLIED, State::False, "SetpointsNotApplied", msg, generation, now);
+    }
+    let slice_problem = problems.iter().find(|p| p.reason == "SliceNotSelected");
+    let (state, reason, message) = if let Some(p) = invalid {
+        (State::False, p.reason, p.message.clone())
+    } else if !agent_connected {
+        (
+            State::False,
+            "AgentDisconnected",
+            format!(
+                "EdgeAgent {} is not connected; the equipment keeps its last applied setpoints",
+                eq.spec.agent_ref.name
+            ),
+        )
+    } else if !failed.is_empty() {
+        (State::False, "SetpointsNotApplied", "see the Applied condition".to_owned())
+    } else if let Some(p) = slice_problem {
+        (State::False, p.reason, p.message.clone())
+    } else if applied_revision.is_none() {
+        (State::False, "Pending", "waiting for the agent to apply its configuration".to_owned())
+    } else {
+        (State::True, "Ready", "connected, configured, reporting".to_owned())
+    };
+    conditions::set(&mut conds, READY, state, reason, message, generation, now);
+    let mut reported: Vec<ReportedValue> = if readings.is_empty() {
+        prev.reported
+    } else {
+        readings
+            .iter()
+            .map(|(p, r)| ReportedValue { property: p.clone(), value: r.value, observed_at: second(r.at) })
+            .collect()
+    };
+    reported.retain(|r| eq.spec.properties.iter().any(|p| p.name == r.property));
+    EquipmentStatus { observed_generation: generation, conditions: conds, applied_revision, applied: results, reported }
+}
+
+/// The NetworkSlice's status: how many agents it selects, and how many applied it.
+pub fn network_slice<'a>(
+    slice: &NetworkSlice,
+    problems: &[&Problem],
+    selected: &[crate::store::ObjectKey],
+    applied: impl Fn(&crate::store::ObjectKey) -> Option<&'a AppliedReport>,
+    now: Timestamp,
+) -> NetworkSliceStatus {
+    let prev = slice.status.clone().unwrap_or_default();
+    let generation = slice.metadata.generation;
+    let name = slice.metadata.name.clone().unwrap_or_default();
+    let mut ok = 0;
+    let mut failed = Vec::new();
+    for agent in selected {
+        match applied(agent).and_then(|a| a.slices.get(&name)) {
+            Some(Ok(())) => ok += 1,
+            Some(Err(e)) => failed.push(format!("{}: {e}", agent.name)),
+            None => {}
+        }
+    }
+    let mut conds = prev.conditions.clone();
+    match problems.first() {
+        Some(p) => conditions::set(&mut conds, VALID, State::False, p.reason, p.message.clone(), generation, now),
+        None => conditions::set(&mut conds, VALID, State::True, "Valid", "", generation, now),
+    };
+    let (state, reason, message) = if let Some(p) = problems.first() {
+        (State::False, p.reason, p.message.clone())
+    } else if !failed.is_empty() {
+        (State::False, "SteeringFailed", failed.join("; "))
+    } else if ok < selected.len() {
+        (State::False, "Pending", format!("{ok} of {} selected agents applied the steering", selected.len()))
+    } else {
+        (State::True, "Applied", format!("{ok} agents steer this slice's traffic"))
+    };
+    conditions::set(&mut conds, READY, state, reason, message, generation, now);
+    let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    NetworkSliceStatus {
+        observed_generation: generation,
+        conditions: conds,
+        selected_agents: count(selected.len()),
+        applied_agents: count(ok),
+        failed_agents: count(failed.len()),
+    }
+}
