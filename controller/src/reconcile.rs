@@ -141,7 +141,7 @@ impl<S: Store> Core<S> {
         if !enrolled {
             let expires = self.ensure_token(&key).await?;
             let status = agent.status.get_or_insert_with(EdgeAgentStatus::default);
-            let enrollment = status.enrollment.get_or_insert_with(|| EnrollmentStatus {
+            let enrollment = status.enrollment.get_or_insert(EnrollmentStatus {
                 token_secret_name: None,
                 token_expires_at: None,
                 enrolled_at: None,
