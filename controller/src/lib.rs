@@ -13,6 +13,7 @@
 pub mod conditions;
 pub mod engine;
 pub mod enrollment;
+pub mod kube_controllers;
 pub mod leader;
 pub mod metrics;
 pub mod observed;
@@ -20,6 +21,7 @@ pub mod planner;
 pub mod reconcile;
 pub mod registry;
 pub mod selector;
+pub mod standalone;
 pub mod status;
 pub mod status_writer;
 pub mod store;

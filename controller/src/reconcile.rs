@@ -42,6 +42,9 @@ pub struct Core<S: Store> {
     /// Agents whose bootstrap token this replica already ensured, with the token's expiry.
     tokens: Mutex<BTreeMap<ObjectKey, Timestamp>>,
     pub replica: String,
+    /// Poked when something the statuses depend on changed outside the store (an agent
+    /// connected, applied a configuration, reported values).
+    pub kick: tokio::sync::Notify,
 }
 
 impl<S: Store> std::fmt::Debug for Core<S> {
@@ -64,6 +67,7 @@ impl<S: Store> Core<S> {
             plans: RwLock::new((u64::MAX, Arc::default())),
             tokens: Mutex::default(),
             replica: replica.into(),
+            kick: tokio::sync::Notify::new(),
         })
     }
 

@@ -1,0 +1,215 @@
+//! The Kubernetes shell: one kube-rs controller per kind, in the controller-rs style
+//! (`reconcile` + `error_policy` + a shared [`Context`]). Each reconcile hands its object to the
+//! shared [`Core`] steps with a view of the other objects from the controllers' reflectors.
+
+use std::{
+    hash::{Hash, Hasher},
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::StreamExt;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        finalizer::{Event as Finalizer, finalizer},
+        reflector::{ObjectRef, Store as Reader},
+        watcher,
+    },
+};
+use shopfloor_api::{ControlCommand, EdgeAgent, Equipment, NetworkSlice};
+
+use crate::{
+    enrollment,
+    planner::Plans,
+    reconcile::Core,
+    store::{ObjectKey, Store, StoreError, World, kube::KubeStore},
+};
+
+/// The finalizer that lets the controller close a deleted agent's connection and remove its
+/// bootstrap token before the EdgeAgent disappears.
+pub const AGENT_FINALIZER: &str = "shopfloor.io/agent-connection";
+
+/// Everything a reconcile needs.
+pub struct Context {
+    pub core: Arc<Core<KubeStore>>,
+    pub client: Client,
+    pub recorder: Recorder,
+    agents: Reader<EdgeAgent>,
+    equipment: Reader<Equipment>,
+    slices: Reader<NetworkSlice>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+/// Errors of a reconcile; every one is retried with backoff by `error_policy`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Context {
+    /// A context over the given reflector stores (the controllers' own, or test fixtures).
+    pub fn new(
+        client: Client,
+        core: Arc<Core<KubeStore>>,
+        agents: Reader<EdgeAgent>,
+        equipment: Reader<Equipment>,
+        slices: Reader<NetworkSlice>,
+    ) -> Arc<Self> {
+        let reporter = Reporter { controller: "shopfloor-controller".into(), instance: Some(core.replica.clone()) };
+        Arc::new(Self { recorder: Recorder::new(client.clone(), reporter), client, agents, equipment, slices, core })
+    }
+
+    /// A version of the objects the plans depend on: changes when any of them changes.
+    fn version(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for a in self.agents.state() {
+            (a.uid(), a.resource_version(), a.labels()).hash(&mut h);
+        }
+        for e in self.equipment.state() {
+            (e.uid(), e.resource_version()).hash(&mut h);
+        }
+        for s in self.slices.state() {
+            (s.uid(), s.resource_version()).hash(&mut h);
+        }
+        h.finish()
+    }
+
+    fn plans(&self) -> Arc<Plans> {
+        let version = self.version();
+        let world = World {
+            agents: self.agents.state().iter().map(|a| (**a).clone()).collect(),
+            equipment: self.equipment.state().iter().map(|e| (**e).clone()).collect(),
+            slices: self.slices.state().iter().map(|s| (**s).clone()).collect(),
+            ..Default::default()
+        };
+        self.core.plans(version, &world)
+    }
+
+    async fn event(&self, obj: &impl Resource<DynamicType = ()>, type_: EventType, reason: &str, note: String) {
+        let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::debug!("event not recorded: {e}");
+        }
+    }
+}
+
+fn requeue(r: Option<Duration>) -> Action {
+    // Status freshness (last seen, RTT) wants a periodic pass even without events.
+    Action::requeue(r.unwrap_or(Duration::from_secs(30)).min(Duration::from_secs(30)))
+}
+
+pub async fn reconcile_agent(agent: Arc<EdgeAgent>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = agent.namespace().unwrap_or_default();
+    let api: Api<EdgeAgent> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, AGENT_FINALIZER, agent, |event| async {
+        match event {
+            Finalizer::Apply(agent) => {
+                let was_connected = ctx.core.registry.get(&ObjectKey::of(&agent.metadata)).is_some();
+                let r = ctx.core.reconcile_agent(&agent, &ctx.plans()).await?;
+                if agent.spec.suspend && was_connected {
+                    ctx.event(
+                        &*agent,
+                        EventType::Normal,
+                        "Suspended",
+                        "connection closed: spec.suspend is true".into(),
+                    )
+                    .await;
+                }
+                Ok(requeue(r))
+            }
+            Finalizer::Cleanup(agent) => {
+                let key = ObjectKey::of(&agent.metadata);
+                ctx.core.registry.evict(&key, "the EdgeAgent was deleted");
+                ctx.core.store.delete_secret(&enrollment::token_secret_name(&key)).await?;
+                ctx.core.observed.forget_agent(&key);
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await;
+    result.map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    })
+}
+
+pub async fn reconcile_equipment(eq: Arc<Equipment>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.core.reconcile_equipment(&eq, &ctx.plans());
+    Ok(requeue(None))
+}
+
+pub async fn reconcile_slice(slice: Arc<NetworkSlice>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.core.reconcile_slice(&slice, &ctx.plans());
+    Ok(requeue(None))
+}
+
+pub async fn reconcile_command(cmd: Arc<ControlCommand>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = cmd.namespace();
+    let eq = ctx.equipment.get(&ObjectRef::new(&cmd.spec.equipment_ref.name).within(ns.as_deref().unwrap_or_default()));
+    let before = cmd.status.as_ref().and_then(|s| s.phase);
+    let r = ctx.core.reconcile_command(&cmd, eq.as_deref()).await?;
+    if before.is_none() && cmd.spec.dry_run {
+        ctx.event(&*cmd, EventType::Normal, "DryRun", "validated without writing".into()).await;
+    }
+    Ok(match r {
+        Some(d) => Action::requeue(d),
+        None => Action::await_change(),
+    })
+}
+
+pub fn error_policy<K>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
+    let kind = K::kind(&()).to_string();
+    ctx.core.metrics.reconcile_errors.get_or_create(&crate::metrics::KindLabel { kind: kind.clone() }).inc();
+    tracing::warn!(kind, name = obj.meta().name.as_deref().unwrap_or_default(), "reconcile failed, retrying: {error}");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Runs the four controllers until `shutdown` resolves.
+pub async fn run(client: Client, core: Arc<Core<KubeStore>>, shutdown: tokio::sync::watch::Receiver<bool>) {
+    let on_shutdown = || {
+        let mut rx = shutdown.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let wc = watcher::Config::default().any_semantic();
+    let agents = Controller::new(Api::<EdgeAgent>::all(client.clone()), wc.clone());
+    let equipment = Controller::new(Api::<Equipment>::all(client.clone()), wc.clone());
+    let slices = Controller::new(Api::<NetworkSlice>::all(client.clone()), wc.clone());
+    let commands = Controller::new(Api::<ControlCommand>::all(client.clone()), wc.clone());
+    let ctx = Context::new(client.clone(), core, agents.store(), equipment.store(), slices.store());
+    // An Equipment change moves its agent's plan; a command waits on its equipment.
+    let agents = agents
+        .watches(Api::<Equipment>::all(client.clone()), wc.clone(), |eq: Equipment| {
+            let ns = eq.namespace().unwrap_or_default();
+            Some(ObjectRef::<EdgeAgent>::new(&eq.spec.agent_ref.name).within(&ns))
+        })
+        .graceful_shutdown_on(on_shutdown());
+    tokio::join!(
+        agents.run(reconcile_agent, error_policy, ctx.clone()).for_each(log),
+        equipment.graceful_shutdown_on(on_shutdown()).run(reconcile_equipment, error_policy, ctx.clone()).for_each(log),
+        slices.graceful_shutdown_on(on_shutdown()).run(reconcile_slice, error_policy, ctx.clone()).for_each(log),
+        commands.graceful_shutdown_on(on_shutdown()).run(reconcile_command, error_policy, ctx.clone()).for_each(log),
+    );
+}
+
+async fn log<T: std::fmt::Debug, E: std::fmt::Debug>(r: Result<T, E>) {
+    if let Err(e) = r {
+        tracing::debug!("controller stream: {e:?}");
+    }
+}

@@ -1,0 +1,159 @@
+//! The EdgeAgent controller against kube's mocked service: the exact API calls it makes for
+//! the finalizer, the bootstrap token Secret and the status.
+
+use std::{sync::Arc, time::Duration};
+
+use http::{Request, Response, StatusCode};
+use kube::{
+    Client,
+    client::Body,
+    runtime::{reflector, watcher},
+};
+use serde_json::{Value, json};
+use shopfloor_api::{EdgeAgent, EdgeAgentSpec};
+use shopfloor_controller::{
+    kube_controllers::{AGENT_FINALIZER, Context, reconcile_agent},
+    reconcile::Core,
+    store::kube::KubeStore,
+};
+use tower_test::mock;
+
+type Handle = mock::Handle<Request<Body>, Response<Body>>;
+
+fn agent(finalizer: bool, deleting: bool) -> EdgeAgent {
+    let mut a = EdgeAgent::new(
+        "line-1",
+        EdgeAgentSpec {
+            site: "plant-a/line-1".into(),
+            certificate: Default::default(),
+            heartbeat: Default::default(),
+            suspend: false,
+        },
+    );
+    a.metadata.namespace = Some("plant-a".into());
+    a.metadata.uid = Some("uid-1".into());
+    a.metadata.generation = Some(1);
+    a.metadata.resource_version = Some("10".into());
+    if finalizer {
+        a.metadata.finalizers = Some(vec![AGENT_FINALIZER.into()]);
+    }
+    if deleting {
+        a.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
+    }
+    a
+}
+
+fn setup(a: &EdgeAgent) -> (Arc<Context>, Handle) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let core =
+        Core::new(Arc::new(KubeStore::new(client.clone(), "shopfloor-system")), "pod-a", Duration::from_millis(1));
+    let (agents, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Apply(a.clone()));
+    let (equipment, _) = reflector::store();
+    let (slices, _) = reflector::store();
+    (Context::new(client, core, agents, equipment, slices), handle)
+}
+
+async fn json_body(req: Request<Body>) -> Value {
+    serde_json::from_slice(&req.into_body().collect_bytes().await.expect("body")).expect("json")
+}
+
+fn respond(send: mock::SendResponse<Response<Body>>, code: StatusCode, body: Value) {
+    send.send_response(
+        Response::builder().status(code).body(Body::from(serde_json::to_vec(&body).expect("json"))).expect("response"),
+    );
+}
+
+fn not_found() -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+}
+
+#[tokio::test]
+async fn a_new_agent_first_gets_the_finalizer() {
+    let a = agent(false, false);
+    let (ctx, mut handle) = setup(&a);
+    let expected = a.clone();
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.expect("finalizer patch");
+        assert_eq!(req.method(), http::Method::PATCH);
+        assert_eq!(req.uri().path(), "/apis/shopfloor.io/v1alpha1/namespaces/plant-a/edgeagents/line-1");
+        assert_eq!(req.headers()["content-type"], "application/json-patch+json");
+        let body = json_body(req).await;
+        assert!(body.to_string().contains(AGENT_FINALIZER), "{body}");
+        let mut with = expected;
+        with.metadata.finalizers = Some(vec![AGENT_FINALIZER.into()]);
+        respond(send, StatusCode::OK, serde_json::to_value(with).expect("json"));
+    });
+    reconcile_agent(Arc::new(a), ctx).await.expect("reconcile");
+    server.await.expect("server");
+}
+
+#[tokio::test]
+async fn an_unenrolled_agent_gets_a_bootstrap_token_secret_and_a_pending_status() {
+    let a = agent(true, false);
+    let (ctx, mut handle) = setup(&a);
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.expect("token read");
+        assert_eq!(req.method(), http::Method::GET);
+        assert_eq!(req.uri().path(), "/api/v1/namespaces/shopfloor-system/secrets/shopfloor-bootstrap-plant-a-line-1");
+        respond(send, StatusCode::NOT_FOUND, not_found());
+
+        let (req, send) = handle.next_request().await.expect("token write");
+        assert_eq!(req.method(), http::Method::PATCH);
+        assert_eq!(req.uri().path(), "/api/v1/namespaces/shopfloor-system/secrets/shopfloor-bootstrap-plant-a-line-1");
+        assert!(req.uri().query().unwrap_or_default().contains("fieldManager=shopfloor-controller"));
+        let body = json_body(req).await;
+        for key in ["token-id", "token-secret", "agent-namespace", "agent-name", "expires-at"] {
+            assert!(body["data"][key].is_string(), "secret data {key}: {body}");
+        }
+        respond(send, StatusCode::OK, body);
+
+        let (req, send) = handle.next_request().await.expect("status");
+        assert_eq!(req.method(), http::Method::PATCH);
+        assert_eq!(req.uri().path(), "/apis/shopfloor.io/v1alpha1/namespaces/plant-a/edgeagents/line-1/status");
+        let body = json_body(req).await;
+        assert_eq!(body["status"]["phase"], "Pending");
+        assert_eq!(body["status"]["observedGeneration"], 1);
+        assert_eq!(body["status"]["enrollment"]["tokenSecretName"], "shopfloor-bootstrap-plant-a-line-1");
+        let ready = &body["status"]["conditions"][0];
+        assert_eq!(
+            (ready["type"].as_str(), ready["status"].as_str(), ready["reason"].as_str()),
+            (Some("Ready"), Some("False"), Some("NotEnrolled"))
+        );
+        respond(
+            send,
+            StatusCode::OK,
+            json!({"apiVersion": "shopfloor.io/v1alpha1", "kind": "EdgeAgent", "metadata": {"name": "line-1"}, "spec": {"site": "plant-a/line-1"}}),
+        );
+    });
+    // The status goes through the coalescing writer in the background: keep the context alive.
+    reconcile_agent(Arc::new(a), ctx.clone()).await.expect("reconcile");
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("all requests made").expect("server");
+    drop(ctx);
+}
+
+#[tokio::test]
+async fn deleting_an_agent_removes_its_token_then_the_finalizer() {
+    let a = agent(true, true);
+    let (ctx, mut handle) = setup(&a);
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.expect("token delete");
+        assert_eq!(req.method(), http::Method::DELETE);
+        assert_eq!(req.uri().path(), "/api/v1/namespaces/shopfloor-system/secrets/shopfloor-bootstrap-plant-a-line-1");
+        respond(send, StatusCode::NOT_FOUND, not_found());
+        let (req, send) = handle.next_request().await.expect("finalizer removal");
+        assert_eq!(req.method(), http::Method::PATCH);
+        assert_eq!(req.uri().path(), "/apis/shopfloor.io/v1alpha1/namespaces/plant-a/edgeagents/line-1");
+        let body = json_body(req).await;
+        assert!(body.to_string().contains("remove") || body.to_string().contains("replace"), "{body}");
+        respond(
+            send,
+            StatusCode::OK,
+            json!({"apiVersion": "shopfloor.io/v1alpha1", "kind": "EdgeAgent", "metadata": {"name": "line-1", "namespace": "plant-a"}, "spec": {"site": "plant-a/line-1"}}),
+        );
+    });
+    reconcile_agent(Arc::new(a), ctx).await.expect("reconcile");
+    server.await.expect("server");
+}
