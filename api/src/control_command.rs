@@ -233,6 +233,10 @@ pub struct CommandResult {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CommandTimestamps {
+    /// When the controller first saw the command; latencies count from here, because
+    /// `metadata.creationTimestamp` only has second precision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_at: Option<MicroTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispatched_at: Option<MicroTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -251,7 +255,7 @@ pub struct CommandTimestamps {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LatencyBreakdown {
-    /// From creation to dispatch, in the controller.
+    /// From acceptance to dispatch, in the controller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_micros: Option<i64>,
     /// From dispatch to receipt at the agent (one way, estimated from RTT).
@@ -260,7 +264,7 @@ pub struct LatencyBreakdown {
     /// Execution on the agent, device I/O included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_micros: Option<i64>,
-    /// From creation to the result recorded.
+    /// From acceptance to the result recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_micros: Option<i64>,
 }

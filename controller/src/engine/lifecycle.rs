@@ -68,6 +68,12 @@ fn micros_between(a: Timestamp, b: Timestamp) -> i64 {
     b.duration_since(a).as_micros().try_into().unwrap_or(i64::MAX).max(0)
 }
 
+/// Where latencies count from: acceptance by the controller, or creation for a status written
+/// before acceptance was recorded.
+fn origin(status: &ControlCommandStatus, created: Timestamp) -> Timestamp {
+    status.timestamps.accepted_at.as_ref().map_or(created, |t| t.0)
+}
+
 fn finish(
     status: &mut ControlCommandStatus,
     now: Timestamp,
@@ -78,7 +84,7 @@ fn finish(
     status.phase = Some(phase);
     status.result = Some(result);
     status.timestamps.finished_at.get_or_insert(Time(now));
-    status.latency.total_micros = Some(micros_between(created, now));
+    status.latency.total_micros = Some(micros_between(origin(status, created), now));
 }
 
 /// The phase an agent's result code ends a command in.
@@ -121,6 +127,7 @@ pub fn step(
                 return None;
             }
             s.phase = Some(CommandPhase::Pending);
+            s.timestamps.accepted_at = Some(Time(now));
             s.timestamps.deadline = Some(Time(deadline));
             s.trace_id = Some(trace_id);
             if past_deadline {
@@ -169,7 +176,7 @@ pub fn step(
             if phase == Some(CommandPhase::Pending) {
                 s.phase = Some(CommandPhase::Dispatched);
                 s.timestamps.dispatched_at = Some(Time(now));
-                s.latency.queue_micros = Some(micros_between(created, now));
+                s.latency.queue_micros = Some(micros_between(origin(&s, created), now));
             }
             s.agent = Some(agent);
             s.attempts += 1;

@@ -1,0 +1,135 @@
+//! `shopfloor-controller`: the Shopfloor operator, in a cluster or standalone on a folder.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, sync::atomic::Ordering, time::Duration};
+
+use anyhow::Context as _;
+use clap::Parser;
+use shopfloor_controller::{
+    kube_controllers,
+    leader::{LeaderElector, LeaseTiming},
+    metrics,
+    reconcile::Core,
+    standalone,
+    store::{folder::FolderStore, kube::KubeStore},
+};
+
+/// Reconciles a plant's EdgeAgents, Equipment, NetworkSlices and ControlCommands onto its edge
+/// agents over QUIC with mutual TLS.
+///
+/// In a cluster it watches the shopfloor.io resources through the API server. With
+/// `--standalone <dir>` it needs no cluster: it reads the same manifests from a folder, watches
+/// it for changes, and keeps status, the CA and tokens in `--state-dir`.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Run without Kubernetes on the manifests in this folder.
+    #[arg(long, value_name = "DIR")]
+    standalone: Option<PathBuf>,
+    /// Where standalone mode keeps status, the CA, tokens and certificates.
+    #[arg(long, value_name = "DIR", default_value = ".shopfloor", env = "SHOPFLOOR_STATE_DIR")]
+    state_dir: PathBuf,
+    /// Health (/healthz, /readyz) and Prometheus metrics (/metrics).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", env = "SHOPFLOOR_HTTP_ADDR")]
+    http: SocketAddr,
+    /// Namespace of the CA and token Secrets and of the leader Lease (cluster mode).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "shopfloor-system")]
+    namespace: String,
+    /// This replica's name, for the Lease and `status.connection.replica`.
+    #[arg(long, env = "POD_NAME", default_value = "shopfloor-controller")]
+    replica: String,
+    /// Log filter, e.g. `info` or `shopfloor_controller=debug`.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log is not a valid filter")?)
+        .with_writer(std::io::stderr)
+        .init();
+    let health = Arc::new(metrics::Health::default());
+    match &args.standalone {
+        Some(dir) => run_standalone(&args, dir, health).await,
+        None => run_cluster(&args, health).await,
+    }
+}
+
+async fn run_standalone(args: &Args, dir: &PathBuf, health: Arc<metrics::Health>) -> anyhow::Result<()> {
+    let store = FolderStore::open(dir, &args.state_dir)
+        .with_context(|| format!("cannot use {} with state directory {}", dir.display(), args.state_dir.display()))?;
+    let core = Core::new(Arc::new(store), &args.replica, Duration::from_secs(1));
+    let (addr, _http) = metrics::serve(args.http, core.metrics.clone(), health.clone())
+        .await
+        .with_context(|| format!("cannot listen on {} for health and metrics", args.http))?;
+    health.leader.store(true, Ordering::Relaxed);
+    health.ready.store(true, Ordering::Relaxed);
+    tracing::info!(manifests = %dir.display(), state = %args.state_dir.display(), http = %addr, "standalone controller started");
+    tokio::select! {
+        r = standalone::run(core) => r.context("standalone controller stopped"),
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("interrupted, stopping");
+            Ok(())
+        }
+    }
+}
+
+async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await.context(
+        "cannot reach a Kubernetes API server (no in-cluster config and no usable kubeconfig); use --standalone <dir> to run without a cluster",
+    )?;
+    let store = KubeStore::new(client.clone(), &args.namespace);
+    let core = Core::new(Arc::new(store), &args.replica, Duration::from_secs(1));
+    let (addr, _http) = metrics::serve(args.http, core.metrics.clone(), health.clone()).await?;
+    tracing::info!(http = %addr, namespace = %args.namespace, replica = %args.replica, "controller started; electing a leader");
+    health.ready.store(true, Ordering::Relaxed);
+    let elector = LeaderElector::new(
+        client.clone(),
+        &args.namespace,
+        "shopfloor-controller",
+        &args.replica,
+        LeaseTiming::default(),
+    );
+    // Standby until we hold the lease; then reconcile until we lose it, and exit so that the
+    // replacement pod starts clean as a standby.
+    loop {
+        match elector.try_acquire_or_renew().await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => tracing::warn!("leader election: {e}"),
+        }
+        tokio::time::sleep(elector.timing().retry_every).await;
+    }
+    health.leader.store(true, Ordering::Relaxed);
+    tracing::info!("leading");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let controllers = tokio::spawn(kube_controllers::run(client, core, stop_rx));
+    let mut lost = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            () = tokio::time::sleep(elector.timing().renew_every) => {}
+        }
+        match elector.try_acquire_or_renew().await {
+            Ok(true) => lost = 0,
+            Ok(false) => {
+                tracing::error!("lost the leader lease to another replica; stopping");
+                break;
+            }
+            Err(e) => {
+                lost += 1;
+                tracing::warn!("cannot renew the lease ({lost}): {e}");
+                // Stop before the lease can expire under us: another replica may take over.
+                if elector.timing().renew_every * (lost + 1) >= elector.timing().duration {
+                    tracing::error!("lease renewal failing; stopping to avoid two leaders");
+                    break;
+                }
+            }
+        }
+    }
+    health.leader.store(false, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), controllers).await;
+    Ok(())
+}
