@@ -1,0 +1,69 @@
+//! Standalone mode over a temporary folder: the same reconcile steps, driven by file changes.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use shopfloor_controller::{reconcile::Core, standalone, store::folder::FolderStore};
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_folder_is_reconciled_and_followed() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (plant, state) = (dir.path().join("plant"), dir.path().join("state"));
+    std::fs::create_dir(&plant).expect("mkdir");
+    for f in ["agents.yaml", "slices.yaml", "line-1.yaml"] {
+        std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plant").join(f), plant.join(f))
+            .expect("copy");
+    }
+    std::fs::write(
+        plant.join("cmd.yaml"),
+        "apiVersion: shopfloor.io/v1alpha1\nkind: ControlCommand\nmetadata: {name: quick-stop, namespace: plant-a}\n\
+         spec: {equipmentRef: {name: infeed-conveyor}, action: stop, timeout: 500ms}\n",
+    )
+    .expect("write");
+    let core = Core::new(Arc::new(FolderStore::open(&plant, &state).expect("open")), "test", Duration::from_millis(50));
+    let task = tokio::spawn(standalone::run(core.clone()));
+
+    let agent_status = state.join("objects/edgeagents/plant-a/line-1.yaml");
+    eventually("agent status with a bootstrap token", || {
+        read(&agent_status).contains("tokenSecretName: shopfloor-bootstrap-plant-a-line-1")
+    })
+    .await;
+    assert!(state.join("secrets/shopfloor-bootstrap-plant-a-line-1.yaml").exists());
+    let eq_status = state.join("objects/equipment/plant-a/infeed-conveyor.yaml");
+    eventually("equipment waits for its agent", || read(&eq_status).contains("reason: AgentDisconnected")).await;
+    let cmd_status = state.join("objects/controlcommands/plant-a/quick-stop.yaml");
+    eventually("a queued command expires at its deadline", || read(&cmd_status).contains("phase: Expired")).await;
+    assert!(read(&cmd_status).contains("code: DeadlineExceeded"));
+
+    // A broken manifest is refused; the rest of the plant keeps its status.
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/invalid/equipment-min-above-max.yaml"),
+        plant.join("broken.yaml"),
+    )
+    .expect("copy");
+    // An edit moves the desired revision of the agent it concerns.
+    let before = read(&agent_status);
+    let line1 = plant.join("line-1.yaml");
+    std::fs::write(&line1, read(&line1).replace("desired: 1.2", "desired: 1.3")).expect("edit");
+    eventually("new desired revision", || {
+        let now = read(&agent_status);
+        let rev = |s: &str| s.lines().find(|l| l.contains("desiredRevision")).map(str::to_owned);
+        rev(&now).is_some() && rev(&now) != rev(&before)
+    })
+    .await;
+    assert!(!state.join("objects/equipment/plant-a/bad-equipment.yaml").exists(), "the invalid object never enters");
+    task.abort();
+}
