@@ -185,3 +185,99 @@ impl Backend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::json;
+    use tower_test::mock;
+
+    fn kube() -> (Backend, mock::Handle<Request<Body>, Response<Body>>) {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "plant-a");
+        (Backend::Kube { client, namespace: "plant-a".into(), controller_namespace: "shopfloor-system".into() }, handle)
+    }
+
+    fn ok(send: mock::SendResponse<Response<Body>>, body: serde_json::Value) {
+        send.send_response(
+            Response::builder().body(Body::from(serde_json::to_vec(&body).expect("json"))).expect("response"),
+        );
+    }
+
+    #[tokio::test]
+    async fn agents_are_listed_in_the_current_namespace() {
+        let (b, mut handle) = kube();
+        let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.expect("list");
+            assert_eq!(req.method(), http::Method::GET);
+            assert_eq!(req.uri().path(), "/apis/shopfloor.io/v1alpha1/namespaces/plant-a/edgeagents");
+            ok(
+                send,
+                json!({"apiVersion": "shopfloor.io/v1alpha1", "kind": "EdgeAgentList", "metadata": {}, "items": [
+                    {"apiVersion": "shopfloor.io/v1alpha1", "kind": "EdgeAgent", "metadata": {"name": "line-1", "namespace": "plant-a"},
+                     "spec": {"site": "plant-a/line-1"}, "status": {"phase": "Connected"}}
+                ]}),
+            );
+        });
+        let agents = b.agents().await.expect("agents");
+        assert_eq!(agents.len(), 1);
+        assert_eq!(
+            agents[0].status.as_ref().and_then(|s| s.phase),
+            Some(shopfloor_api::edge_agent::AgentPhase::Connected)
+        );
+        server.await.expect("server");
+    }
+
+    #[tokio::test]
+    async fn exec_creates_the_command_in_the_api_server() {
+        let (b, mut handle) = kube();
+        let cmd = ControlCommand::new(
+            "c1",
+            shopfloor_api::ControlCommandSpec {
+                equipment_ref: shopfloor_api::LocalRef::new("press-plc"),
+                action: "stop".into(),
+                parameters: Default::default(),
+                timeout: std::time::Duration::from_secs(5).into(),
+                when_offline: Default::default(),
+                preconditions: vec![],
+                dry_run: false,
+                ttl_seconds_after_finished: None,
+            },
+        );
+        let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.expect("create");
+            assert_eq!(req.method(), http::Method::POST);
+            assert_eq!(req.uri().path(), "/apis/shopfloor.io/v1alpha1/namespaces/plant-a/controlcommands");
+            let body: serde_json::Value =
+                serde_json::from_slice(&req.into_body().collect_bytes().await.expect("body")).expect("json");
+            assert_eq!(body["spec"]["action"], "stop");
+            ok(send, body);
+        });
+        b.create_command(&cmd).await.expect("created");
+        server.await.expect("server");
+    }
+
+    #[tokio::test]
+    async fn the_token_is_read_from_the_controller_namespace() {
+        let (b, mut handle) = kube();
+        let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.expect("get");
+            assert_eq!(
+                req.uri().path(),
+                "/api/v1/namespaces/shopfloor-system/secrets/shopfloor-bootstrap-plant-a-line-1"
+            );
+            ok(
+                send,
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"},
+                "data": {"token-id": "YWJjZGVm", "token-secret": "MDEyMzQ1Njc4OWFiY2RlZg==", "expires-at": "MjAyNi0xMS0yNVQwMDowMDowMFo="}}),
+            );
+        });
+        let (token, expires, used) = b.token("line-1").await.expect("token").expect("present");
+        assert_eq!(token, "abcdef.0123456789abcdef");
+        assert_eq!(expires, "2026-11-25T00:00:00Z");
+        assert!(!used);
+        server.await.expect("server");
+    }
+}
