@@ -14,11 +14,11 @@ use crate::{
 /// Most properties one Equipment may declare; keeps CEL rule cost inside the API server budget.
 pub const MAX_PROPERTIES: usize = 64;
 /// Most actions one Equipment may declare.
-pub const MAX_ACTIONS: usize = 32;
+pub const MAX_ACTIONS: usize = 16;
 /// Most parameters one action may declare.
 pub const MAX_PARAMETERS: usize = 16;
 /// Most property writes one action may perform.
-pub const MAX_WRITES: usize = 16;
+pub const MAX_WRITES: usize = 8;
 
 /// A machine one agent drives: how to reach it, the properties it exposes with their setpoints
 /// and interlock limits, and the actions an operator may run on it.
@@ -68,7 +68,7 @@ pub struct EquipmentSpec {
     pub properties: Vec<Property>,
     /// Named operations an operator may run with a ControlCommand.
     #[serde(default)]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 16))]
     pub actions: Vec<Action>,
     /// How often the agent reads and reports the properties.
     #[serde(default)]
@@ -228,7 +228,7 @@ pub struct Action {
     #[schemars(length(max = 16))]
     pub parameters: Vec<Parameter>,
     /// The property writes the action performs, in order.
-    #[schemars(length(min = 1, max = 16))]
+    #[schemars(length(min = 1, max = 8))]
     pub writes: Vec<ActionWrite>,
     /// How long the agent may take to execute the action (Go duration, default `5s`).
     #[serde(default = "default_action_timeout")]
