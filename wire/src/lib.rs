@@ -1,10 +1,23 @@
-//! Shopfloor's control protocol between the controller and its edge agents.
+//! Shopfloor's control protocol between the controller and its edge agents: the messages
+//! (`proto`, protobuf), their framing (`codec`), the PKI (`pki`), TLS with the agent identity in
+//! the certificate (`tls`, `identity`), the QUIC transport (`transport`) and reconnection backoff
+//! (`backoff`). See `docs/protocol.md`.
 //!
 //! This crate never depends on Kubernetes: the agent links it, and a third party can implement
-//! the protocol from its schema alone. The messages, framing, QUIC transport with mutual TLS and
-//! the PKI are being built under issue #3; until then this crate only fixes the identifiers both
-//! sides agree on.
+//! the protocol from `proto/shopfloor.proto` and the documentation alone.
 #![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod codec;
+pub mod identity;
+pub mod pki;
+pub mod proto;
+pub mod time;
+pub mod tls;
+pub mod transport;
 
 /// TLS application protocol negotiated on every connection.
 pub const ALPN: &[u8] = b"shopfloor/1";
+
+/// Protocol versions this build speaks.
+pub const PROTOCOL_VERSIONS: &[u32] = &[1];

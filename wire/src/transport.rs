@@ -1,0 +1,147 @@
+//! QUIC transport on quinn: endpoint and connection configuration, application close codes, and
+//! errors a plant engineer can act on.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use quinn::{
+    ConnectionError, IdleTimeout, TransportConfig, VarInt,
+    crypto::rustls::{QuicClientConfig, QuicServerConfig},
+};
+use rustls_pki_types::CertificateDer;
+
+/// Application error codes used when closing a connection or resetting a stream.
+pub mod close_code {
+    /// Normal shutdown.
+    pub const NORMAL: u32 = 0;
+    /// A malformed frame or a message out of protocol order.
+    pub const PROTOCOL_VIOLATION: u32 = 1;
+    /// A frame above the size limit.
+    pub const FRAME_TOO_LARGE: u32 = 2;
+    /// The peer's identity is not allowed (unknown, revoked, not the recorded certificate).
+    pub const UNAUTHORIZED: u32 = 3;
+    /// Closed by the controller with a Goodbye (suspended, deleted).
+    pub const GOODBYE: u32 = 4;
+    /// A newer connection of the same agent replaced this one.
+    pub const REPLACED: u32 = 5;
+    /// No protocol version in common.
+    pub const UNSUPPORTED_VERSION: u32 = 6;
+    /// Enrollment refused (token unknown, used, expired or foreign).
+    pub const ENROLLMENT_REFUSED: u32 = 7;
+}
+
+/// Liveness settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub keep_alive: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self { keep_alive: Duration::from_secs(1), idle_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// Transport parameters: keep-alive and idle timeout from `timing`; stream counts and windows
+/// sized for control traffic (small messages, many concurrent commands) so that an idle
+/// connection costs little memory.
+pub fn transport_config(timing: Timing) -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.keep_alive_interval(Some(timing.keep_alive));
+    t.max_idle_timeout(IdleTimeout::try_from(timing.idle_timeout).ok());
+    t.max_concurrent_bidi_streams(VarInt::from_u32(1024));
+    t.max_concurrent_uni_streams(VarInt::from_u32(16));
+    t.stream_receive_window(VarInt::from_u32(256 * 1024));
+    t.receive_window(VarInt::from_u32(2 * 1024 * 1024));
+    t.send_window(2 * 1024 * 1024);
+    t
+}
+
+/// A server endpoint on `addr`.
+pub fn server_endpoint(
+    addr: SocketAddr,
+    tls: rustls::ServerConfig,
+    timing: Timing,
+) -> std::io::Result<quinn::Endpoint> {
+    let crypto = QuicServerConfig::try_from(tls).map_err(std::io::Error::other)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config(timing)));
+    // Address validation costs a round trip per handshake; agents are known hosts and the
+    // handshake requires a certificate anyway.
+    config.retry_token_lifetime(Duration::from_secs(15));
+    quinn::Endpoint::server(config, addr)
+}
+
+/// A client configuration for dialling the controller.
+pub fn client_config(tls: rustls::ClientConfig, timing: Timing) -> std::io::Result<quinn::ClientConfig> {
+    let crypto = QuicClientConfig::try_from(tls).map_err(std::io::Error::other)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config(timing)));
+    Ok(config)
+}
+
+/// A client endpoint on an ephemeral port of the right address family.
+pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let bind: SocketAddr = if remote.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    quinn::Endpoint::client(bind)
+}
+
+/// The verified certificate the peer presented, if any.
+pub fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    let identity = conn.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    chain.first().cloned()
+}
+
+/// Closes `conn` with `code` and a reason the peer logs.
+pub fn close(conn: &quinn::Connection, code: u32, reason: &str) {
+    conn.close(VarInt::from_u32(code), reason.as_bytes());
+}
+
+/// Why a connection attempt or a connection failed, in words an operator can act on.
+pub fn explain(err: &ConnectionError, dialled: &str) -> String {
+    match err {
+        ConnectionError::ApplicationClosed(close) => {
+            let reason = String::from_utf8_lossy(&close.reason);
+            match u32::try_from(close.error_code.into_inner()).unwrap_or(u32::MAX) {
+                close_code::UNAUTHORIZED => format!("the controller refused this agent: {reason}"),
+                close_code::GOODBYE => format!("the controller closed the connection: {reason}"),
+                close_code::REPLACED => "a newer connection of this agent replaced this one".into(),
+                close_code::UNSUPPORTED_VERSION => {
+                    format!("no protocol version in common with the controller: {reason}")
+                }
+                close_code::ENROLLMENT_REFUSED => format!("enrollment refused: {reason}"),
+                close_code::FRAME_TOO_LARGE | close_code::PROTOCOL_VIOLATION => format!("protocol error: {reason}"),
+                _ => format!("closed by the controller: {reason}"),
+            }
+        }
+        ConnectionError::TransportError(t) => {
+            let text = t.to_string();
+            if text.contains("NotValidForName") || text.contains("not valid for name") {
+                format!(
+                    "the controller's certificate is not valid for `{dialled}`: dial a name in its certificate, or add `{dialled}` to the controller's server names (--server-name) and restart it"
+                )
+            } else if text.contains(crate::tls::PIN_MISMATCH) {
+                format!(
+                    "{}: check the --ca-sha256 printed by `kubectl shopfloor enroll <agent>`",
+                    crate::tls::PIN_MISMATCH
+                )
+            } else if text.contains("UnknownIssuer") || text.contains("unknown issuer") {
+                "the controller's certificate is not signed by the plant CA this agent trusts: re-enroll with `kubectl shopfloor enroll <agent>`".into()
+            } else if text.contains("Expired") || text.contains("expired") || text.contains("certificate expired") {
+                "a certificate has expired: if this agent was offline past its certificate's lifetime, re-enroll it with a new token (`kubectl shopfloor enroll <agent> --renew`)".into()
+            } else if text.contains("certificate required") || text.contains("CertificateRequired") {
+                "the controller requires a client certificate: enroll this agent first".into()
+            } else if text.contains("bad certificate") || text.contains("BadCertificate") || text.contains("unknown ca")
+            {
+                "the controller does not accept this agent's certificate (issued by another CA?): re-enroll with a new token".into()
+            } else {
+                format!("transport error: {text}")
+            }
+        }
+        ConnectionError::TimedOut => format!("no answer from the controller at {dialled} (timed out)"),
+        ConnectionError::LocallyClosed => "closed locally".into(),
+        ConnectionError::Reset => format!("the controller at {dialled} reset the connection (restarted?)"),
+        other => other.to_string(),
+    }
+}
