@@ -115,9 +115,22 @@ pub fn explain(err: &ConnectionError, dialled: &str) -> String {
                 _ => format!("closed by the controller: {reason}"),
             }
         }
-        ConnectionError::TransportError(t) => {
-            let text = t.to_string();
-            if text.contains("NotValidForName") || text.contains("not valid for name") {
+        ConnectionError::TransportError(_) | ConnectionError::ConnectionClosed(_) => {
+            let text = err.to_string();
+            let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
+            // "aborted by peer": the controller refused what this agent presented; otherwise this
+            // agent refused what the controller presented.
+            if text.contains("aborted by peer") {
+                if has(&["Expired", "expired"]) {
+                    "the controller refused this agent's certificate because it has expired (the agent was offline past its lifetime): re-enroll with a new token from `kubectl shopfloor enroll <agent>`".into()
+                } else if has(&["UnknownIssuer", "BadSignature", "unknown ca", "bad certificate"]) {
+                    "the controller does not accept this agent's certificate (issued by another CA?): re-enroll with a new token from `kubectl shopfloor enroll <agent>`".into()
+                } else if has(&["CertificateRequired", "certificate required"]) {
+                    "the controller requires a client certificate: enroll this agent first".into()
+                } else {
+                    format!("the controller refused the handshake: {text}")
+                }
+            } else if has(&["NotValidForName", "not valid for name"]) {
                 format!(
                     "the controller's certificate is not valid for `{dialled}`: dial a name in its certificate, or add `{dialled}` to the controller's server names (--server-name) and restart it"
                 )
@@ -126,15 +139,10 @@ pub fn explain(err: &ConnectionError, dialled: &str) -> String {
                     "{}: check the --ca-sha256 printed by `kubectl shopfloor enroll <agent>`",
                     crate::tls::PIN_MISMATCH
                 )
-            } else if text.contains("UnknownIssuer") || text.contains("unknown issuer") {
+            } else if has(&["UnknownIssuer", "unknown issuer"]) {
                 "the controller's certificate is not signed by the plant CA this agent trusts: re-enroll with `kubectl shopfloor enroll <agent>`".into()
-            } else if text.contains("Expired") || text.contains("expired") || text.contains("certificate expired") {
-                "a certificate has expired: if this agent was offline past its certificate's lifetime, re-enroll it with a new token (`kubectl shopfloor enroll <agent> --renew`)".into()
-            } else if text.contains("certificate required") || text.contains("CertificateRequired") {
-                "the controller requires a client certificate: enroll this agent first".into()
-            } else if text.contains("bad certificate") || text.contains("BadCertificate") || text.contains("unknown ca")
-            {
-                "the controller does not accept this agent's certificate (issued by another CA?): re-enroll with a new token".into()
+            } else if has(&["Expired", "expired"]) {
+                "the controller's certificate has expired: renew the controller's server certificate".into()
             } else {
                 format!("transport error: {text}")
             }
