@@ -1,6 +1,25 @@
-//! The Shopfloor edge agent: session, configuration apply, safe command execution, drivers and
-//! network slices.
+//! The Shopfloor edge agent: keeps a plant host's equipment at its desired configuration and
+//! executes remote-control commands safely, with or without the controller.
 //!
-//! Being built under issue #4; nothing here runs yet. It depends on `shopfloor-wire` and never on
-//! Kubernetes crates.
+//! - `state`: the only module that touches the state directory (atomic writes only);
+//! - `journal`: exactly-once command execution under redelivery, across restarts;
+//! - `drivers`: Modbus TCP and a simulated device behind one trait; `sim` a Modbus TCP simulator;
+//! - `envelope`: the plant's local safety envelope, which can only narrow limits;
+//! - `commands`: validation, deadline, envelope, preconditions, journal, execution;
+//! - `apply`: idempotent configuration apply with read-back;
+//! - `telemetry`: bounded buffering of readings while disconnected;
+//! - `session`: enrollment, connection, reconnection and the protocol loop.
+//!
+//! It depends on `shopfloor-wire`, never on Kubernetes crates.
 #![forbid(unsafe_code)]
+
+pub mod apply;
+pub mod commands;
+pub mod drivers;
+pub mod envelope;
+pub mod journal;
+pub mod session;
+pub mod sim;
+pub mod state;
+pub mod telemetry;
+pub mod value;

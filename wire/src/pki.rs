@@ -5,12 +5,15 @@ use std::{net::IpAddr, time::Duration};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyUsagePurpose, SanType,
 };
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 
 use crate::identity::AgentId;
+
+/// The key type agents hold; re-exported so the agent needs no direct rcgen dependency.
+pub use rcgen::KeyPair;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {

@@ -1,0 +1,114 @@
+//! Applying a configuration: for each equipment, write each desired setpoint that is not
+//! already there, read it back, and report per property. Idempotent: a second apply of the same
+//! configuration writes nothing. A failing device does not stop the others.
+
+use shopfloor_wire::{
+    proto::{ApplyConfig, ApplyResult, ConfigApplied, EquipmentResult, PropertyResult, SliceResult, ValueType},
+    time::now_micros,
+};
+
+use crate::{commands::Executor, value};
+
+/// Read-back tolerance of a property: half the smallest step its register can hold.
+fn tolerance(p: &shopfloor_wire::proto::PropertyConfig) -> f64 {
+    match (&p.modbus, p.r#type()) {
+        (_, ValueType::Bool) => 0.0,
+        (Some(m), _) if m.scale != 0.0 => m.scale.abs() / 2.0 + 1e-9,
+        _ => 1e-6,
+    }
+}
+
+/// Applies `cfg` through `executor` (which installs the equipment and holds the drivers).
+pub async fn apply(executor: &Executor, cfg: &ApplyConfig) -> ConfigApplied {
+    let installed = executor.install(&cfg.equipment);
+    let mut out = ConfigApplied { revision: cfg.revision.clone(), ..Default::default() };
+    for (name, installed) in installed {
+        let mut er = EquipmentResult { equipment: name.clone(), properties: vec![] };
+        let Some(eq) = executor.get(&name) else {
+            let msg = installed.err().unwrap_or_else(|| "not installed".into());
+            for p in cfg
+                .equipment
+                .iter()
+                .filter(|e| e.name == name)
+                .flat_map(|e| &e.properties)
+                .filter(|p| p.desired.is_some())
+            {
+                er.properties.push(PropertyResult {
+                    property: p.name.clone(),
+                    desired: p.desired,
+                    result: ApplyResult::Failed as i32,
+                    message: msg.clone(),
+                    read_back: None,
+                });
+            }
+            out.equipment.push(er);
+            continue;
+        };
+        let _turn = eq.lock.lock().await;
+        for p in eq.config.properties.iter().filter(|p| p.desired.is_some()) {
+            let desired = p.desired.unwrap_or_default();
+            let mut pr = PropertyResult { property: p.name.clone(), desired: Some(desired), ..Default::default() };
+            let checked = value::coerce(&desired, p.r#type())
+                .ok_or_else(|| format!("{} does not fit a {:?} property", value::display(&desired), p.r#type()))
+                .and_then(|v| {
+                    let x = value::as_f64(&v).unwrap_or(0.0);
+                    if p.r#type() != ValueType::Bool
+                        && (p.min.is_some_and(|lo| x < lo) || p.max.is_some_and(|hi| x > hi))
+                    {
+                        return Err(format!("{x} is outside the interlock limits"));
+                    }
+                    executor.envelope().check(&name, &p.name, x).map(|()| v)
+                });
+            let v = match checked {
+                Ok(v) => v,
+                Err(message) => {
+                    pr.result = ApplyResult::Rejected as i32;
+                    pr.message = message;
+                    er.properties.push(pr);
+                    continue;
+                }
+            };
+            let current = eq.driver.read(p).await;
+            let needs_write = !matches!(&current, Ok(c) if value::same(c, &v, tolerance(p)));
+            if needs_write && let Err(e) = eq.driver.write(p, &v).await {
+                pr.result = ApplyResult::Failed as i32;
+                pr.message = e.to_string();
+                er.properties.push(pr);
+                continue;
+            }
+            match eq.driver.read(p).await {
+                Ok(back) if value::same(&back, &v, tolerance(p)) => {
+                    pr.result = ApplyResult::Applied as i32;
+                    pr.read_back = Some(back);
+                }
+                Ok(back) => {
+                    pr.result = ApplyResult::Failed as i32;
+                    pr.message = format!("wrote {}, read back {}", value::display(&v), value::display(&back));
+                    pr.read_back = Some(back);
+                }
+                Err(e) => {
+                    pr.result = ApplyResult::Failed as i32;
+                    pr.message = format!("read-back failed: {e}");
+                }
+            }
+            er.properties.push(pr);
+        }
+        out.equipment.push(er);
+    }
+    // Host traffic steering is not part of this agent build: say so per slice instead of
+    // pretending it was applied.
+    for s in &cfg.slices {
+        out.slices.push(SliceResult {
+            slice: s.name.clone(),
+            ok: false,
+            message: "slice steering is not implemented in this agent build".into(),
+        });
+    }
+    out.applied_at_unix_micros = now_micros();
+    out
+}
+
+/// Whether any property failed (and a retry may help).
+pub fn has_failures(applied: &ConfigApplied) -> bool {
+    applied.equipment.iter().flat_map(|e| &e.properties).any(|p| p.result == ApplyResult::Failed as i32)
+}

@@ -1,0 +1,135 @@
+//! `shopfloor-agent`: the edge agent daemon.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use serde::Deserialize;
+use shopfloor_agent::{
+    commands::Executor,
+    envelope::Envelope,
+    journal::Journal,
+    session::{self, Agent},
+    state::StateDir,
+};
+use shopfloor_wire::{identity::AgentId, transport::Timing};
+
+/// Shopfloor edge agent: keeps this host's equipment at its desired configuration and executes
+/// remote-control commands from the controller, safely and exactly once.
+///
+/// First enroll once with the command `kubectl shopfloor enroll <agent>` prints, then run the
+/// agent (normally as the systemd service in agent/packaging/). Every option can also come from
+/// a YAML file (--config) or a SHOPFLOOR_* environment variable; flags win over both.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// YAML file with defaults for the options below (keys: stateDir, envelope, log, ...).
+    #[arg(long, global = true, env = "SHOPFLOOR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the agent keeps its key, certificate, last configuration and command journal.
+    #[arg(long, global = true, env = "SHOPFLOOR_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `shopfloor_agent=debug`.
+    #[arg(long, global = true, env = "SHOPFLOOR_LOG")]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Enroll this host once with a bootstrap token; the key is generated here and never leaves.
+    Enroll {
+        /// The controller's QUIC address, host:port.
+        #[arg(long, env = "SHOPFLOOR_CONTROLLER")]
+        controller: String,
+        /// The single-use bootstrap token (`<id>.<secret>`).
+        #[arg(long, env = "SHOPFLOOR_TOKEN")]
+        token: String,
+        /// SHA-256 of the plant CA certificate, as printed by `kubectl shopfloor enroll`.
+        #[arg(long, env = "SHOPFLOOR_CA_SHA256")]
+        ca_sha256: String,
+        /// This agent, `<namespace>/<name>` of its EdgeAgent.
+        #[arg(long, env = "SHOPFLOOR_AGENT")]
+        agent: String,
+        /// Name to check the controller's certificate against (default: the controller host).
+        #[arg(long, env = "SHOPFLOOR_SERVER_NAME")]
+        server_name: Option<String>,
+    },
+    /// Run the agent.
+    Run {
+        /// The local safety envelope; limits in it can only narrow the controller's.
+        #[arg(long, env = "SHOPFLOOR_ENVELOPE")]
+        envelope: Option<PathBuf>,
+        /// Readings kept while the controller is unreachable (oldest dropped beyond).
+        #[arg(long, env = "SHOPFLOOR_TELEMETRY_BUFFER")]
+        telemetry_buffer: Option<usize>,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileConfig {
+    state_dir: Option<PathBuf>,
+    log: Option<String>,
+    envelope: Option<PathBuf>,
+    telemetry_buffer: Option<usize>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let file: FileConfig = match &cli.config {
+        Some(p) => {
+            serde_yaml::from_str(&std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?)
+                .with_context(|| format!("{} is not a valid agent configuration", p.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let log = cli.log.clone().or(file.log.clone()).unwrap_or_else(|| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&log).context("--log is not a valid filter")?)
+        .with_writer(std::io::stderr)
+        .init();
+    let state_dir =
+        cli.state_dir.clone().or(file.state_dir.clone()).unwrap_or_else(|| PathBuf::from("/var/lib/shopfloor-agent"));
+    let state = StateDir::open(&state_dir)
+        .with_context(|| format!("cannot use the state directory {}", state_dir.display()))?;
+    match cli.command {
+        Command::Enroll { controller, token, ca_sha256, agent, server_name } => {
+            let (ns, name) = agent.split_once('/').context("--agent must be <namespace>/<name>")?;
+            let id = session::enroll(
+                &state,
+                &controller,
+                server_name.as_deref(),
+                &token,
+                &ca_sha256,
+                &AgentId::new(ns, name),
+            )
+            .await?;
+            println!("enrolled as {}/{}; start the agent with `shopfloor-agent run`", id.namespace, id.name);
+            Ok(())
+        }
+        Command::Run { envelope, telemetry_buffer } => {
+            let identity = session::load_identity(&state)?;
+            let envelope_path =
+                envelope.or(file.envelope).unwrap_or_else(|| PathBuf::from("/etc/shopfloor/envelope.yaml"));
+            let envelope = Envelope::load(&envelope_path)?;
+            let journal = Journal::open(&state, Duration::from_secs(24 * 3600), 100_000)?;
+            let executor = Arc::new(Executor::new(journal, envelope));
+            let agent =
+                Agent::new(state, identity, executor, telemetry_buffer.or(file.telemetry_buffer).unwrap_or(10_000));
+            tracing::info!(agent = %format!("{}/{}", agent.identity.namespace, agent.identity.name), controller = %agent.identity.controller, "starting");
+            agent.restore().await;
+            tokio::spawn(agent.clone().poll_telemetry());
+            tokio::select! {
+                () = agent.clone().run(Timing::default()) => Ok(()),
+                r = tokio::signal::ctrl_c() => {
+                    r?;
+                    tracing::info!("interrupted; equipment keeps its last setpoints");
+                    Ok(())
+                }
+            }
+        }
+    }
+}

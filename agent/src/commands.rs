@@ -1,0 +1,468 @@
+//! Command execution — the part that must never be wrong.
+//!
+//! Order of checks: the journal (a redelivered id is answered with its recorded result), the
+//! deadline (a command arriving late never touches the equipment), the action and its
+//! parameters (types, declared ranges, required), the properties' interlock limits, the plant's
+//! safety envelope, then — under the equipment's lock, in arrival order — the deadline again and
+//! the preconditions against a fresh read. A dry run stops there and reports what it would write.
+//! Commands to different equipment run concurrently; to the same equipment, one at a time.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex as StdMutex, RwLock},
+    time::Duration,
+};
+
+use shopfloor_wire::{
+    proto::{
+        ActionConfig, Command, CommandResult, EquipmentConfig, NamedValue, Operator, PropertyConfig, ResultCode, Value,
+        ValueType, action_write, parameter,
+    },
+    time::now_micros,
+};
+use tokio::sync::{Mutex, watch};
+
+use crate::{
+    drivers::{self, Driver},
+    envelope::Envelope,
+    journal::{Entry, Journal},
+    value,
+};
+
+/// A piece of equipment as the agent drives it.
+pub struct Equipment {
+    pub config: EquipmentConfig,
+    pub driver: Arc<dyn Driver>,
+    /// Serialises commands (and setpoint writes) to this equipment; tokio's mutex is FIFO.
+    pub lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Equipment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Equipment").field("name", &self.config.name).finish_non_exhaustive()
+    }
+}
+
+impl Equipment {
+    pub fn property(&self, name: &str) -> Option<&PropertyConfig> {
+        self.config.properties.iter().find(|p| p.name == name)
+    }
+}
+
+/// Executes commands against the installed equipment.
+pub struct Executor {
+    equipment: RwLock<HashMap<String, Arc<Equipment>>>,
+    journal: Mutex<Journal>,
+    envelope: Envelope,
+    running: StdMutex<HashMap<String, watch::Receiver<Option<CommandResult>>>>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor").finish_non_exhaustive()
+    }
+}
+
+/// A rejection: result code and message.
+type Refusal = (ResultCode, String);
+
+fn refuse<T>(code: ResultCode, msg: impl Into<String>) -> Result<T, Refusal> {
+    Err((code, msg.into()))
+}
+
+/// The effective limits of a property: the controller's, narrowed by the envelope (checked
+/// separately so the result code says which one was crossed).
+fn check_limits(env: &Envelope, eq: &str, p: &PropertyConfig, v: &Value, field: &str) -> Result<(), Refusal> {
+    let Some(x) = value::as_f64(v) else { return Ok(()) };
+    if p.r#type() == ValueType::Bool {
+        return Ok(());
+    }
+    if p.min.is_some_and(|lo| x < lo) || p.max.is_some_and(|hi| x > hi) {
+        return refuse(
+            ResultCode::OutOfLimits,
+            format!(
+                "{field}: {} is outside the interlock limits [{}, {}] of {eq}.{}",
+                value::display(v),
+                p.min.map_or("-inf".into(), |v| v.to_string()),
+                p.max.map_or("+inf".into(), |v| v.to_string()),
+                p.name
+            ),
+        );
+    }
+    env.check(eq, &p.name, x).map_err(|m| (ResultCode::OutOfEnvelope, format!("{field}: {m}")))
+}
+
+fn holds(read: &Value, op: Operator, want: &Value) -> bool {
+    if let (Some(a), Some(b)) = (value::as_bool(read), value::as_bool(want)) {
+        return match op {
+            Operator::Equal => a == b,
+            Operator::NotEqual => a != b,
+            _ => false,
+        };
+    }
+    let (Some(a), Some(b)) = (value::as_f64(read), value::as_f64(want)) else { return false };
+    match op {
+        Operator::Equal => a == b,
+        Operator::NotEqual => a != b,
+        Operator::LessThan => a < b,
+        Operator::LessThanOrEqual => a <= b,
+        Operator::GreaterThan => a > b,
+        Operator::GreaterThanOrEqual => a >= b,
+        Operator::Unspecified => false,
+    }
+}
+
+fn op_symbol(op: Operator) -> &'static str {
+    match op {
+        Operator::Equal => "==",
+        Operator::NotEqual => "!=",
+        Operator::LessThan => "<",
+        Operator::LessThanOrEqual => "<=",
+        Operator::GreaterThan => ">",
+        Operator::GreaterThanOrEqual => ">=",
+        Operator::Unspecified => "?",
+    }
+}
+
+/// The writes a command performs, in order: (property, value).
+type Plan = Vec<(PropertyConfig, Value)>;
+
+impl Executor {
+    pub fn new(journal: Journal, envelope: Envelope) -> Self {
+        Self { equipment: RwLock::default(), journal: Mutex::new(journal), envelope, running: StdMutex::default() }
+    }
+
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// Installs the equipment of a configuration, keeping the driver (and its connection) of
+    /// equipment whose protocol block did not change.
+    pub fn install(&self, configs: &[EquipmentConfig]) -> Vec<(String, Result<(), String>)> {
+        let mut map = self.equipment.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = HashMap::new();
+        let mut results = Vec::new();
+        for cfg in configs {
+            let driver = match map.get(&cfg.name) {
+                Some(old) if old.config.protocol == cfg.protocol => Ok(old.driver.clone()),
+                _ => drivers::for_equipment(cfg),
+            };
+            match driver {
+                Ok(driver) => {
+                    next.insert(
+                        cfg.name.clone(),
+                        Arc::new(Equipment { config: cfg.clone(), driver, lock: Mutex::new(()) }),
+                    );
+                    results.push((cfg.name.clone(), Ok(())));
+                }
+                Err(e) => results.push((cfg.name.clone(), Err(e.to_string()))),
+            }
+        }
+        *map = next;
+        results
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Equipment>> {
+        self.equipment.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Equipment>> {
+        self.equipment.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// Executes `cmd` received at `received` (unix µs) and returns its result — exactly once
+    /// per command id, whatever the number of deliveries.
+    pub async fn execute(&self, cmd: &Command, received: i64) -> CommandResult {
+        // A redelivery while the first delivery still runs waits for that one's result.
+        let (tx, waiting) = {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            match running.get(&cmd.id) {
+                Some(rx) => (None, Some(rx.clone())),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    running.insert(cmd.id.clone(), rx);
+                    (Some(tx), None)
+                }
+            }
+        };
+        if let Some(mut rx) = waiting {
+            let _ = rx.wait_for(Option::is_some).await;
+            let mut r = rx.borrow().clone().unwrap_or_default();
+            r.replayed = true;
+            return r;
+        }
+        let result = self.execute_once(cmd, received).await;
+        if let Some(tx) = tx {
+            let _ = tx.send(Some(result.clone()));
+        }
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&cmd.id);
+        result
+    }
+
+    async fn execute_once(&self, cmd: &Command, received: i64) -> CommandResult {
+        let mut result = CommandResult { id: cmd.id.clone(), received_unix_micros: received, ..Default::default() };
+        match self.journal.lock().await.lookup(&cmd.id).cloned() {
+            Some(Entry::Finished { result: recorded, .. }) => {
+                tracing::info!(command = %cmd.id, "redelivered: answering from the journal");
+                return CommandResult { replayed: true, ..recorded };
+            }
+            Some(Entry::Started { .. }) => {
+                result.code = ResultCode::Internal as i32;
+                result.message = "the agent restarted while this command was executing; the outcome is unknown — check the equipment before retrying".into();
+                result.replayed = true;
+                self.record(&cmd.id, &result).await;
+                return result;
+            }
+            None => {}
+        }
+        let outcome = self.run(cmd, received, &mut result).await;
+        if let Err((code, message)) = outcome {
+            result.code = code as i32;
+            result.message = message;
+        }
+        result.finished_unix_micros = now_micros();
+        self.record(&cmd.id, &result).await;
+        result
+    }
+
+    async fn record(&self, id: &str, result: &CommandResult) {
+        if let Err(e) = self.journal.lock().await.finish(id, result) {
+            // The result is still returned: the controller needs it; but a redelivery after a
+            // restart could not be recognised, so say so.
+            tracing::error!(command = id, "journal write failed: {e}");
+        }
+    }
+
+    async fn run(&self, cmd: &Command, received: i64, result: &mut CommandResult) -> Result<(), Refusal> {
+        if received > cmd.deadline_unix_micros {
+            return refuse(
+                ResultCode::DeadlineExceeded,
+                format!("arrived {} ms after its deadline; not executed", (received - cmd.deadline_unix_micros) / 1000),
+            );
+        }
+        let Some(eq) = self.get(&cmd.equipment) else {
+            return refuse(
+                ResultCode::UnknownEquipment,
+                format!("this agent drives no equipment named {}", cmd.equipment),
+            );
+        };
+        let (plan, reads, timeout) = self.plan(&eq, cmd)?;
+        let _turn = eq.lock.lock().await;
+        if now_micros() > cmd.deadline_unix_micros {
+            return refuse(
+                ResultCode::DeadlineExceeded,
+                "the deadline passed while waiting for the equipment; not executed",
+            );
+        }
+        for (i, pre) in cmd.preconditions.iter().enumerate() {
+            let field = format!("spec.preconditions[{i}]");
+            let p = eq.property(&pre.property).ok_or((
+                ResultCode::UnknownProperty,
+                format!("{field}.property: {} has no property {}", eq.config.name, pre.property),
+            ))?;
+            let want = pre.value.unwrap_or_default();
+            let read = tokio::time::timeout(timeout, eq.driver.read(p))
+                .await
+                .map_err(|_| (ResultCode::DeviceError, format!("{field}: reading {} timed out", p.name)))?
+                .map_err(|e| (ResultCode::DeviceError, format!("{field}: reading {}: {e}", p.name)))?;
+            if !holds(&read, pre.operator(), &want) {
+                return refuse(
+                    ResultCode::PreconditionFailed,
+                    format!(
+                        "{field}: {} read {}, which does not satisfy {} {} {}",
+                        p.name,
+                        value::display(&read),
+                        p.name,
+                        op_symbol(pre.operator()),
+                        value::display(&want)
+                    ),
+                );
+            }
+        }
+        result.started_unix_micros = now_micros();
+        if cmd.dry_run {
+            result.code = ResultCode::DryRunOk as i32;
+            result.outputs = plan.iter().map(|(p, v)| NamedValue { name: p.name.clone(), value: Some(*v) }).collect();
+            let what: Vec<String> = plan.iter().map(|(p, v)| format!("{}={}", p.name, value::display(v))).collect();
+            result.message = if what.is_empty() {
+                "valid; nothing to write".into()
+            } else {
+                format!("valid; would write {}", what.join(", "))
+            };
+            return Ok(());
+        }
+        if let Err(e) = self.journal.lock().await.start(&cmd.id) {
+            return refuse(ResultCode::Internal, format!("cannot journal the command, so it is not executed: {e}"));
+        }
+        let run = async {
+            for (i, (p, v)) in plan.iter().enumerate() {
+                eq.driver.write(p, v).await.map_err(|e| {
+                    let done = if i == 0 {
+                        "nothing was written".to_owned()
+                    } else {
+                        format!("{i} of {} writes done", plan.len())
+                    };
+                    (ResultCode::DeviceError, format!("writing {}: {e} ({done})", p.name))
+                })?;
+                result.outputs.push(NamedValue { name: p.name.clone(), value: Some(*v) });
+            }
+            for p in &reads {
+                let v = eq
+                    .driver
+                    .read(p)
+                    .await
+                    .map_err(|e| (ResultCode::DeviceError, format!("reading {}: {e}", p.name)))?;
+                result.outputs.push(NamedValue { name: p.name.clone(), value: Some(v) });
+            }
+            Ok::<(), Refusal>(())
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Err(_) => {
+                refuse(ResultCode::DeviceError, format!("the action did not finish within its {timeout:?} timeout"))
+            }
+            Ok(r) => {
+                r?;
+                result.code = ResultCode::Ok as i32;
+                Ok(())
+            }
+        }
+    }
+
+    /// Validates the command against the equipment and returns the writes, the reads and the
+    /// time allowed.
+    fn plan(&self, eq: &Equipment, cmd: &Command) -> Result<(Plan, Vec<PropertyConfig>, Duration), Refusal> {
+        let name = &eq.config.name;
+        let params: HashMap<&str, &parameter::Kind> =
+            cmd.parameters.iter().filter_map(|p| p.kind.as_ref().map(|k| (p.name.as_str(), k))).collect();
+        let text = |key: &str| match params.get(key) {
+            Some(parameter::Kind::Text(t)) => Ok(t.as_str()),
+            Some(_) => refuse(ResultCode::InvalidParameter, format!("spec.parameters.{key}: must be a property name")),
+            None => refuse(
+                ResultCode::InvalidParameter,
+                format!("spec.parameters.{key}: required by the {} action", cmd.action),
+            ),
+        };
+        let property = |n: &str| {
+            eq.property(n).ok_or_else(|| {
+                (ResultCode::UnknownProperty, format!("spec.parameters.property: {name} has no property {n}"))
+            })
+        };
+        match cmd.action.as_str() {
+            "read" => {
+                let p = property(text("property")?)?;
+                Ok((vec![], vec![p.clone()], Duration::from_secs(5)))
+            }
+            "write" => {
+                let p = property(text("property")?)?;
+                if !p.writable {
+                    return refuse(
+                        ResultCode::InvalidParameter,
+                        format!("spec.parameters.property: {name}.{} is read-only", p.name),
+                    );
+                }
+                let v = match params.get("value") {
+                    Some(parameter::Kind::Value(v)) => *v,
+                    _ => {
+                        return refuse(
+                            ResultCode::InvalidParameter,
+                            "spec.parameters.value: a bool or a number is required",
+                        );
+                    }
+                };
+                let v = value::coerce(&v, p.r#type()).ok_or_else(|| {
+                    (
+                        ResultCode::InvalidParameter,
+                        format!(
+                            "spec.parameters.value: {} is a {}, {}.{} is {:?}",
+                            value::display(&v),
+                            value::type_name(&v),
+                            name,
+                            p.name,
+                            p.r#type()
+                        ),
+                    )
+                })?;
+                check_limits(&self.envelope, name, p, &v, "spec.parameters.value")?;
+                Ok((vec![(p.clone(), v)], vec![], Duration::from_secs(5)))
+            }
+            action => {
+                let a: &ActionConfig = eq.config.actions.iter().find(|a| a.name == action).ok_or_else(|| {
+                    (ResultCode::UnknownAction, format!("spec.action: {name} has no action {action}"))
+                })?;
+                if let Some(m) = self.envelope.action_denied(name, action) {
+                    return refuse(ResultCode::OutOfEnvelope, format!("spec.action: {m}"));
+                }
+                for key in params.keys() {
+                    if !a.parameters.iter().any(|d| d.name == *key) {
+                        return refuse(
+                            ResultCode::InvalidParameter,
+                            format!("spec.parameters.{key}: action {action} has no such parameter"),
+                        );
+                    }
+                }
+                let mut values: HashMap<&str, Value> = HashMap::new();
+                for d in &a.parameters {
+                    let field = format!("spec.parameters.{}", d.name);
+                    match params.get(d.name.as_str()) {
+                        None if d.required => {
+                            return refuse(ResultCode::InvalidParameter, format!("{field}: required"));
+                        }
+                        None => {}
+                        Some(parameter::Kind::Text(t)) => {
+                            return refuse(
+                                ResultCode::InvalidParameter,
+                                format!("{field}: `{t}` is not a {:?}", d.r#type()),
+                            );
+                        }
+                        Some(parameter::Kind::Value(v)) => {
+                            let v = value::coerce(v, d.r#type()).ok_or_else(|| {
+                                (
+                                    ResultCode::InvalidParameter,
+                                    format!(
+                                        "{field}: {} is a {}, the parameter is {:?}",
+                                        value::display(v),
+                                        value::type_name(v),
+                                        d.r#type()
+                                    ),
+                                )
+                            })?;
+                            let x = value::as_f64(&v).unwrap_or(0.0);
+                            if d.r#type() != ValueType::Bool
+                                && (d.min.is_some_and(|lo| x < lo) || d.max.is_some_and(|hi| x > hi))
+                            {
+                                return refuse(
+                                    ResultCode::InvalidParameter,
+                                    format!(
+                                        "{field}: {x} is outside the declared range [{}, {}]",
+                                        d.min.map_or("-inf".into(), |v| v.to_string()),
+                                        d.max.map_or("+inf".into(), |v| v.to_string())
+                                    ),
+                                );
+                            }
+                            values.insert(d.name.as_str(), v);
+                        }
+                    }
+                }
+                let mut plan = Vec::new();
+                for w in &a.writes {
+                    let p = eq.property(&w.property).ok_or_else(|| {
+                        (ResultCode::Internal, format!("action {action} writes unknown property {}", w.property))
+                    })?;
+                    let (v, field) = match &w.source {
+                        Some(action_write::Source::Parameter(n)) => match values.get(n.as_str()) {
+                            Some(v) => (*v, format!("spec.parameters.{n}")),
+                            None => continue, // optional parameter not given: that write is skipped
+                        },
+                        Some(action_write::Source::Value(v)) => (*v, format!("action {action}")),
+                        None => continue,
+                    };
+                    let v = value::coerce(&v, p.r#type())
+                        .ok_or_else(|| (ResultCode::InvalidParameter, format!("{field}: does not fit {}", p.name)))?;
+                    check_limits(&self.envelope, name, p, &v, &field)?;
+                    plan.push((p.clone(), v));
+                }
+                Ok((plan, vec![], Duration::from_millis(a.timeout_ms.max(100))))
+            }
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! Enrollment, the connection to the controller and the protocol loop, and autonomy: with or
+//! without a controller, the agent holds its equipment at the last configuration it received.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex as StdMutex},
+    time::{Duration, Instant},
+};
+
+use prost::Message;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use serde::{Deserialize, Serialize};
+use shopfloor_wire::{
+    PROTOCOL_VERSIONS,
+    backoff::Backoff,
+    codec::{DEFAULT_MAX_FRAME, FrameReader, FrameWriter},
+    identity::{self, AgentId, DEFAULT_TRUST_DOMAIN},
+    pki,
+    proto::{
+        self, AgentMessage, ApplyConfig, CommandReply, ControllerMessage, agent_message, command_reply,
+        controller_message,
+    },
+    time::now_micros,
+    tls,
+    transport::{self, Timing, close_code},
+};
+use tokio::sync::Mutex;
+
+use crate::{apply, commands::Executor, state::StateDir, telemetry::Buffer};
+
+const CREDENTIALS: &str = "agent.pem";
+const CA: &str = "ca.crt";
+const IDENTITY: &str = "identity.yaml";
+const CONFIG: &str = "config.pb";
+
+/// What `enroll` records besides the credentials.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Identity {
+    pub namespace: String,
+    pub name: String,
+    pub controller: String,
+    /// The name the controller's certificate is checked against.
+    pub server_name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    State(#[from] crate::state::StateError),
+    #[error("cannot reach the controller at {addr}: {message}")]
+    Connect { addr: String, message: String },
+    #[error("enrollment refused by the controller: {0}")]
+    EnrollmentRefused(String),
+    #[error("{0}")]
+    Protocol(String),
+    #[error(
+        "this agent is not enrolled (no {0} in the state directory): run `shopfloor-agent enroll` with the command `kubectl shopfloor enroll <agent>` prints"
+    )]
+    NotEnrolled(String),
+    #[error(
+        "this agent's certificate expired at {0} (it was offline past its lifetime): re-enroll with a new token — `kubectl shopfloor enroll <agent> --renew` prints the command"
+    )]
+    Expired(String),
+    #[error("{0}")]
+    Tls(String),
+}
+
+fn unix_to_string(secs: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(secs.max(0).unsigned_abs());
+    format!(
+        "{:?} (unix {secs})",
+        t.duration_since(std::time::UNIX_EPOCH).map(|_| ()).map(|()| secs).unwrap_or_default()
+    )
+}
+
+async fn resolve(controller: &str) -> Result<SocketAddr, SessionError> {
+    tokio::net::lookup_host(controller)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| SessionError::Connect { addr: controller.into(), message: "cannot resolve the address".into() })
+}
+
+/// The host part of `host:port`, the default server name.
+pub fn host_of(controller: &str) -> String {
+    match controller.rsplit_once(':') {
+        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+        None => controller.to_owned(),
+    }
+}
+
+/// Enrolls: generates a key here (it never leaves the host), sends a CSR with the bootstrap
+/// token over a connection that trusts only the pinned CA, and stores the certificate. The
+/// state directory is untouched unless enrollment succeeds.
+pub async fn enroll(
+    state: &StateDir,
+    controller: &str,
+    server_name: Option<&str>,
+    token: &str,
+    ca_sha256: &str,
+    agent: &AgentId,
+) -> Result<Identity, SessionError> {
+    let key = pki::generate_key().map_err(|e| SessionError::Tls(e.to_string()))?;
+    let csr = pki::csr(&key).map_err(|e| SessionError::Tls(e.to_string()))?;
+    let addr = resolve(controller).await?;
+    let server_name = server_name.map(str::to_owned).unwrap_or_else(|| host_of(controller));
+    let tls = tls::enrollment_client_config(ca_sha256).map_err(|e| SessionError::Tls(e.to_string()))?;
+    let endpoint = transport::client_endpoint(addr).map_err(|e| SessionError::Tls(e.to_string()))?;
+    let config = transport::client_config(tls, Timing::default()).map_err(|e| SessionError::Tls(e.to_string()))?;
+    let connecting = endpoint
+        .connect_with(config, addr, &server_name)
+        .map_err(|e| SessionError::Connect { addr: controller.into(), message: e.to_string() })?;
+    let conn = connecting.await.map_err(|e| SessionError::Connect {
+        addr: controller.into(),
+        message: transport::explain(&e, &server_name),
+    })?;
+    let (send, recv) =
+        conn.open_bi().await.map_err(|e| SessionError::Protocol(transport::explain(&e, &server_name)))?;
+    let mut tx = FrameWriter::new(send, DEFAULT_MAX_FRAME);
+    let mut rx = FrameReader::new(recv, DEFAULT_MAX_FRAME);
+    let request = proto::EnrollRequest {
+        token: token.into(),
+        namespace: agent.namespace.clone(),
+        agent: agent.name.clone(),
+        csr_der: csr,
+    };
+    tx.send(&AgentMessage { body: Some(agent_message::Body::Enroll(request)) })
+        .await
+        .map_err(|e| SessionError::Protocol(e.to_string()))?;
+    let reply: Option<ControllerMessage> = tokio::time::timeout(Duration::from_secs(10), rx.next())
+        .await
+        .map_err(|_| SessionError::Protocol("the controller did not answer the enrollment".into()))?
+        .map_err(|e| SessionError::Protocol(e.to_string()))?;
+    let Some(ControllerMessage { body: Some(controller_message::Body::Enrolled(resp)) }) = reply else {
+        let why =
+            conn.close_reason().map(|e| transport::explain(&e, &server_name)).unwrap_or_else(|| "no answer".into());
+        return Err(SessionError::EnrollmentRefused(why));
+    };
+    if !resp.error.is_empty() {
+        return Err(SessionError::EnrollmentRefused(resp.error));
+    }
+    if pki::sha256_fingerprint(&resp.ca_der) != ca_sha256.trim().to_ascii_lowercase() {
+        return Err(SessionError::Tls("the CA the controller returned does not match the pinned --ca-sha256".into()));
+    }
+    let granted = identity::agent_id(&resp.certificate_der, DEFAULT_TRUST_DOMAIN)
+        .map_err(|e| SessionError::Tls(e.to_string()))?;
+    if &granted != agent {
+        return Err(SessionError::Tls(format!("the controller issued a certificate for {granted}, not {agent}")));
+    }
+    conn.close(0u32.into(), b"enrolled");
+    let cert = CertificateDer::from(resp.certificate_der);
+    let ca = CertificateDer::from(resp.ca_der);
+    store_credentials(state, &cert, &key.serialize_pem())?;
+    state.write(CA, pem("CERTIFICATE", &ca).as_bytes(), 0o644)?;
+    let id = Identity {
+        namespace: agent.namespace.clone(),
+        name: agent.name.clone(),
+        controller: controller.into(),
+        server_name,
+    };
+    state.write(IDENTITY, serde_yaml::to_string(&id).unwrap_or_default().as_bytes(), 0o644)?;
+    Ok(id)
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use std::fmt::Write;
+    let b64 = base64(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        let _ = writeln!(out, "{}", String::from_utf8_lossy(chunk));
+    }
+    let _ = writeln!(out, "-----END {label}-----");
+    out
+}
+
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        out.push(char::from(T[(n >> 18) as usize & 63]));
+        out.push(char::from(T[(n >> 12) as usize & 63]));
+        out.push(if c.len() > 1 { char::from(T[(n >> 6) as usize & 63]) } else { '=' });
+        out.push(if c.len() > 2 { char::from(T[n as usize & 63]) } else { '=' });
+    }
+    out
+}
+
+/// Certificate and key in one file, so they are replaced together atomically.
+fn store_credentials(state: &StateDir, cert: &CertificateDer<'_>, key_pem: &str) -> Result<(), SessionError> {
+    let text = format!("{}{}", pem("CERTIFICATE", cert), key_pem);
+    Ok(state.write(CREDENTIALS, text.as_bytes(), 0o600)?)
+}
+
+struct Credentials {
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    ca: CertificateDer<'static>,
+    not_after: i64,
+}
+
+fn load_credentials(state: &StateDir) -> Result<Credentials, SessionError> {
+    let creds = state.read(CREDENTIALS)?.ok_or_else(|| SessionError::NotEnrolled(CREDENTIALS.into()))?;
+    let cert = CertificateDer::from_pem_slice(&creds).map_err(|e| state.quarantine(CREDENTIALS, e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(&creds).map_err(|e| state.quarantine(CREDENTIALS, e.to_string()))?;
+    let ca_pem = state.read(CA)?.ok_or_else(|| SessionError::NotEnrolled(CA.into()))?;
+    let ca = CertificateDer::from_pem_slice(&ca_pem).map_err(|e| state.quarantine(CA, e.to_string()))?;
+    let info = identity::cert_info(&cert).map_err(|e| SessionError::Tls(e.to_string()))?;
+    Ok(Credentials { cert, key, ca, not_after: info.not_after_unix })
+}
+
+pub fn load_identity(state: &StateDir) -> Result<Identity, SessionError> {
+    state
+        .read_parsed(IDENTITY, |b| serde_yaml::from_slice(b).map_err(|e| e.to_string()))?
+        .ok_or_else(|| SessionError::NotEnrolled(IDENTITY.into()))
+}
+
+/// A running agent.
+pub struct Agent {
+    pub state: StateDir,
+    pub identity: Identity,
+    pub executor: Arc<Executor>,
+    pub telemetry: Arc<StdMutex<Buffer>>,
+    held: Mutex<Option<ApplyConfig>>,
+    boot_id: String,
+    version: String,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("identity", &self.identity).finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    pub fn new(state: StateDir, identity: Identity, executor: Arc<Executor>, buffer: usize) -> Arc<Self> {
+        let mut b = [0u8; 8];
+        let _ = getrandom::fill(&mut b);
+        Arc::new(Self {
+            state,
+            identity,
+            executor,
+            telemetry: Arc::new(StdMutex::new(Buffer::new(buffer))),
+            held: Mutex::new(None),
+            boot_id: b.iter().map(|x| format!("{x:02x}")).collect(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        })
+    }
+
+    /// Autonomy: re-applies the configuration saved on disk, if any. A corrupt file is moved
+    /// aside and reported; the agent then waits for the controller.
+    pub async fn restore(&self) -> Option<proto::ConfigApplied> {
+        let cfg = match self.state.read_parsed(CONFIG, |b| ApplyConfig::decode(b).map_err(|e| e.to_string())) {
+            Ok(c) => c?,
+            Err(e) => {
+                tracing::error!("{e}");
+                return None;
+            }
+        };
+        tracing::info!(revision = %cfg.revision, "restoring the last configuration from disk");
+        let applied = apply::apply(&self.executor, &cfg).await;
+        *self.held.lock().await = Some(cfg);
+        Some(applied)
+    }
+
+    async fn take_config(&self, cfg: ApplyConfig) -> Result<proto::ConfigApplied, SessionError> {
+        // Persist first: after a crash the agent restores what the controller last asked for.
+        self.state.write(CONFIG, &cfg.encode_to_vec(), 0o600)?;
+        let applied = apply::apply(&self.executor, &cfg).await;
+        tracing::info!(revision = %cfg.revision, failures = apply::has_failures(&applied), "configuration applied");
+        *self.held.lock().await = Some(cfg);
+        Ok(applied)
+    }
+
+    /// Reads every equipment's properties at its reporting interval into the telemetry buffer.
+    pub async fn poll_telemetry(self: Arc<Self>) {
+        let mut due: std::collections::HashMap<String, Instant> = std::collections::HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            for eq in self.executor.all() {
+                let every = Duration::from_millis(eq.config.reporting_interval_ms.max(100));
+                let now = Instant::now();
+                if due.get(&eq.config.name).is_some_and(|t| *t > now) {
+                    continue;
+                }
+                due.insert(eq.config.name.clone(), now + every);
+                for p in &eq.config.properties {
+                    match eq.driver.read(p).await {
+                        Ok(v) => self.telemetry.lock().unwrap_or_else(|e| e.into_inner()).push(proto::Reading {
+                            equipment: eq.config.name.clone(),
+                            property: p.name.clone(),
+                            value: Some(v),
+                            observed_unix_micros: now_micros(),
+                        }),
+                        Err(e) => tracing::debug!(equipment = %eq.config.name, property = %p.name, "read failed: {e}"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Connects, serves, and reconnects with backoff, forever.
+    pub async fn run(self: Arc<Self>, timing: Timing) {
+        let mut backoff = Backoff::default();
+        loop {
+            let started = Instant::now();
+            match self.connect_once(timing).await {
+                Ok(reason) => tracing::warn!("disconnected: {reason}"),
+                Err(e) => tracing::warn!("{e}"),
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                backoff.reset();
+            }
+            let delay = backoff.next_delay();
+            tracing::info!("reconnecting in {delay:?}");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn connect_once(self: &Arc<Self>, timing: Timing) -> Result<String, SessionError> {
+        let creds = load_credentials(&self.state)?;
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        if creds.not_after <= now {
+            return Err(SessionError::Expired(unix_to_string(creds.not_after)));
+        }
+        let id = &self.identity;
+        let addr = resolve(&id.controller).await?;
+        let tls = tls::client_config(&creds.ca, vec![creds.cert.clone()], creds.key)
+            .map_err(|e| SessionError::Tls(e.to_string()))?;
+        let endpoint = transport::client_endpoint(addr).map_err(|e| SessionError::Tls(e.to_string()))?;
+        let config = transport::client_config(tls, timing).map_err(|e| SessionError::Tls(e.to_string()))?;
+        let conn = endpoint
+            .connect_with(config, addr, &id.server_name)
+            .map_err(|e| SessionError::Connect { addr: id.controller.clone(), message: e.to_string() })?
+            .await
+            .map_err(|e| SessionError::Connect {
+                addr: id.controller.clone(),
+                message: transport::explain(&e, &id.server_name),
+            })?;
+        let explain = |e: quinn::ConnectionError| SessionError::Protocol(transport::explain(&e, &id.server_name));
+        let (send, recv) = conn.open_bi().await.map_err(explain)?;
+        let tx = Arc::new(Mutex::new(FrameWriter::new(send, DEFAULT_MAX_FRAME)));
+        let mut rx = FrameReader::new(recv, DEFAULT_MAX_FRAME);
+        let held = self.held.lock().await.as_ref().map(|c| c.revision.clone()).unwrap_or_default();
+        let hello = proto::Hello {
+            agent_version: self.version.clone(),
+            protocol_versions: PROTOCOL_VERSIONS.to_vec(),
+            boot_id: self.boot_id.clone(),
+            held_revision: held,
+        };
+        tx.lock()
+            .await
+            .send(&AgentMessage { body: Some(agent_message::Body::Hello(hello)) })
+            .await
+            .map_err(|e| SessionError::Protocol(e.to_string()))?;
+        let welcome = match tokio::time::timeout(Duration::from_secs(10), rx.next::<ControllerMessage>()).await {
+            Ok(Ok(Some(ControllerMessage { body: Some(controller_message::Body::Welcome(w)) }))) => w,
+            Ok(Ok(Some(ControllerMessage { body: Some(controller_message::Body::Goodbye(g)) }))) => {
+                return Ok(format!("refused: {}", g.reason));
+            }
+            _ => {
+                return Err(conn
+                    .close_reason()
+                    .map(explain)
+                    .unwrap_or_else(|| SessionError::Protocol("no Welcome from the controller".into())));
+            }
+        };
+        tracing::info!(controller = %id.controller, replica = %welcome.controller_replica, rtt = ?conn.rtt(), "connected");
+
+        let commands = tokio::spawn(serve_commands(conn.clone(), self.executor.clone()));
+        let reports = tokio::spawn(send_reports(conn.clone(), self.telemetry.clone()));
+        let renew_before = Duration::from_secs(welcome.renew_before_secs);
+        let mut renew_check = tokio::time::interval(Duration::from_secs(1));
+        let mut renewing: Option<pki::KeyPair> = None;
+        let mut retry_at: Option<(Instant, Duration)> = None;
+        let result = loop {
+            tokio::select! {
+                msg = rx.next::<ControllerMessage>() => match msg {
+                    Ok(Some(ControllerMessage { body: Some(controller_message::Body::ApplyConfig(cfg)) })) => {
+                        let applied = self.take_config(cfg).await?;
+                        retry_at = apply::has_failures(&applied).then(|| (Instant::now() + Duration::from_secs(2), Duration::from_secs(2)));
+                        let m = AgentMessage { body: Some(agent_message::Body::ConfigApplied(applied)) };
+                        if let Err(e) = tx.lock().await.send(&m).await { break format!("control stream: {e}"); }
+                    }
+                    Ok(Some(ControllerMessage { body: Some(controller_message::Body::Renewed(r)) })) => {
+                        match (renewing.take(), r.error.is_empty()) {
+                            (Some(key), true) => {
+                                let cert = CertificateDer::from(r.certificate_der);
+                                store_credentials(&self.state, &cert, &key.serialize_pem())?;
+                                tracing::info!("certificate renewed; used from the next connection");
+                            }
+                            (_, false) => tracing::warn!("renewal refused: {}", r.error),
+                            (None, true) => tracing::warn!("unexpected renewal response"),
+                        }
+                    }
+                    Ok(Some(ControllerMessage { body: Some(controller_message::Body::Goodbye(g)) })) => break format!("goodbye: {}", g.reason),
+                    Ok(Some(_)) => {}
+                    Ok(None) => break "the controller closed the control stream".into(),
+                    Err(e) => {
+                        if e.is_protocol_violation() {
+                            transport::close(&conn, close_code::PROTOCOL_VIOLATION, &e.to_string());
+                        }
+                        break conn.close_reason().map(|c| transport::explain(&c, &id.server_name)).unwrap_or_else(|| e.to_string());
+                    }
+                },
+                _ = renew_check.tick() => {
+                    let creds_now = load_credentials(&self.state)?;
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+                    let left = Duration::from_secs((creds_now.not_after - now).max(0).unsigned_abs());
+                    let fresh = creds_now.cert != creds.cert;
+                    if renewing.is_none() && !fresh && !renew_before.is_zero() && left <= renew_before {
+                        let key = pki::generate_key().map_err(|e| SessionError::Tls(e.to_string()))?;
+                        let csr = pki::csr(&key).map_err(|e| SessionError::Tls(e.to_string()))?;
+                        renewing = Some(key);
+                        tracing::info!("certificate expires in {left:?}: renewing");
+                        let m = AgentMessage { body: Some(agent_message::Body::Renew(proto::RenewRequest { csr_der: csr })) };
+                        if let Err(e) = tx.lock().await.send(&m).await { break format!("control stream: {e}"); }
+                    }
+                    if let Some((at, wait)) = retry_at && Instant::now() >= at
+                        && let Some(cfg) = self.held.lock().await.clone() {
+                            let applied = apply::apply(&self.executor, &cfg).await;
+                            retry_at = apply::has_failures(&applied).then(|| (Instant::now() + wait * 2, (wait * 2).min(Duration::from_secs(60))));
+                            let m = AgentMessage { body: Some(agent_message::Body::ConfigApplied(applied)) };
+                            if let Err(e) = tx.lock().await.send(&m).await { break format!("control stream: {e}"); }
+                        }
+                }
+                e = conn.closed() => break transport::explain(&e, &id.server_name),
+            }
+        };
+        commands.abort();
+        reports.abort();
+        Ok(result)
+    }
+}
+
+/// Accepts one bidirectional stream per command and answers it: ack, then result.
+async fn serve_commands(conn: quinn::Connection, executor: Arc<Executor>) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let executor = executor.clone();
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            let mut rx = FrameReader::new(recv, DEFAULT_MAX_FRAME);
+            let mut tx = FrameWriter::new(send, DEFAULT_MAX_FRAME);
+            let cmd: proto::Command = match rx.next().await {
+                Ok(Some(c)) => c,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(peer = %conn.remote_address(), "bad command frame: {e}");
+                    let _ = tx.get_mut().reset(close_code::PROTOCOL_VIOLATION.into());
+                    return;
+                }
+            };
+            let received = now_micros();
+            let ack = CommandReply {
+                body: Some(command_reply::Body::Ack(proto::CommandAck {
+                    id: cmd.id.clone(),
+                    received_unix_micros: received,
+                })),
+            };
+            let _ = tx.send(&ack).await;
+            let result = executor.execute(&cmd, received).await;
+            tracing::info!(command = %cmd.id, equipment = %cmd.equipment, action = %cmd.action, code = ?result.code(), replayed = result.replayed, "command answered");
+            let _ = tx.send(&CommandReply { body: Some(command_reply::Body::Result(result)) }).await;
+            let _ = tx.get_mut().finish();
+        });
+    }
+}
+
+/// Sends buffered readings on unidirectional streams; on failure they go back into the buffer.
+async fn send_reports(conn: quinn::Connection, buffer: Arc<StdMutex<Buffer>>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        loop {
+            let (readings, dropped) = buffer.lock().unwrap_or_else(|e| e.into_inner()).drain(512);
+            if readings.is_empty() && dropped == 0 {
+                break;
+            }
+            let report = proto::Report { readings, dropped };
+            let sent = async {
+                let send = conn.open_uni().await.map_err(|e| e.to_string())?;
+                let mut tx = FrameWriter::new(send, DEFAULT_MAX_FRAME);
+                tx.send(&report).await.map_err(|e| e.to_string())?;
+                tx.get_mut().finish().map_err(|e| e.to_string())?;
+                Ok::<(), String>(())
+            }
+            .await;
+            if let Err(e) = sent {
+                tracing::debug!("report not sent, kept for later: {e}");
+                buffer.lock().unwrap_or_else(|e| e.into_inner()).requeue(report.readings, report.dropped);
+                return;
+            }
+        }
+    }
+}
