@@ -163,7 +163,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .or_else(|| b.recorded_endpoint())
                 .context("pass --controller <host:port>: the controller's address as the plant host reaches it")?;
             println!("# on the plant host of {agent} (token expires {expires}, single use):");
-            println!("shopfloor-agent enroll --controller {controller} --token {token} --ca-sha256 {ca}");
+            println!(
+                "shopfloor-agent enroll --controller {controller} --agent {}/{agent} --token {token} --ca-sha256 {ca}",
+                b.namespace()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod conditions;
+pub mod endpoint;
 pub mod engine;
 pub mod enrollment;
 pub mod kube_controllers;

@@ -11,7 +11,7 @@ use std::{
 use k8s_openapi::jiff::Timestamp;
 use shopfloor_api::{
     ControlCommand, EdgeAgent, Equipment, NetworkSlice,
-    edge_agent::{EdgeAgentStatus, EnrollmentStatus},
+    edge_agent::{CertificateStatus, EdgeAgentStatus, EnrollmentStatus},
 };
 
 use crate::{
@@ -45,6 +45,11 @@ pub struct Core<S: Store> {
     /// Poked when something the statuses depend on changed outside the store (an agent
     /// connected, applied a configuration, reported values).
     pub kick: tokio::sync::Notify,
+    /// The EdgeAgents as last reconciled: the endpoint checks handshakes against these.
+    agents: RwLock<BTreeMap<ObjectKey, EdgeAgent>>,
+    /// Certificates issued by this controller since its start, by agent: authoritative over a
+    /// status that may not have been read back yet.
+    issued: RwLock<BTreeMap<ObjectKey, (CertificateStatus, Timestamp)>>,
 }
 
 impl<S: Store> std::fmt::Debug for Core<S> {
@@ -68,6 +73,8 @@ impl<S: Store> Core<S> {
             tokens: Mutex::default(),
             replica: replica.into(),
             kick: tokio::sync::Notify::new(),
+            agents: RwLock::default(),
+            issued: RwLock::default(),
         })
     }
 
@@ -96,6 +103,13 @@ impl<S: Store> Core<S> {
     /// Everything, once: what the standalone loop runs after each change of the folder.
     pub async fn reconcile_world(&self, version: u64, world: &World) -> Requeue {
         let plans = self.plans(version, world);
+        let present: BTreeMap<ObjectKey, EdgeAgent> =
+            world.agents.iter().map(|a| (ObjectKey::of(&a.metadata), a.clone())).collect();
+        for gone in self.registry.connected().into_iter().filter(|k| !present.contains_key(k)) {
+            self.registry.evict(&gone, "the EdgeAgent was deleted");
+            tracing::info!(agent = %gone, "deleted: connection closed");
+        }
+        *self.agents.write().unwrap_or_else(|p| p.into_inner()) = present;
         let mut next: Requeue = None;
         let mut soonest = |r: Requeue| {
             if let Some(d) = r {
@@ -140,6 +154,14 @@ impl<S: Store> Core<S> {
             tracing::info!(agent = %key, "suspended: connection closed");
         }
         let mut agent = agent.clone();
+        if let Some((cert, at)) = self.issued.read().unwrap_or_else(|p| p.into_inner()).get(&key).cloned() {
+            let status = agent.status.get_or_insert_with(EdgeAgentStatus::default);
+            status.certificate = Some(cert);
+            if let Some(e) = status.enrollment.as_mut() {
+                e.enrolled_at.get_or_insert(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at));
+            }
+        }
+        self.agents.write().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), agent.clone());
         let mut requeue = None;
         let enrolled = agent.status.as_ref().and_then(|s| s.certificate.as_ref()).is_some_and(|c| c.serial.is_some());
         if !enrolled {
@@ -183,6 +205,44 @@ impl<S: Store> Core<S> {
             self.statuses.submit(StatusUpdate::EdgeAgent(key, status));
         }
         Ok(requeue)
+    }
+
+    /// The EdgeAgent as last reconciled, with the certificate this controller issued it.
+    pub fn agent(&self, key: &ObjectKey) -> Option<EdgeAgent> {
+        self.agents.read().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+    }
+
+    /// Records a certificate issued to `key` and writes it into the EdgeAgent's status before
+    /// returning: a handshake with it must find it recorded.
+    pub async fn record_certificate(
+        &self,
+        key: &ObjectKey,
+        cert: CertificateStatus,
+        enrolled: bool,
+    ) -> Result<(), StoreError> {
+        let now = Timestamp::now();
+        let at = self.issued.read().unwrap_or_else(|p| p.into_inner()).get(key).map(|(_, t)| *t).unwrap_or(now);
+        self.issued.write().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), (cert.clone(), at));
+        let Some(mut agent) = self.agent(key) else {
+            return Err(StoreError::Gone { kind: "EdgeAgent", key: key.clone() });
+        };
+        let status = agent.status.get_or_insert_with(EdgeAgentStatus::default);
+        status.certificate = Some(cert);
+        if enrolled {
+            let e = status.enrollment.get_or_insert(EnrollmentStatus {
+                token_secret_name: None,
+                token_expires_at: None,
+                enrolled_at: None,
+            });
+            e.enrolled_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::from_second(now.as_second()).unwrap_or(now),
+            ));
+        }
+        self.store.write_status(StatusUpdate::EdgeAgent(key.clone(), status.clone())).await?;
+        // Supersede any older status still queued in the coalescing writer.
+        self.statuses.submit(StatusUpdate::EdgeAgent(key.clone(), status.clone()));
+        self.agents.write().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), agent);
+        Ok(())
     }
 
     /// Creates the agent's bootstrap token unless a usable one exists; returns its expiry.

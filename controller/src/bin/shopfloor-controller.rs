@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, sync::atomic::Ordering, tim
 use anyhow::Context as _;
 use clap::Parser;
 use shopfloor_controller::{
+    endpoint::{self, Endpoint},
     kube_controllers,
     leader::{LeaderElector, LeaseTiming},
     metrics,
@@ -37,6 +38,12 @@ struct Args {
     /// This replica's name, for the Lease and `status.connection.replica`.
     #[arg(long, env = "POD_NAME", default_value = "shopfloor-controller")]
     replica: String,
+    /// The QUIC endpoint agents dial.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7443", env = "SHOPFLOOR_LISTEN")]
+    listen: SocketAddr,
+    /// Names (DNS or IP) agents dial the controller by; its server certificate covers them.
+    #[arg(long = "server-name", value_name = "NAME", default_values_t = vec!["localhost".to_owned(), "127.0.0.1".to_owned()])]
+    server_names: Vec<String>,
     /// Log filter, e.g. `info` or `shopfloor_controller=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -63,6 +70,21 @@ async fn run_standalone(args: &Args, dir: &PathBuf, health: Arc<metrics::Health>
     let (addr, _http) = metrics::serve(args.http, core.metrics.clone(), health.clone())
         .await
         .with_context(|| format!("cannot listen on {} for health and metrics", args.http))?;
+    let ca = endpoint::ensure_ca(&*core.store).await.context("cannot load or create the plant CA")?;
+    let fingerprint = ca.fingerprint();
+    let quic = Endpoint::bind(core.clone(), ca, args.listen, &args.server_names, Default::default())
+        .with_context(|| format!("cannot listen on {} for agents (QUIC/UDP)", args.listen))?;
+    let quic_addr = quic.local_addr()?;
+    // Where agents should dial, for `kubectl shopfloor enroll`: the first server name and the port.
+    let dial = if quic_addr.ip().is_unspecified() {
+        format!("{}:{}", args.server_names.first().map(String::as_str).unwrap_or("localhost"), quic_addr.port())
+    } else {
+        quic_addr.to_string()
+    };
+    std::fs::write(args.state_dir.join("endpoint"), format!("{dial}\n"))
+        .context("cannot record the endpoint address")?;
+    tokio::spawn(quic.run());
+    tracing::info!(quic = %quic_addr, ca_sha256 = %fingerprint, "agents can connect");
     health.leader.store(true, Ordering::Relaxed);
     health.ready.store(true, Ordering::Relaxed);
     tracing::info!(manifests = %dir.display(), state = %args.state_dir.display(), http = %addr, "standalone controller started");
@@ -82,6 +104,7 @@ async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Resul
     let store = KubeStore::new(client.clone(), &args.namespace);
     let core = Core::new(Arc::new(store), &args.replica, Duration::from_secs(1));
     let (addr, _http) = metrics::serve(args.http, core.metrics.clone(), health.clone()).await?;
+    let ca = endpoint::ensure_ca(&*core.store).await.context("cannot load or create the plant CA Secret")?;
     tracing::info!(http = %addr, namespace = %args.namespace, replica = %args.replica, "controller started; electing a leader");
     health.ready.store(true, Ordering::Relaxed);
     let elector = LeaderElector::new(
@@ -103,6 +126,10 @@ async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Resul
     }
     health.leader.store(true, Ordering::Relaxed);
     tracing::info!("leading");
+    // Only the leader accepts agents: a standby holds no sessions to lose at takeover.
+    let quic = Endpoint::bind(core.clone(), ca, args.listen, &args.server_names, Default::default())
+        .with_context(|| format!("cannot listen on {} for agents (QUIC/UDP)", args.listen))?;
+    tokio::spawn(quic.run());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let controllers = tokio::spawn(kube_controllers::run(client, core, stop_rx));
     let mut lost = 0;
