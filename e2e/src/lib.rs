@@ -3,4 +3,5 @@
 //! is the UDP impairment proxy they use.
 #![forbid(unsafe_code)]
 
+pub mod harness;
 pub mod proxy;

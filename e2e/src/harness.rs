@@ -1,0 +1,250 @@
+//! Real processes for end-to-end scenarios: builds the binaries once, starts them with their own
+//! ports and temporary state, and kills every one of them when the scenario ends (also on panic).
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{Mutex, Once},
+    time::{Duration, Instant},
+};
+
+static BUILD: Once = Once::new();
+
+/// The directory holding the workspace's binaries (`target/debug`), built if needed.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> → target/debug
+    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "shopfloor-controller",
+                "-p",
+                "shopfloor-agent",
+                "-p",
+                "kubectl-shopfloor",
+                "--bins",
+            ])
+            .status()
+            .expect("cargo build runs");
+        assert!(status.success(), "building the binaries failed");
+    });
+    dir
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// A process that is killed when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One scenario's world: a temporary directory and the processes it started.
+#[derive(Debug)]
+pub struct Scenario {
+    pub dir: tempfile::TempDir,
+    pub procs: Mutex<Vec<Proc>>,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scenario {
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().expect("temporary directory"), procs: Mutex::default() }
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// Starts `bin` with `args`; stdout and stderr go to `<name>.log`.
+    pub fn spawn(&self, name: &str, bin_name: &str, args: &[&str]) -> PathBuf {
+        let log = self.path(&format!("{name}.log"));
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
+        let child = Command::new(bin(bin_name))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin_name}: {e}"));
+        self.procs.lock().unwrap_or_else(|p| p.into_inner()).push(Proc { name: name.into(), child, log: log.clone() });
+        log
+    }
+
+    /// Kills the process named `name` with SIGKILL.
+    pub fn kill(&self, name: &str) {
+        let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+        for p in procs.iter_mut().filter(|p| p.name == name) {
+            p.kill();
+        }
+        procs.retain(|p| p.name != name);
+    }
+
+    /// Runs a command to completion.
+    pub fn run(&self, bin_name: &str, args: &[&str]) -> Output {
+        Command::new(bin(bin_name))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {bin_name}: {e}"))
+    }
+
+    /// Starts a Modbus simulator on a free port and returns its address.
+    pub fn modbus_sim(&self, name: &str, extra: &[&str]) -> String {
+        let write_log = format!("{name}-writes.jsonl");
+        let mut args = vec!["--listen", "127.0.0.1:0", "--write-log", &write_log];
+        args.extend_from_slice(extra);
+        let log = self.spawn(name, "shopfloor-modbus-sim", &args);
+        let line = wait_for_line(&log, "listening on", Duration::from_secs(10));
+        line.rsplit(' ').next().expect("address").trim().to_owned()
+    }
+
+    /// Writes recorded by a simulator to a holding register or coil, with their values.
+    pub fn sim_writes(&self, name: &str, table: &str, address: u16) -> Vec<Vec<u16>> {
+        let text = std::fs::read_to_string(self.path(&format!("{name}-writes.jsonl"))).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["table"] == table && v["address"] == address)
+            .map(|v| {
+                v["values"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|x| x.as_u64().map(|n| n as u16)).collect())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// Starts the standalone controller on `plant/` and returns the QUIC address agents dial.
+    pub fn controller(&self) -> String {
+        self.controller_on("127.0.0.1:0")
+    }
+
+    /// Starts the standalone controller listening on `listen` (a restart reuses the address).
+    pub fn controller_on(&self, listen: &str) -> String {
+        let _ = std::fs::remove_file(self.path("state/endpoint"));
+        self.spawn(
+            "controller",
+            "shopfloor-controller",
+            &["--standalone", "plant", "--state-dir", "state", "--listen", listen, "--http", "127.0.0.1:0"],
+        );
+        let endpoint = self.path("state/endpoint");
+        eventually("the controller's endpoint", Duration::from_secs(20), || {
+            std::fs::read_to_string(&endpoint).ok().filter(|s| !s.is_empty())
+        })
+        .trim()
+        .to_owned()
+    }
+
+    /// Enrolls agent `name` with the token the plugin prints, into state directory `agent-<name>`.
+    pub fn enroll(&self, name: &str) {
+        let token = eventually("a bootstrap token", Duration::from_secs(20), || {
+            let out = self.run("kubectl-shopfloor", &["--standalone", "plant", "--state-dir", "state", "enroll", name]);
+            out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        });
+        let line =
+            token.lines().find(|l| l.starts_with("shopfloor-agent enroll")).expect("enroll command line").to_owned();
+        let state = format!("agent-{name}");
+        let mut args = vec!["--state-dir", state.as_str()];
+        args.extend(line.split_whitespace().skip(1));
+        let out = self.run("shopfloor-agent", &args);
+        assert!(
+            out.status.success(),
+            "enrollment failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs enrolled agent `name`.
+    pub fn agent(&self, name: &str) {
+        let state = format!("agent-{name}");
+        let envelope = format!("envelope-{name}.yaml");
+        self.spawn(
+            &format!("agent-{name}"),
+            "shopfloor-agent",
+            &["--state-dir", &state, "run", "--envelope", &envelope],
+        );
+    }
+
+    /// The status of an object as the standalone controller recorded it.
+    pub fn status(&self, plural: &str, name: &str) -> serde_yaml::Value {
+        let path = self.path(&format!("state/objects/{plural}/plant-a/{name}.yaml"));
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        serde_yaml::from_str::<serde_yaml::Value>(&text)
+            .ok()
+            .map(|v| v["status"].clone())
+            .unwrap_or(serde_yaml::Value::Null)
+    }
+
+    /// `kubectl shopfloor --standalone …` with `args`.
+    pub fn plugin(&self, args: &[&str]) -> (i32, String) {
+        let mut all = vec!["--standalone", "plant", "--state-dir", "state"];
+        all.extend_from_slice(args);
+        let out = self.run("kubectl-shopfloor", &all);
+        (
+            out.status.code().unwrap_or(-1),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The first line of `log` containing `needle`, waiting for it.
+pub fn wait_for_line(log: &Path, needle: &str, timeout: Duration) -> String {
+    eventually(&format!("`{needle}` in {}", log.display()), timeout, || {
+        let f = std::fs::File::open(log).ok()?;
+        BufReader::new(f).lines().map_while(Result::ok).find(|l| l.contains(needle))
+    })
+}

@@ -1,0 +1,168 @@
+//! End-to-end scenarios with real processes: the standalone controller, enrolled agents, Modbus
+//! simulators over real sockets, QUIC with mutual TLS, and the kubectl plugin.
+
+use std::time::{Duration, Instant};
+
+use shopfloor_e2e::harness::{Scenario, eventually, wait_for_line};
+
+const AGENT: &str = r#"apiVersion: shopfloor.io/v1alpha1
+kind: EdgeAgent
+metadata: {name: line-1, namespace: plant-a}
+spec:
+  site: plant-a/line-1
+  suspend: SUSPEND
+"#;
+
+fn equipment(modbus: &str) -> String {
+    let (host, port) = modbus.rsplit_once(':').expect("host:port");
+    format!(
+        r#"apiVersion: shopfloor.io/v1alpha1
+kind: Equipment
+metadata: {{name: conveyor, namespace: plant-a}}
+spec:
+  agentRef: {{name: line-1}}
+  modbusTcp: {{host: "{host}", port: {port}, timeout: 500ms}}
+  reporting: {{interval: 200ms}}
+  properties:
+    - {{name: running, type: Bool, access: ReadWrite, modbus: {{table: Coil, address: 0}}, desired: true}}
+    - {{name: belt-speed, type: Float, access: ReadWrite, unit: m/s, modbus: {{table: HoldingRegister, address: 0, scale: 0.01}}, desired: 1.2, min: 0, max: 2.5}}
+    - {{name: jam-detected, type: Bool, modbus: {{table: DiscreteInput, address: 0}}}}
+  actions:
+    - name: start
+      parameters: [{{name: speed, type: Float, min: 0.1, max: 2.5, required: true}}]
+      writes: [{{property: belt-speed, parameter: speed}}, {{property: running, value: true}}]
+---
+apiVersion: shopfloor.io/v1alpha1
+kind: Equipment
+metadata: {{name: robot, namespace: plant-a}}
+spec:
+  agentRef: {{name: line-1}}
+  simulated: {{initial: {{program: 3}}}}
+  properties:
+    - {{name: program, type: Int, access: ReadWrite, min: 1, max: 32, desired: 5}}
+"#
+    )
+}
+
+fn plant(s: &Scenario, suspend: bool) -> String {
+    std::fs::create_dir_all(s.path("plant")).expect("plant dir");
+    let modbus = s.modbus_sim("sim", &[]);
+    std::fs::write(s.path("plant/agent.yaml"), AGENT.replace("SUSPEND", &suspend.to_string())).expect("agent");
+    std::fs::write(s.path("plant/equipment.yaml"), equipment(&modbus)).expect("equipment");
+    modbus
+}
+
+fn connected_and_applied(s: &Scenario) -> bool {
+    let st = s.status("edgeagents", "line-1");
+    let desired = st["config"]["desiredRevision"].as_str().map(str::to_owned);
+    st["phase"] == "Connected" && desired.is_some() && desired.as_deref() == st["config"]["appliedRevision"].as_str()
+}
+
+#[test]
+fn enroll_connect_apply_command_and_refusals() {
+    let s = Scenario::new();
+    plant(&s, false);
+    s.controller();
+    s.enroll("line-1");
+    s.agent("line-1");
+    eventually("agent connected with the desired revision applied", Duration::from_secs(30), || {
+        connected_and_applied(&s).then_some(())
+    });
+
+    // The setpoints reached the device over Modbus: 1.2 m/s at scale 0.01 is register value 120.
+    eventually("belt-speed written", Duration::from_secs(10), || {
+        s.sim_writes("sim", "holding", 0).contains(&vec![120]).then_some(())
+    });
+    eventually("equipment status shows applied setpoints and reported values", Duration::from_secs(10), || {
+        let st = s.status("equipment", "conveyor");
+        let applied = st["conditions"].as_sequence()?.iter().any(|c| c["type"] == "Applied" && c["status"] == "True");
+        let reported = st["reported"]
+            .as_sequence()?
+            .iter()
+            .any(|r| r["property"] == "belt-speed" && r["value"].as_f64() == Some(1.2));
+        (applied && reported).then_some(())
+    });
+
+    // A command round trip through the plugin: result, phase and latency breakdown.
+    let (code, out) = s.plugin(&["exec", "conveyor", "start", "speed=1.5", "--timeout", "10s"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("phase:     Succeeded") && out.contains("latency:   queue"), "{out}");
+    assert!(s.sim_writes("sim", "holding", 0).contains(&vec![150]));
+
+    // Refusals name the field and never reach the equipment.
+    let writes_before = s.sim_writes("sim", "holding", 0).len();
+    let (code, out) = s.plugin(&["exec", "conveyor", "write", "property=belt-speed", "value=3.0"]);
+    assert_eq!(code, 3, "interlock: {out}");
+    assert!(out.contains("OutOfLimits") && out.contains("spec.parameters.value"), "{out}");
+    let (code, out) = s.plugin(&["exec", "conveyor", "start", "speed=true"]);
+    assert_eq!(code, 3, "wrong type: {out}");
+    assert!(out.contains("spec.parameters.speed"), "{out}");
+    let (code, out) = s.plugin(&["exec", "welder", "stop"]);
+    assert_eq!(code, 3, "unknown equipment: {out}");
+    assert!(out.contains("UnknownEquipment"), "{out}");
+    assert_eq!(s.sim_writes("sim", "holding", 0).len(), writes_before, "no refused command wrote anything");
+
+    // A broken manifest is refused with its file and field; the plant keeps running.
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/invalid/equipment-min-above-max.yaml"),
+        s.path("plant/broken.yaml"),
+    )
+    .expect("copy");
+    wait_for_line(&s.path("controller.log"), "broken.yaml", Duration::from_secs(10));
+    let (code, out) = s.plugin(&["exec", "conveyor", "start", "speed=1.1", "--timeout", "10s"]);
+    assert_eq!(code, 0, "the plant still runs: {out}");
+}
+
+#[test]
+fn a_restarted_agent_restores_its_configuration_without_the_controller_and_reconnects() {
+    let s = Scenario::new();
+    plant(&s, false);
+    let endpoint = s.controller();
+    s.enroll("line-1");
+    s.agent("line-1");
+    eventually("connected and applied", Duration::from_secs(30), || connected_and_applied(&s).then_some(()));
+    let (code, out) = s.plugin(&["exec", "conveyor", "start", "speed=1.5", "--timeout", "10s"]);
+    assert_eq!(code, 0, "{out}");
+
+    // Controller and agent both die. The last command left the belt at 1.5 m/s; the desired
+    // setpoint is 1.2 m/s.
+    s.kill("controller");
+    s.kill("agent-line-1");
+    let before = s.sim_writes("sim", "holding", 0).len();
+    // The agent comes back alone and puts its last configuration back (1.2 m/s → 120).
+    s.agent("line-1");
+    wait_for_line(&s.path("agent-line-1.log"), "restoring the last configuration from disk", Duration::from_secs(10));
+    eventually("the desired setpoint re-applied without the controller", Duration::from_secs(10), || {
+        (s.sim_writes("sim", "holding", 0)[before..].contains(&vec![120])).then_some(())
+    });
+    // The controller returns on its address; the agent reconnects and is in sync.
+    s.controller_on(&endpoint);
+    eventually("reconnected", Duration::from_secs(40), || connected_and_applied(&s).then_some(()));
+}
+
+#[test]
+fn suspending_an_agent_closes_its_connection_within_a_second_and_resuming_lets_it_back() {
+    let s = Scenario::new();
+    plant(&s, false);
+    s.controller();
+    s.enroll("line-1");
+    s.agent("line-1");
+    eventually("connected", Duration::from_secs(30), || connected_and_applied(&s).then_some(()));
+    let agent_log = s.path("agent-line-1.log");
+    let start = Instant::now();
+    std::fs::write(s.path("plant/agent.yaml"), AGENT.replace("SUSPEND", "true")).expect("suspend");
+    wait_for_line(&agent_log, "suspended", Duration::from_secs(5));
+    let closed_after = start.elapsed();
+    println!("suspension closed the connection after {closed_after:?}");
+    assert!(closed_after < Duration::from_secs(2), "{closed_after:?}");
+    eventually("status Suspended", Duration::from_secs(5), || {
+        (s.status("edgeagents", "line-1")["phase"] == "Suspended").then_some(())
+    });
+    // It cannot reconnect while suspended.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_ne!(s.status("edgeagents", "line-1")["phase"], "Connected");
+    std::fs::write(s.path("plant/agent.yaml"), AGENT.replace("SUSPEND", "false")).expect("resume");
+    eventually("reconnected after resuming", Duration::from_secs(40), || {
+        (s.status("edgeagents", "line-1")["phase"] == "Connected").then_some(())
+    });
+}
