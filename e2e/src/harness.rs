@@ -13,9 +13,12 @@ static BUILD: Once = Once::new();
 
 /// The directory holding the workspace's binaries (`target/debug`), built if needed.
 pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/<test> → target/debug
-    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    let exe = std::env::current_exe().expect("executable path");
+    // Tests run from target/debug/deps/, binaries (the demo) from target/debug/.
+    let mut dir = exe.parent().expect("target dir").to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
     BUILD.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
@@ -108,6 +111,11 @@ impl Scenario {
             .unwrap_or_else(|e| panic!("cannot start {bin_name}: {e}"));
         self.procs.lock().unwrap_or_else(|p| p.into_inner()).push(Proc { name: name.into(), child, log: log.clone() });
         log
+    }
+
+    /// Kills every process this scenario started.
+    pub fn kill_all(&self) {
+        self.procs.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Kills the process named `name` with SIGKILL.

@@ -1,0 +1,230 @@
+//! The one-command demo: a whole plant controlled end to end on this machine, no cluster.
+//!
+//!     cargo run -q -p shopfloor-e2e --bin shopfloor-demo [-- --keep-running]
+
+use std::{
+    collections::BTreeMap,
+    io::IsTerminal,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use shopfloor_e2e::harness::{Scenario, eventually};
+
+struct Ui {
+    colour: bool,
+}
+
+impl Ui {
+    fn paint(&self, code: &str, s: &str) -> String {
+        if self.colour { format!("\x1b[{code}m{s}\x1b[0m") } else { s.to_owned() }
+    }
+    fn step(&self, s: &str) {
+        println!("\n{} {}", self.paint("1;36", "▶"), self.paint("1", s));
+    }
+    fn ok(&self, s: &str) {
+        println!("  {} {s}", self.paint("32", "✔"));
+    }
+    fn bad(&self, s: &str) {
+        println!("  {} {s}", self.paint("31", "✘"));
+    }
+    fn show(&self, text: &str) {
+        for line in text.lines() {
+            println!("    {line}");
+        }
+    }
+}
+
+fn field<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines().find_map(|l| l.strip_prefix(key)).map(str::trim).unwrap_or("-")
+}
+
+fn demo(s: &Scenario, ui: &Ui, keep_running: bool) -> Result<(), String> {
+    let started = Instant::now();
+    let mut summary: Vec<(String, bool)> = Vec::new();
+    ui.step("Building the binaries (first run takes a few minutes)");
+    let _ = shopfloor_e2e::harness::bin_dir();
+    ui.ok("controller, agent, Modbus simulator and kubectl plugin are built");
+
+    ui.step("Starting a Modbus TCP simulator for every Modbus equipment");
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/plant");
+    std::fs::create_dir_all(s.path("plant")).map_err(|e| e.to_string())?;
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(examples).map_err(|e| e.to_string())? {
+        let p = entry.map_err(|e| e.to_string())?.path();
+        files.insert(
+            p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned(),
+            std::fs::read_to_string(&p).map_err(|e| e.to_string())?,
+        );
+    }
+    // name, port in the example, simulator options (process values following setpoints)
+    let sims: [(&str, u16, &[&str]); 4] = [
+        ("press-plc", 15020, &["--set", "input:0=1850", "--set", "discrete:0=1"]),
+        ("infeed-conveyor", 15021, &["--set", "input:0=420"]),
+        ("oven-temperature", 15022, &["--mirror", "0:0:2", "--set", "input:2=640"]),
+        ("air-compressor", 15023, &["--mirror", "100:100", "--set", "discrete:0=1"]),
+    ];
+    for (name, port, opts) in sims {
+        let addr = s.modbus_sim(name, opts);
+        let real_port = addr.rsplit(':').next().unwrap_or_default().to_owned();
+        for text in files.values_mut() {
+            *text = text.replace(&format!("port: {port}"), &format!("port: {real_port}"));
+        }
+        ui.ok(&format!("{name}: Modbus TCP on {addr}"));
+    }
+    for (name, text) in &files {
+        std::fs::write(s.path(&format!("plant/{name}")), text).map_err(|e| e.to_string())?;
+    }
+
+    ui.step("Starting the controller in standalone mode on examples/plant/");
+    let endpoint = s.controller();
+    ui.ok(&format!("QUIC endpoint with mutual TLS on {endpoint}; state in {}", s.path("state").display()));
+
+    ui.step("Enrolling one agent per EdgeAgent with its single-use bootstrap token");
+    for agent in ["line-1", "line-2", "utilities"] {
+        s.enroll(agent);
+        std::fs::write(
+            s.path(&format!("envelope-{agent}.yaml")),
+            "equipment:\n  infeed-conveyor:\n    properties:\n      belt-speed: {max: 2.0}\n",
+        )
+        .map_err(|e| e.to_string())?;
+        s.agent(agent);
+        ui.ok(&format!("{agent}: key generated on the host, certificate issued, agent running"));
+    }
+
+    ui.step("Waiting for every agent to connect and apply its configuration");
+    let all_in_sync = || {
+        ["line-1", "line-2", "utilities"].iter().all(|a| {
+            let st = s.status("edgeagents", a);
+            let d = st["config"]["desiredRevision"].as_str().map(str::to_owned);
+            st["phase"] == "Connected" && d.is_some() && d.as_deref() == st["config"]["appliedRevision"].as_str()
+        })
+    };
+    eventually("all agents connected and configured", Duration::from_secs(60), || all_in_sync().then_some(()));
+    std::thread::sleep(Duration::from_millis(1500));
+    ui.show(&s.plugin(&["agents"]).1);
+    summary.push(("3 agents enrolled, connected over QUIC/mTLS, configuration applied".into(), true));
+
+    ui.step("Equipment: desired setpoints against the values read back over Modbus");
+    ui.show(&s.plugin(&["equipment"]).1);
+
+    ui.step("Changing a setpoint by editing a manifest: infeed-conveyor belt-speed 1.2 → 1.8 m/s");
+    let line1 = s.path("plant/line-1.yaml");
+    let text = std::fs::read_to_string(&line1).map_err(|e| e.to_string())?;
+    std::fs::write(&line1, text.replacen("desired: 1.2", "desired: 1.8", 1)).map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let reconciled = eventually("the new setpoint applied and reported", Duration::from_secs(30), || {
+        let st = s.status("equipment", "infeed-conveyor");
+        st["reported"]
+            .as_sequence()?
+            .iter()
+            .any(|r| r["property"] == "belt-speed" && r["value"].as_f64() == Some(1.8))
+            .then_some(t.elapsed())
+    });
+    ui.ok(&format!(
+        "reconciled and read back in {:.0} ms: new revision pushed to line-1 only",
+        reconciled.as_secs_f64() * 1e3
+    ));
+    summary.push((format!("setpoint change reconciled in {:.0} ms", reconciled.as_secs_f64() * 1e3), true));
+
+    ui.step("Running ControlCommands through `kubectl shopfloor exec`");
+    let commands: [(&str, &[&str], &str); 4] = [
+        ("press-plc: set the cycle time to 15 s", &["exec", "press-plc", "set-cycle-time", "seconds=15"], "Succeeded"),
+        (
+            "robot-cell: run program 7 at 150 mm/s",
+            &["exec", "robot-cell", "run-program", "program=7", "speed=150"],
+            "Succeeded",
+        ),
+        ("oven-temperature: 190 °C", &["exec", "oven-temperature", "set-temperature", "celsius=190"], "Succeeded"),
+        (
+            "air-compressor: read the discharge pressure",
+            &["exec", "air-compressor", "read", "property=discharge-pressure"],
+            "Succeeded",
+        ),
+    ];
+    for (what, args, want) in commands {
+        let (_, out) = s.plugin(args);
+        let phase = field(&out, "phase:");
+        let line = format!("{what}: {phase} — {}", field(&out, "latency:"));
+        if phase == want {
+            ui.ok(&line)
+        } else {
+            ui.bad(&format!("{line}\n{out}"))
+        }
+        summary.push((format!("{what}: {phase}"), phase == want));
+    }
+
+    ui.step("A command outside an interlock is refused before it reaches the equipment");
+    let (_, out) = s.plugin(&["exec", "infeed-conveyor", "write", "property=belt-speed", "value=2.2"]);
+    let phase = field(&out, "phase:");
+    ui.ok(&format!("{phase}: {}", field(&out, "result:")));
+    summary.push(("belt-speed 2.2 m/s refused by the plant's safety envelope (max 2.0)".into(), phase == "Rejected"));
+
+    ui.step("A command to an offline agent waits for its deadline, then expires");
+    s.kill("agent-utilities");
+    eventually("utilities disconnected", Duration::from_secs(15), || {
+        (s.status("edgeagents", "utilities")["phase"] == "Disconnected").then_some(())
+    });
+    let (_, out) = s.plugin(&["exec", "chiller", "write", "property=supply-setpoint", "value=9", "--timeout", "2s"]);
+    let phase = field(&out, "phase:");
+    ui.ok(&format!("{phase}: {}", field(&out, "result:")));
+    summary.push(("command to the offline utilities agent expired at its 2 s deadline".into(), phase == "Expired"));
+    s.agent("utilities");
+    eventually("utilities back", Duration::from_secs(60), || all_in_sync().then_some(()));
+    ui.ok("utilities restarted on its last configuration and reconnected");
+
+    ui.step("Summary");
+    let failed = summary.iter().filter(|(_, ok)| !ok).count();
+    for (line, ok) in &summary {
+        if *ok { ui.ok(line) } else { ui.bad(line) }
+    }
+    println!(
+        "\n  {} in {:.1} s",
+        if failed == 0 {
+            ui.paint("1;32", "plant controlled end to end")
+        } else {
+            ui.paint("1;31", &format!("{failed} step(s) failed"))
+        },
+        started.elapsed().as_secs_f64()
+    );
+    if keep_running {
+        println!(
+            "\n  Still running (Ctrl-C stops everything). Try:\n    {} --standalone {} --state-dir {} agents",
+            shopfloor_e2e::harness::bin("kubectl-shopfloor").display(),
+            s.path("plant").display(),
+            s.path("state").display()
+        );
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    if failed == 0 { Ok(()) } else { Err(format!("{failed} step(s) failed")) }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> std::process::ExitCode {
+    let keep_running = std::env::args().any(|a| a == "--keep-running");
+    let ui = Ui { colour: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() };
+    let scenario = Arc::new(Scenario::new());
+    let s = scenario.clone();
+    let run = tokio::task::spawn_blocking(move || demo(&s, &ui, keep_running));
+    let code = tokio::select! {
+        r = run => match r {
+            Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+            Ok(Err(e)) => {
+                eprintln!("demo failed: {e}");
+                std::process::ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("demo failed: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("\ninterrupted: stopping every process the demo started");
+            std::process::ExitCode::from(130)
+        }
+    };
+    scenario.kill_all();
+    code
+}
