@@ -1,0 +1,318 @@
+//! The command executor against a Modbus simulator over a real socket and a simulated device.
+
+use std::{sync::Arc, time::Duration};
+
+use shopfloor_agent::{
+    apply,
+    commands::Executor,
+    envelope::Envelope,
+    journal::Journal,
+    sim::{Device, Simulator},
+    state::StateDir,
+    value,
+};
+use shopfloor_wire::{
+    proto::{
+        ActionConfig, ActionWrite, ApplyConfig, ApplyResult, Command, CommandResult, EquipmentConfig, ModbusMapping,
+        ModbusTable, ModbusTcp, Operator, Parameter, ParameterConfig, Precondition, PropertyConfig, RegisterType,
+        ResultCode, Simulated, ValueType, action_write, equipment_config::Protocol, parameter,
+    },
+    time::now_micros,
+};
+
+fn prop(name: &str, ty: ValueType, writable: bool, table: ModbusTable, address: u32, scale: f64) -> PropertyConfig {
+    PropertyConfig {
+        name: name.into(),
+        r#type: ty as i32,
+        writable,
+        modbus: Some(ModbusMapping {
+            table: table as i32,
+            address,
+            register_type: RegisterType::U16 as i32,
+            scale,
+            offset: 0.0,
+        }),
+        ..Default::default()
+    }
+}
+
+fn conveyor(addr: std::net::SocketAddr) -> EquipmentConfig {
+    let mut speed = prop("belt-speed", ValueType::Float, true, ModbusTable::HoldingRegister, 0, 0.01);
+    speed.min = Some(0.0);
+    speed.max = Some(2.5);
+    speed.desired = Some(value::float_value(1.2));
+    EquipmentConfig {
+        name: "conveyor".into(),
+        protocol: Some(Protocol::ModbusTcp(ModbusTcp {
+            host: addr.ip().to_string(),
+            port: u32::from(addr.port()),
+            unit_id: 1,
+            timeout_ms: 500,
+        })),
+        properties: vec![
+            speed,
+            prop("running", ValueType::Bool, true, ModbusTable::Coil, 0, 1.0),
+            prop("jam", ValueType::Bool, false, ModbusTable::DiscreteInput, 0, 1.0),
+            prop("current", ValueType::Float, false, ModbusTable::InputRegister, 0, 0.01),
+        ],
+        actions: vec![ActionConfig {
+            name: "start".into(),
+            parameters: vec![ParameterConfig {
+                name: "speed".into(),
+                r#type: ValueType::Float as i32,
+                min: Some(0.1),
+                max: Some(3.0),
+                required: true,
+            }],
+            writes: vec![
+                ActionWrite {
+                    property: "belt-speed".into(),
+                    source: Some(action_write::Source::Parameter("speed".into())),
+                },
+                ActionWrite {
+                    property: "running".into(),
+                    source: Some(action_write::Source::Value(value::bool_value(true))),
+                },
+            ],
+            timeout_ms: 2000,
+        }],
+        reporting_interval_ms: 1000,
+        slice: String::new(),
+    }
+}
+
+fn robot() -> EquipmentConfig {
+    EquipmentConfig {
+        name: "robot".into(),
+        protocol: Some(Protocol::Simulated(Simulated::default())),
+        properties: vec![PropertyConfig {
+            name: "program".into(),
+            r#type: ValueType::Int as i32,
+            writable: true,
+            min: Some(1.0),
+            max: Some(32.0),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    state: StateDir,
+    sim: Simulator,
+    exec: Arc<Executor>,
+    envelope_path: std::path::PathBuf,
+}
+
+async fn rig(envelope: &str) -> Rig {
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = StateDir::open(dir.path().join("state")).expect("state");
+    let sim = Simulator::start("127.0.0.1:0".parse().expect("addr"), Device::default(), vec![]).await.expect("sim");
+    let envelope_path = dir.path().join("envelope.yaml");
+    std::fs::write(&envelope_path, envelope).expect("envelope");
+    let exec = executor(&state, &envelope_path);
+    exec.install(&[conveyor(sim.addr), robot()]);
+    Rig { _dir: dir, state, sim, exec, envelope_path }
+}
+
+fn executor(state: &StateDir, envelope: &std::path::Path) -> Arc<Executor> {
+    let journal = Journal::open(state, Duration::from_secs(86400), 1000).expect("journal");
+    Arc::new(Executor::new(journal, Envelope::load(envelope).expect("envelope")))
+}
+
+fn cmd(id: &str, eq: &str, action: &str, params: &[(&str, parameter::Kind)]) -> Command {
+    Command {
+        id: id.into(),
+        equipment: eq.into(),
+        action: action.into(),
+        parameters: params.iter().map(|(k, v)| Parameter { name: (*k).into(), kind: Some(v.clone()) }).collect(),
+        deadline_unix_micros: now_micros() + 5_000_000,
+        ..Default::default()
+    }
+}
+
+fn num(x: f64) -> parameter::Kind {
+    parameter::Kind::Value(value::float_value(x))
+}
+
+fn code(r: &CommandResult) -> ResultCode {
+    r.code()
+}
+
+#[tokio::test]
+async fn an_action_writes_over_modbus_in_order_and_the_journal_answers_redeliveries() {
+    let r = rig("").await;
+    let c = cmd("c1", "conveyor", "start", &[("speed", num(1.5))]);
+    let first = r.exec.execute(&c, now_micros()).await;
+    assert_eq!(code(&first), ResultCode::Ok, "{}", first.message);
+    assert_eq!(r.sim.device.writes_to("holding", 0), 1);
+    assert_eq!(r.sim.device.writes_to("coil", 0), 1);
+    assert_eq!(r.sim.device.regs.lock().expect("lock").holding.get(&0), Some(&150));
+    // Redelivered: same result, replayed, no second write.
+    let again = r.exec.execute(&c, now_micros()).await;
+    assert!(again.replayed);
+    assert_eq!(code(&again), ResultCode::Ok);
+    assert_eq!(r.sim.device.writes_to("holding", 0), 1);
+    // Across a restart: a new executor on the same state directory.
+    let restarted = executor(&r.state, &r.envelope_path);
+    restarted.install(&[conveyor(r.sim.addr), robot()]);
+    let after = restarted.execute(&c, now_micros()).await;
+    assert!(after.replayed && code(&after) == ResultCode::Ok);
+    assert_eq!(r.sim.device.writes_to("holding", 0), 1, "exactly one write per command, restarts included");
+}
+
+#[tokio::test]
+async fn a_late_command_never_touches_the_equipment() {
+    let r = rig("").await;
+    let mut c = cmd("late", "conveyor", "start", &[("speed", num(1.0))]);
+    c.deadline_unix_micros = now_micros() - 1_000;
+    let res = r.exec.execute(&c, now_micros()).await;
+    assert_eq!(code(&res), ResultCode::DeadlineExceeded);
+    assert_eq!(r.sim.device.writes_to("holding", 0) + r.sim.device.writes_to("coil", 0), 0);
+}
+
+#[tokio::test]
+async fn limits_envelope_types_and_unknowns_are_refused_with_the_field() {
+    let r = rig("equipment:\n  conveyor:\n    properties:\n      belt-speed: {max: 2.0}\n").await;
+    let cases: Vec<(Command, ResultCode, &str)> = vec![
+        (cmd("a", "conveyor", "start", &[("speed", num(2.8))]), ResultCode::OutOfLimits, "spec.parameters.speed"),
+        (cmd("b", "conveyor", "start", &[("speed", num(2.2))]), ResultCode::OutOfEnvelope, "envelope.yaml"),
+        (cmd("c", "conveyor", "start", &[("speed", num(3.5))]), ResultCode::InvalidParameter, "declared range"),
+        (
+            cmd("d", "conveyor", "start", &[("speed", parameter::Kind::Value(value::bool_value(true)))]),
+            ResultCode::InvalidParameter,
+            "spec.parameters.speed",
+        ),
+        (cmd("e", "conveyor", "start", &[]), ResultCode::InvalidParameter, "required"),
+        (cmd("f", "conveyor", "reverse", &[]), ResultCode::UnknownAction, "spec.action"),
+        (cmd("g", "welder", "start", &[]), ResultCode::UnknownEquipment, "welder"),
+        (
+            cmd(
+                "h",
+                "conveyor",
+                "write",
+                &[
+                    ("property", parameter::Kind::Text("jam".into())),
+                    ("value", parameter::Kind::Value(value::bool_value(true))),
+                ],
+            ),
+            ResultCode::InvalidParameter,
+            "read-only",
+        ),
+        (
+            cmd("i", "robot", "write", &[("property", parameter::Kind::Text("program".into())), ("value", num(40.0))]),
+            ResultCode::InvalidParameter,
+            "Int",
+        ),
+        (
+            cmd(
+                "j",
+                "robot",
+                "write",
+                &[
+                    ("property", parameter::Kind::Text("program".into())),
+                    ("value", parameter::Kind::Value(value::int_value(40))),
+                ],
+            ),
+            ResultCode::OutOfLimits,
+            "[1, 32]",
+        ),
+    ];
+    for (c, want, needle) in cases {
+        let res = r.exec.execute(&c, now_micros()).await;
+        assert_eq!(code(&res), want, "{}: {}", c.id, res.message);
+        assert!(res.message.contains(needle), "{}: `{}` lacks `{needle}`", c.id, res.message);
+    }
+    assert_eq!(
+        r.sim.device.writes_to("holding", 0) + r.sim.device.writes_to("coil", 0),
+        0,
+        "nothing refused was written"
+    );
+}
+
+#[tokio::test]
+async fn preconditions_read_fresh_and_dry_runs_write_nothing() {
+    let r = rig("").await;
+    r.sim.device.regs.lock().expect("lock").discrete.insert(0, true);
+    let mut c = cmd("p1", "conveyor", "start", &[("speed", num(1.0))]);
+    c.preconditions = vec![Precondition {
+        property: "jam".into(),
+        operator: Operator::Equal as i32,
+        value: Some(value::bool_value(false)),
+    }];
+    let res = r.exec.execute(&c, now_micros()).await;
+    assert_eq!(code(&res), ResultCode::PreconditionFailed);
+    assert!(res.message.contains("jam read true"), "{}", res.message);
+    r.sim.device.regs.lock().expect("lock").discrete.insert(0, false);
+    let mut dry = c.clone();
+    dry.id = "p2".into();
+    dry.dry_run = true;
+    let res = r.exec.execute(&dry, now_micros()).await;
+    assert_eq!(code(&res), ResultCode::DryRunOk, "{}", res.message);
+    assert!(res.message.contains("would write belt-speed=1"), "{}", res.message);
+    assert_eq!(r.sim.device.writes_to("holding", 0), 0);
+}
+
+#[tokio::test]
+async fn commands_to_one_equipment_run_in_arrival_order_and_others_concurrently() {
+    let r = rig("").await;
+    let mut handles = vec![];
+    for i in 0..10 {
+        let exec = r.exec.clone();
+        let c = cmd(
+            &format!("o{i}"),
+            "conveyor",
+            "write",
+            &[("property", parameter::Kind::Text("belt-speed".into())), ("value", num(1.0 + f64::from(i) / 10.0))],
+        );
+        handles.push(tokio::spawn(async move { exec.execute(&c, now_micros()).await }));
+        tokio::task::yield_now().await;
+    }
+    for h in handles {
+        assert_eq!(code(&h.await.expect("join")), ResultCode::Ok);
+    }
+    let writes: Vec<u16> = r
+        .sim
+        .device
+        .regs
+        .lock()
+        .expect("lock")
+        .writes
+        .iter()
+        .filter(|w| w.table == "holding")
+        .map(|w| w.values[0])
+        .collect();
+    assert_eq!(writes, (0..10).map(|i| 100 + i * 10).collect::<Vec<u16>>(), "serialised in arrival order");
+}
+
+#[tokio::test]
+async fn apply_is_idempotent_and_reads_back() {
+    let r = rig("").await;
+    let cfg =
+        ApplyConfig { revision: "r1".into(), equipment: vec![conveyor(r.sim.addr), robot()], ..Default::default() };
+    let first = apply::apply(&r.exec, &cfg).await;
+    let results: Vec<i32> = first.equipment.iter().flat_map(|e| &e.properties).map(|p| p.result).collect();
+    assert_eq!(results, vec![ApplyResult::Applied as i32]);
+    assert_eq!(r.sim.device.writes_to("holding", 0), 1);
+    let second = apply::apply(&r.exec, &cfg).await;
+    assert!(!apply::has_failures(&second));
+    assert_eq!(r.sim.device.writes_to("holding", 0), 1, "a setpoint already in place is not rewritten");
+}
+
+#[tokio::test]
+async fn an_unreachable_device_fails_its_setpoints_without_stopping_the_others() {
+    let r = rig("").await;
+    let dead: std::net::SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let mut other = conveyor(dead);
+    other.name = "dead-conveyor".into();
+    let cfg = ApplyConfig { revision: "r1".into(), equipment: vec![other, conveyor(r.sim.addr)], ..Default::default() };
+    let applied = apply::apply(&r.exec, &cfg).await;
+    let by: std::collections::HashMap<_, _> =
+        applied.equipment.iter().map(|e| (e.equipment.as_str(), e.properties[0].result)).collect();
+    assert_eq!(by["dead-conveyor"], ApplyResult::Failed as i32);
+    assert_eq!(by["conveyor"], ApplyResult::Applied as i32);
+}
