@@ -98,6 +98,17 @@ impl Scenario {
 
     /// Starts `bin` with `args`; stdout and stderr go to `<name>.log`.
     pub fn spawn(&self, name: &str, bin_name: &str, args: &[&str]) -> PathBuf {
+        self.spawn_with_env(name, bin_name, args, &[])
+    }
+
+    /// [`Self::spawn`] with extra environment variables.
+    pub fn spawn_with_env(
+        &self,
+        name: &str,
+        bin_name: &str,
+        args: &[&str],
+        envs: &[(&str, &std::ffi::OsStr)],
+    ) -> PathBuf {
         let log = self.path(&format!("{name}.log"));
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let child = Command::new(bin(bin_name))
@@ -105,6 +116,7 @@ impl Scenario {
             .current_dir(self.dir.path())
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
+            .envs(envs.iter().copied())
             .stdout(out.try_clone().expect("dup"))
             .stderr(out)
             .spawn()

@@ -1,0 +1,175 @@
+//! Faults: the controller dies while commands are in flight, behind a network that drops
+//! everything (the userspace UDP proxy, since tc netem is not available).
+
+use std::time::Duration;
+
+use shopfloor_e2e::{
+    harness::{Scenario, eventually},
+    proxy::UdpProxy,
+};
+
+const PLANT: &str = r#"apiVersion: shopfloor.io/v1alpha1
+kind: EdgeAgent
+metadata: {name: line-1, namespace: plant-a}
+spec: {site: plant-a/line-1}
+---
+apiVersion: shopfloor.io/v1alpha1
+kind: Equipment
+metadata: {name: conveyor, namespace: plant-a}
+spec:
+  agentRef: {name: line-1}
+  modbusTcp: {host: "127.0.0.1", port: PORT}
+  properties:
+    - {name: belt-speed, type: Float, access: ReadWrite, modbus: {table: HoldingRegister, address: 0, scale: 0.01}, min: 0, max: 2.5}
+"#;
+
+fn command(i: u32) -> String {
+    format!(
+        "apiVersion: shopfloor.io/v1alpha1\nkind: ControlCommand\nmetadata: {{name: set-{i}, namespace: plant-a}}\n\
+         spec: {{equipmentRef: {{name: conveyor}}, action: write, parameters: {{property: belt-speed, value: 1.{i:02}}}, timeout: 60s}}\n"
+    )
+}
+
+#[test]
+fn a_controller_killed_with_commands_dispatched_ends_each_with_exactly_one_execution() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let s = Scenario::new();
+    std::fs::create_dir_all(s.path("plant")).expect("plant");
+    let modbus = s.modbus_sim("sim", &[]);
+    let port = modbus.rsplit(':').next().expect("port").to_owned();
+    std::fs::write(s.path("plant/plant.yaml"), PLANT.replace("PORT", &port)).expect("plant");
+    let endpoint = s.controller();
+    // The agent reaches the controller only through the proxy.
+    let proxy = rt
+        .block_on(UdpProxy::start("127.0.0.1:0".parse().expect("addr"), endpoint.parse().expect("endpoint"), 7))
+        .expect("proxy");
+    s.enroll("line-1");
+    let identity = s.path("agent-line-1/identity.yaml");
+    let text = std::fs::read_to_string(&identity).expect("identity");
+    std::fs::write(&identity, text.replace(&endpoint, &proxy.addr.to_string())).expect("point the agent at the proxy");
+    s.agent("line-1");
+    eventually("connected", Duration::from_secs(30), || {
+        (s.status("edgeagents", "line-1")["phase"] == "Connected").then_some(())
+    });
+
+    // Partition, then ask for five commands: the controller dispatches them into the void.
+    proxy.partition(true);
+    let n = 5;
+    for i in 1..=n {
+        std::fs::write(s.path(&format!("plant/cmd-{i}.yaml")), command(i)).expect("command");
+    }
+    eventually("all commands recorded as Dispatched", Duration::from_secs(4), || {
+        (1..=n).all(|i| s.status("controlcommands", &format!("set-{i}"))["phase"] == "Dispatched").then_some(())
+    });
+    s.kill("controller");
+    assert!(s.sim_writes("sim", "holding", 0).is_empty(), "nothing reached the equipment yet");
+
+    // Heal and restart: the new controller re-sends each command with its id.
+    proxy.partition(false);
+    s.controller_on(&endpoint);
+    for i in 1..=n {
+        let name = format!("set-{i}");
+        eventually(&format!("{name} succeeded"), Duration::from_secs(60), || {
+            (s.status("controlcommands", &name)["phase"] == "Succeeded").then_some(())
+        });
+        let st = s.status("controlcommands", &name);
+        assert!(st["attempts"].as_i64().unwrap_or(0) >= 2, "{name} was re-sent: {st:?}");
+    }
+    let writes = s.sim_writes("sim", "holding", 0);
+    for i in 1..=n {
+        let value = 100 + u16::try_from(i).expect("small");
+        assert_eq!(
+            writes.iter().filter(|w| w.as_slice() == [value]).count(),
+            1,
+            "command set-{i} wrote exactly once: {writes:?}"
+        );
+    }
+    drop(proxy);
+}
+
+#[test]
+fn against_a_real_cluster_when_configured() {
+    match std::env::var_os("SHOPFLOOR_E2E_KUBECONFIG") {
+        None => println!(
+            "not run: SHOPFLOOR_E2E_KUBECONFIG is not set. Point it at a kubeconfig of a disposable cluster \
+             (Kubernetes 1.29+) to run the cluster flow."
+        ),
+        Some(path) => cluster::run(std::path::Path::new(&path)),
+    }
+}
+
+mod cluster {
+    //! The flow through a real API server: CRDs from `crds/`, a fresh namespace, the example
+    //! plant, the CRD validation refusing an invalid manifest, the controller (run locally
+    //! against the cluster) reconciling statuses, cleaned up afterwards.
+
+    use std::{path::Path, process::Command, time::Duration};
+
+    use shopfloor_e2e::harness::{Scenario, bin, eventually};
+
+    fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
+        let out = Command::new("kubectl").env("KUBECONFIG", kubeconfig).args(args).output().expect("kubectl on PATH");
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    }
+
+    pub fn run(kubeconfig: &Path) {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let ns = format!("shopfloor-e2e-{}", std::process::id());
+        let (ok, out) = kubectl(kubeconfig, &["apply", "--server-side", "-f", &format!("{root}/crds")]);
+        assert!(ok, "CRDs rejected by the API server: {out}");
+        let (ok, out) = kubectl(kubeconfig, &["create", "namespace", &ns]);
+        assert!(ok, "{out}");
+        let cleanup = scopeguard(kubeconfig, &ns);
+        for f in ["agents.yaml", "slices.yaml", "line-1.yaml", "line-2.yaml", "utilities.yaml"] {
+            let text = std::fs::read_to_string(format!("{root}/examples/plant/{f}"))
+                .expect("example")
+                .replace("namespace: plant-a", &format!("namespace: {ns}"));
+            let tmp = std::env::temp_dir().join(format!("{ns}-{f}"));
+            std::fs::write(&tmp, text).expect("write");
+            let (ok, out) = kubectl(kubeconfig, &["apply", "-f", tmp.to_str().expect("utf-8")]);
+            assert!(ok, "{f}: {out}");
+        }
+        let bad = std::fs::read_to_string(format!("{root}/examples/invalid/equipment-min-above-max.yaml"))
+            .expect("fixture")
+            .replace("namespace: plant-a", &format!("namespace: {ns}"));
+        let tmp = std::env::temp_dir().join(format!("{ns}-bad.yaml"));
+        std::fs::write(&tmp, bad).expect("write");
+        let (ok, out) = kubectl(kubeconfig, &["apply", "-f", tmp.to_str().expect("utf-8")]);
+        assert!(!ok && out.contains("min must not exceed max"), "the CEL rule refuses it: {out}");
+
+        let s = Scenario::new();
+        s.spawn_with_env(
+            "controller",
+            "shopfloor-controller",
+            &["--namespace", &ns, "--replica", "e2e", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+            &[("KUBECONFIG", kubeconfig.as_os_str())],
+        );
+        eventually("EdgeAgent status written by the controller", Duration::from_secs(60), || {
+            let (ok, out) =
+                kubectl(kubeconfig, &["get", "edgeagent", "line-1", "-n", &ns, "-o", "jsonpath={.status.phase}"]);
+            (ok && out.trim() == "Pending").then_some(())
+        });
+        let out = Command::new(bin("kubectl-shopfloor"))
+            .env("KUBECONFIG", kubeconfig)
+            .args(["agents", "-n", &ns])
+            .output()
+            .expect("plugin");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("line-1"), "{}", String::from_utf8_lossy(&out.stdout));
+        drop(cleanup);
+    }
+
+    struct Cleanup(std::path::PathBuf, String);
+
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = kubectl(&self.0, &["delete", "namespace", &self.1, "--wait=false"]);
+        }
+    }
+
+    fn scopeguard(kubeconfig: &Path, ns: &str) -> Cleanup {
+        Cleanup(kubeconfig.to_owned(), ns.to_owned())
+    }
+}
