@@ -7,9 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use shopfloor_agent::{
-    apply, commands::Executor, drivers::Driver, envelope::Envelope, journal::Journal, state::StateDir, value,
-};
+use shopfloor_agent::{apply, commands::Executor, envelope::Envelope, journal::Journal, state::StateDir, value};
 use shopfloor_wire::{
     proto::{
         ApplyConfig, Command, EquipmentConfig, Parameter, PropertyConfig, Simulated, ValueType,
