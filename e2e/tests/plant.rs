@@ -166,3 +166,38 @@ fn suspending_an_agent_closes_its_connection_within_a_second_and_resuming_lets_i
         (s.status("edgeagents", "line-1")["phase"] == "Connected").then_some(())
     });
 }
+
+#[test]
+fn the_agent_renews_its_certificate_over_the_live_connection_without_dropping_commands() {
+    let s = Scenario::new();
+    std::fs::create_dir_all(s.path("plant")).expect("plant dir");
+    let modbus = s.modbus_sim("sim", &[]);
+    // A 10-minute certificate renewed 9m58s before expiry: renewal starts right after connecting.
+    let agent = AGENT.replace("suspend: SUSPEND", "suspend: false\n  certificate: {duration: 10m, renewBefore: 9m58s}");
+    std::fs::write(s.path("plant/agent.yaml"), agent).expect("agent");
+    std::fs::write(s.path("plant/equipment.yaml"), equipment(&modbus)).expect("equipment");
+    s.controller();
+    s.enroll("line-1");
+    let first = eventually("the enrolled certificate recorded", Duration::from_secs(20), || {
+        s.status("edgeagents", "line-1")["certificate"]["serial"].as_str().map(str::to_owned)
+    });
+    s.agent("line-1");
+    eventually("connected", Duration::from_secs(30), || connected_and_applied(&s).then_some(()));
+    // Commands keep flowing while the agent renews.
+    for i in 0..5 {
+        let (code, out) = s.plugin(&["exec", "conveyor", "start", &format!("speed=1.{i}"), "--timeout", "10s"]);
+        assert_eq!(code, 0, "{out}");
+    }
+    wait_for_line(&s.path("agent-line-1.log"), "certificate renewed", Duration::from_secs(20));
+    let renewed =
+        s.status("edgeagents", "line-1")["certificate"]["serial"].as_str().map(str::to_owned).expect("serial");
+    assert_ne!(renewed, first, "a new certificate is recorded");
+    // The next connection uses the new certificate, and the controller accepts it.
+    s.kill("agent-line-1");
+    s.agent("line-1");
+    eventually("reconnected with the renewed certificate", Duration::from_secs(40), || {
+        (s.status("edgeagents", "line-1")["phase"] == "Connected").then_some(())
+    });
+    let (code, out) = s.plugin(&["exec", "conveyor", "start", "speed=1.9", "--timeout", "10s"]);
+    assert_eq!(code, 0, "{out}");
+}
