@@ -314,6 +314,14 @@ fn idle_memory(p: &Pki, connections: usize) -> f64 {
 fn main() {
     let p = pki();
     println!("plant CA {}", &p.ca.fingerprint()[..16]);
+    // SHOPFLOOR_BENCH=memory measures only the idle-connection memory.
+    if std::env::var("SHOPFLOOR_BENCH").as_deref() == Ok("memory") {
+        println!(
+            "resident memory per idle connection at 1000 connections (both sides): {:.1} KiB",
+            idle_memory(&p, 1000)
+        );
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
     println!("command round trip on loopback, {REQUESTS} requests per row (p50 / p99 / p99.9)");
     for in_flight in [1, 100, 1000] {
