@@ -65,12 +65,12 @@ pub enum SessionError {
     Tls(String),
 }
 
+/// `secs` (Unix time) as "N hours ago", for messages about a past expiry.
 fn unix_to_string(secs: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_secs(secs.max(0).unsigned_abs());
-    format!(
-        "{:?} (unix {secs})",
-        t.duration_since(std::time::UNIX_EPOCH).map(|_| ()).map(|()| secs).unwrap_or_default()
-    )
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let ago = (now - secs).max(0);
+    format!("unix time {secs}, {} h {} min ago", ago / 3600, (ago % 3600) / 60)
 }
 
 async fn resolve(controller: &str) -> Result<SocketAddr, SessionError> {

@@ -131,9 +131,9 @@ pub async fn reconcile_agent(agent: Arc<EdgeAgent>, ctx: Arc<Context>) -> Result
             }
             Finalizer::Cleanup(agent) => {
                 let key = ObjectKey::of(&agent.metadata);
+                ctx.core.forget_agent(&key);
                 ctx.core.registry.evict(&key, "the EdgeAgent was deleted");
                 ctx.core.store.delete_secret(&enrollment::token_secret_name(&key)).await?;
-                ctx.core.observed.forget_agent(&key);
                 Ok(Action::await_change())
             }
         }
@@ -193,6 +193,33 @@ pub async fn run(client: Client, core: Arc<Core<KubeStore>>, shutdown: tokio::sy
     let slices = Controller::new(Api::<NetworkSlice>::all(client.clone()), wc.clone());
     let commands = Controller::new(Api::<ControlCommand>::all(client.clone()), wc.clone());
     let ctx = Context::new(client.clone(), core, agents.store(), equipment.store(), slices.store());
+    // Agent reports (connections, applied configurations, readings) change statuses without any
+    // API event: refresh them when the endpoint signals, at most twice a second.
+    let refresh = {
+        let ctx = ctx.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = ctx.core.kick.notified() => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let plans = ctx.plans();
+                for a in ctx.agents.state().into_iter().filter(|a| a.metadata.deletion_timestamp.is_none()) {
+                    if let Err(e) = ctx.core.reconcile_agent(&a, &plans).await {
+                        tracing::debug!("agent refresh: {e}");
+                    }
+                }
+                for e in ctx.equipment.state() {
+                    ctx.core.reconcile_equipment(&e, &plans);
+                }
+                for s in ctx.slices.state() {
+                    ctx.core.reconcile_slice(&s, &plans);
+                }
+            }
+        })
+    };
     // An Equipment change moves its agent's plan; a command waits on its equipment.
     let agents = agents
         .watches(Api::<Equipment>::all(client.clone()), wc.clone(), |eq: Equipment| {
@@ -206,6 +233,7 @@ pub async fn run(client: Client, core: Arc<Core<KubeStore>>, shutdown: tokio::sy
         slices.graceful_shutdown_on(on_shutdown()).run(reconcile_slice, error_policy, ctx.clone()).for_each(log),
         commands.graceful_shutdown_on(on_shutdown()).run(reconcile_command, error_policy, ctx.clone()).for_each(log),
     );
+    refresh.abort();
 }
 
 async fn log<T: std::fmt::Debug, E: std::fmt::Debug>(r: Result<T, E>) {

@@ -207,6 +207,14 @@ impl<S: Store> Core<S> {
         Ok(requeue)
     }
 
+    /// Forgets a deleted EdgeAgent: its certificate no longer passes the handshake check.
+    pub fn forget_agent(&self, key: &ObjectKey) {
+        self.agents.write().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.issued.write().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.observed.forget_agent(key);
+    }
+
     /// The EdgeAgent as last reconciled, with the certificate this controller issued it.
     pub fn agent(&self, key: &ObjectKey) -> Option<EdgeAgent> {
         self.agents.read().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
