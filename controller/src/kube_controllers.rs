@@ -11,6 +11,7 @@ use std::{
 use futures::StreamExt;
 use kube::{
     Api, Client, Resource, ResourceExt,
+    core::{DeserializeGuard, error_boundary::InvalidObject},
     runtime::{
         Controller,
         controller::Action,
@@ -39,8 +40,8 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     agents: Reader<EdgeAgent>,
-    equipment: Reader<Equipment>,
-    slices: Reader<NetworkSlice>,
+    equipment: Reader<DeserializeGuard<Equipment>>,
+    slices: Reader<DeserializeGuard<NetworkSlice>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -64,8 +65,8 @@ impl Context {
         client: Client,
         core: Arc<Core<KubeStore>>,
         agents: Reader<EdgeAgent>,
-        equipment: Reader<Equipment>,
-        slices: Reader<NetworkSlice>,
+        equipment: Reader<DeserializeGuard<Equipment>>,
+        slices: Reader<DeserializeGuard<NetworkSlice>>,
     ) -> Arc<Self> {
         let reporter = Reporter { controller: "shopfloor-controller".into(), instance: Some(core.replica.clone()) };
         Arc::new(Self { recorder: Recorder::new(client.clone(), reporter), client, agents, equipment, slices, core })
@@ -78,10 +79,10 @@ impl Context {
             (a.uid(), a.resource_version(), a.labels()).hash(&mut h);
         }
         for e in self.equipment.state() {
-            (e.uid(), e.resource_version()).hash(&mut h);
+            (e.meta().uid.as_deref(), e.meta().resource_version.as_deref()).hash(&mut h);
         }
         for s in self.slices.state() {
-            (s.uid(), s.resource_version()).hash(&mut h);
+            (s.meta().uid.as_deref(), s.meta().resource_version.as_deref()).hash(&mut h);
         }
         h.finish()
     }
@@ -90,14 +91,14 @@ impl Context {
         let version = self.version();
         let world = World {
             agents: self.agents.state().iter().map(|a| (**a).clone()).collect(),
-            equipment: self.equipment.state().iter().map(|e| (**e).clone()).collect(),
-            slices: self.slices.state().iter().map(|s| (**s).clone()).collect(),
+            equipment: self.equipment.state().iter().filter_map(|e| e.0.as_ref().ok().cloned()).collect(),
+            slices: self.slices.state().iter().filter_map(|s| s.0.as_ref().ok().cloned()).collect(),
             ..Default::default()
         };
         self.core.plans(version, &world)
     }
 
-    async fn event(&self, obj: &impl Resource<DynamicType = ()>, type_: EventType, reason: &str, note: String) {
+    async fn event<R: Resource<DynamicType = ()>>(&self, obj: &R, type_: EventType, reason: &str, note: String) {
         let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
         if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
             tracing::debug!("event not recorded: {e}");
@@ -145,23 +146,51 @@ pub async fn reconcile_agent(agent: Arc<EdgeAgent>, ctx: Arc<Context>) -> Result
     })
 }
 
-pub async fn reconcile_equipment(eq: Arc<Equipment>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.core.reconcile_equipment(&eq, &ctx.plans());
-    Ok(requeue(None))
+/// An object the controller cannot read (e.g. written against a newer CRD) is logged and left
+/// alone until it changes; it never stops the watch of the others.
+fn unreadable(kind: &str, invalid: &InvalidObject) -> Action {
+    tracing::warn!(
+        kind,
+        name = invalid.metadata.name.as_deref().unwrap_or_default(),
+        namespace = invalid.metadata.namespace.as_deref().unwrap_or_default(),
+        "cannot read the object, skipping it until it changes: {}",
+        invalid.error
+    );
+    Action::await_change()
 }
 
-pub async fn reconcile_slice(slice: Arc<NetworkSlice>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.core.reconcile_slice(&slice, &ctx.plans());
-    Ok(requeue(None))
+pub async fn reconcile_equipment(eq: Arc<DeserializeGuard<Equipment>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    match &eq.0 {
+        Ok(eq) => {
+            ctx.core.reconcile_equipment(eq, &ctx.plans());
+            Ok(requeue(None))
+        }
+        Err(invalid) => Ok(unreadable("Equipment", invalid)),
+    }
 }
 
-pub async fn reconcile_command(cmd: Arc<ControlCommand>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile_slice(slice: Arc<DeserializeGuard<NetworkSlice>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    match &slice.0 {
+        Ok(slice) => {
+            ctx.core.reconcile_slice(slice, &ctx.plans());
+            Ok(requeue(None))
+        }
+        Err(invalid) => Ok(unreadable("NetworkSlice", invalid)),
+    }
+}
+
+pub async fn reconcile_command(cmd: Arc<DeserializeGuard<ControlCommand>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let cmd = match &cmd.0 {
+        Ok(c) => c,
+        Err(invalid) => return Ok(unreadable("ControlCommand", invalid)),
+    };
     let ns = cmd.namespace();
     let eq = ctx.equipment.get(&ObjectRef::new(&cmd.spec.equipment_ref.name).within(ns.as_deref().unwrap_or_default()));
+    let eq = eq.as_deref().and_then(|g| g.0.as_ref().ok());
     let before = cmd.status.as_ref().and_then(|s| s.phase);
-    let r = ctx.core.reconcile_command(&cmd, eq.as_deref()).await?;
+    let r = ctx.core.reconcile_command(cmd, eq).await?;
     if before.is_none() && cmd.spec.dry_run {
-        ctx.event(&*cmd, EventType::Normal, "DryRun", "validated without writing".into()).await;
+        ctx.event(cmd, EventType::Normal, "DryRun", "validated without writing".into()).await;
     }
     Ok(match r {
         Some(d) => Action::requeue(d),
@@ -189,9 +218,9 @@ pub async fn run(client: Client, core: Arc<Core<KubeStore>>, shutdown: tokio::sy
     };
     let wc = watcher::Config::default().any_semantic();
     let agents = Controller::new(Api::<EdgeAgent>::all(client.clone()), wc.clone());
-    let equipment = Controller::new(Api::<Equipment>::all(client.clone()), wc.clone());
-    let slices = Controller::new(Api::<NetworkSlice>::all(client.clone()), wc.clone());
-    let commands = Controller::new(Api::<ControlCommand>::all(client.clone()), wc.clone());
+    let equipment = Controller::new(Api::<DeserializeGuard<Equipment>>::all(client.clone()), wc.clone());
+    let slices = Controller::new(Api::<DeserializeGuard<NetworkSlice>>::all(client.clone()), wc.clone());
+    let commands = Controller::new(Api::<DeserializeGuard<ControlCommand>>::all(client.clone()), wc.clone());
     let ctx = Context::new(client.clone(), core, agents.store(), equipment.store(), slices.store());
     // Agent reports (connections, applied configurations, readings) change statuses without any
     // API event: refresh them when the endpoint signals, at most twice a second.
@@ -212,20 +241,29 @@ pub async fn run(client: Client, core: Arc<Core<KubeStore>>, shutdown: tokio::sy
                     }
                 }
                 for e in ctx.equipment.state() {
-                    ctx.core.reconcile_equipment(&e, &plans);
+                    if let Ok(e) = &e.0 {
+                        ctx.core.reconcile_equipment(e, &plans);
+                    }
                 }
                 for s in ctx.slices.state() {
-                    ctx.core.reconcile_slice(&s, &plans);
+                    if let Ok(s) = &s.0 {
+                        ctx.core.reconcile_slice(s, &plans);
+                    }
                 }
             }
         })
     };
     // An Equipment change moves its agent's plan; a command waits on its equipment.
     let agents = agents
-        .watches(Api::<Equipment>::all(client.clone()), wc.clone(), |eq: Equipment| {
-            let ns = eq.namespace().unwrap_or_default();
-            Some(ObjectRef::<EdgeAgent>::new(&eq.spec.agent_ref.name).within(&ns))
-        })
+        .watches(
+            Api::<DeserializeGuard<Equipment>>::all(client.clone()),
+            wc.clone(),
+            |eq: DeserializeGuard<Equipment>| {
+                let eq = eq.0.ok()?;
+                let ns = eq.namespace().unwrap_or_default();
+                Some(ObjectRef::<EdgeAgent>::new(&eq.spec.agent_ref.name).within(&ns))
+            },
+        )
         .graceful_shutdown_on(on_shutdown());
     tokio::join!(
         agents.run(reconcile_agent, error_policy, ctx.clone()).for_each(log),

@@ -157,3 +157,27 @@ async fn deleting_an_agent_removes_its_token_then_the_finalizer() {
     reconcile_agent(Arc::new(a), ctx).await.expect("reconcile");
     server.await.expect("server");
 }
+
+#[tokio::test]
+async fn an_unreadable_object_is_skipped_without_breaking_the_others() {
+    use kube::core::DeserializeGuard;
+    use shopfloor_api::Equipment;
+    use shopfloor_controller::kube_controllers::reconcile_equipment;
+    // As a watch event would carry it: a field this controller's types refuse.
+    let raw = json!({
+        "apiVersion": "shopfloor.io/v1alpha1", "kind": "Equipment",
+        "metadata": {"name": "future", "namespace": "plant-a", "uid": "u"},
+        "spec": {"agentRef": {"name": "line-1"}, "simulated": {}, "fieldFromANewerVersion": 1},
+    });
+    let guard: DeserializeGuard<Equipment> = serde_json::from_value(raw).expect("the event itself still parses");
+    let invalid = guard.0.as_ref().expect_err("the object does not");
+    assert!(invalid.error.contains("fieldFromANewerVersion"), "{}", invalid.error);
+    let (ctx, mut handle) = setup(&agent(true, false));
+    let action = reconcile_equipment(Arc::new(guard), ctx.clone()).await.expect("no error");
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await.is_err(),
+        "no API call for it"
+    );
+    drop(ctx);
+}
