@@ -42,6 +42,8 @@ pub struct Context {
     agents: Reader<EdgeAgent>,
     equipment: Reader<DeserializeGuard<Equipment>>,
     slices: Reader<DeserializeGuard<NetworkSlice>>,
+    /// Consecutive failures per object, for error_policy's backoff.
+    failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -69,7 +71,15 @@ impl Context {
         slices: Reader<DeserializeGuard<NetworkSlice>>,
     ) -> Arc<Self> {
         let reporter = Reporter { controller: "shopfloor-controller".into(), instance: Some(core.replica.clone()) };
-        Arc::new(Self { recorder: Recorder::new(client.clone(), reporter), client, agents, equipment, slices, core })
+        Arc::new(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            agents,
+            equipment,
+            slices,
+            core,
+            failures: Default::default(),
+        })
     }
 
     /// A version of the objects the plans depend on: changes when any of them changes.
@@ -119,6 +129,7 @@ pub async fn reconcile_agent(agent: Arc<EdgeAgent>, ctx: Arc<Context>) -> Result
             Finalizer::Apply(agent) => {
                 let was_connected = ctx.core.registry.get(&ObjectKey::of(&agent.metadata)).is_some();
                 let r = ctx.core.reconcile_agent(&agent, &ctx.plans()).await?;
+                succeeded(&ctx, &*agent);
                 if agent.spec.suspend && was_connected {
                     ctx.event(
                         &*agent,
@@ -189,6 +200,7 @@ pub async fn reconcile_command(cmd: Arc<DeserializeGuard<ControlCommand>>, ctx: 
     let eq = eq.as_deref().and_then(|g| g.0.as_ref().ok());
     let before = cmd.status.as_ref().and_then(|s| s.phase);
     let r = ctx.core.reconcile_command(cmd, eq).await?;
+    succeeded(&ctx, cmd);
     if before.is_none() && cmd.spec.dry_run {
         ctx.event(cmd, EventType::Normal, "DryRun", "validated without writing".into()).await;
     }
@@ -198,14 +210,45 @@ pub async fn reconcile_command(cmd: Arc<DeserializeGuard<ControlCommand>>, ctx: 
     })
 }
 
+fn failure_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The delay before retry number `n` (1-based): 1 s, 2 s, 4 s … capped at 5 minutes.
+pub fn retry_delay(n: u32) -> Duration {
+    Duration::from_secs(1u64 << n.saturating_sub(1).min(9)).min(Duration::from_secs(300))
+}
+
+/// Transient failures are retried with exponential backoff per object; a success resets it.
 pub fn error_policy<K>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
 where
     K: Resource<DynamicType = ()>,
 {
     let kind = K::kind(&()).to_string();
     ctx.core.metrics.reconcile_errors.get_or_create(&crate::metrics::KindLabel { kind: kind.clone() }).inc();
-    tracing::warn!(kind, name = obj.meta().name.as_deref().unwrap_or_default(), "reconcile failed, retrying: {error}");
-    Action::requeue(Duration::from_secs(5))
+    let n = {
+        let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = failures.entry(failure_key(&*obj)).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let delay = retry_delay(n);
+    tracing::warn!(
+        kind,
+        name = obj.meta().name.as_deref().unwrap_or_default(),
+        attempt = n,
+        "reconcile failed, retrying in {delay:?}: {error}"
+    );
+    Action::requeue(delay)
+}
+
+fn succeeded<K: Resource<DynamicType = ()>>(ctx: &Context, obj: &K) {
+    ctx.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&failure_key(obj));
 }
 
 /// Runs the four controllers until `shutdown` resolves.
@@ -277,5 +320,16 @@ pub async fn run(client: Client, core: Arc<Core<KubeStore>>, shutdown: tokio::sy
 async fn log<T: std::fmt::Debug, E: std::fmt::Debug>(r: Result<T, E>) {
     if let Err(e) = r {
         tracing::debug!("controller stream: {e:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_to_five_minutes() {
+        let delays: Vec<u64> = (1..=12).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
     }
 }
