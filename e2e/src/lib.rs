@@ -4,4 +4,5 @@
 #![forbid(unsafe_code)]
 
 pub mod harness;
+pub mod inprocess;
 pub mod proxy;
