@@ -3,7 +3,7 @@
 //! configuration writes nothing. A failing device does not stop the others.
 
 use shopfloor_wire::{
-    proto::{ApplyConfig, ApplyResult, ConfigApplied, EquipmentResult, PropertyResult, SliceResult, ValueType},
+    proto::{ApplyConfig, ApplyResult, ConfigApplied, EquipmentResult, PropertyResult, ValueType},
     time::now_micros,
 };
 
@@ -95,15 +95,7 @@ pub async fn apply(executor: &Executor, cfg: &ApplyConfig) -> ConfigApplied {
         }
         out.equipment.push(er);
     }
-    // Host traffic steering is not part of this agent build: say so per slice instead of
-    // pretending it was applied.
-    for s in &cfg.slices {
-        out.slices.push(SliceResult {
-            slice: s.name.clone(),
-            ok: false,
-            message: "slice steering is not implemented in this agent build".into(),
-        });
-    }
+    out.slices = crate::slices::SliceBackend::apply(&crate::slices::Noop, &cfg.slices, &cfg.equipment);
     out.applied_at_unix_micros = now_micros();
     out
 }

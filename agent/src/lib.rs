@@ -8,7 +8,8 @@
 //! - `commands`: validation, deadline, envelope, preconditions, journal, execution;
 //! - `apply`: idempotent configuration apply with read-back;
 //! - `telemetry`: bounded buffering of readings while disconnected;
-//! - `session`: enrollment, connection, reconnection and the protocol loop.
+//! - `session`: enrollment, connection, reconnection and the protocol loop;
+//! - `slices`: host traffic steering behind one trait (a logging `noop` backend for now).
 //!
 //! It depends on `shopfloor-wire`, never on Kubernetes crates.
 #![forbid(unsafe_code)]
@@ -20,6 +21,7 @@ pub mod envelope;
 pub mod journal;
 pub mod session;
 pub mod sim;
+pub mod slices;
 pub mod state;
 pub mod telemetry;
 pub mod value;
