@@ -49,6 +49,9 @@ struct Args {
     log: String,
 }
 
+/// Label the leading replica's pod carries; the chart's QUIC Service selects on it.
+const LEADER_LABEL: &str = "shopfloor.io/leader";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -126,6 +129,15 @@ async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Resul
     }
     health.leader.store(true, Ordering::Relaxed);
     tracing::info!("leading");
+    // The agents' Service selects the leader's pod by this label, so agents always reach the
+    // replica that accepts them. Outside a pod (e.g. run by hand) there is nothing to label.
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client.clone(), &args.namespace);
+    let label = serde_json::json!({ "metadata": { "labels": { LEADER_LABEL: "true" } } });
+    if let Err(e) =
+        pods.patch(&args.replica, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&label)).await
+    {
+        tracing::warn!("cannot label pod {} as the leader (agents' Service will not route to it): {e}", args.replica);
+    }
     // Only the leader accepts agents: a standby holds no sessions to lose at takeover.
     let quic = Endpoint::bind(core.clone(), ca, args.listen, &args.server_names, Default::default())
         .with_context(|| format!("cannot listen on {} for agents (QUIC/UDP)", args.listen))?;
