@@ -32,6 +32,8 @@ const CREDENTIALS: &str = "agent.pem";
 const CA: &str = "ca.crt";
 const IDENTITY: &str = "identity.yaml";
 const CONFIG: &str = "config.pb";
+/// How long a connection attempt waits for the controller's first answer.
+const HANDSHAKE_PATIENCE: Duration = Duration::from_millis(1500);
 
 /// What `enroll` records besides the credentials.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -49,6 +51,8 @@ pub enum SessionError {
     State(#[from] crate::state::StateError),
     #[error("cannot reach the controller at {addr}: {message}")]
     Connect { addr: String, message: String },
+    #[error("no answer from the controller at {0} within {1:?}")]
+    NoAnswer(String, Duration),
     #[error("enrollment refused by the controller: {0}")]
     EnrollmentRefused(String),
     #[error("{0}")]
@@ -301,19 +305,46 @@ impl Agent {
         }
     }
 
-    /// Connects, serves, and reconnects with backoff, forever.
+    /// Connects, serves, and reconnects, forever. A controller that refuses or fails is retried
+    /// with exponential backoff and full jitter (capped at 30 s), so a fleet does not hammer it;
+    /// a controller that does not answer at all (network down) is retried within a second, since
+    /// an unanswered handshake costs it nothing and the agent should be back as soon as the
+    /// network is.
     pub async fn run(self: Arc<Self>, timing: Timing) {
         let mut backoff = Backoff::default();
+        let mut silent_since: Option<Instant> = None;
         loop {
             let started = Instant::now();
-            match self.connect_once(timing).await {
-                Ok(reason) => tracing::warn!("disconnected: {reason}"),
-                Err(e) => tracing::warn!("{e}"),
-            }
+            let no_answer = match self.connect_once(timing).await {
+                Ok(reason) => {
+                    tracing::warn!("disconnected: {reason}");
+                    silent_since = None;
+                    false
+                }
+                Err(e @ SessionError::NoAnswer(..)) => {
+                    // Say it once per outage, not twice a second.
+                    match silent_since {
+                        None => {
+                            tracing::warn!("{e}; retrying every second");
+                            silent_since = Some(Instant::now());
+                        }
+                        Some(t) => tracing::debug!("{e} (silent for {:?})", t.elapsed()),
+                    }
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    false
+                }
+            };
             if started.elapsed() > Duration::from_secs(10) {
                 backoff.reset();
             }
-            let delay = backoff.next_delay();
+            let delay = if no_answer {
+                Backoff::new(Duration::from_millis(500), Duration::from_millis(500)).next_delay()
+            } else {
+                backoff.next_delay()
+            };
             tracing::info!("reconnecting in {delay:?}");
             tokio::time::sleep(delay).await;
         }
@@ -332,10 +363,14 @@ impl Agent {
             .map_err(|e| SessionError::Tls(e.to_string()))?;
         let endpoint = transport::client_endpoint(addr).map_err(|e| SessionError::Tls(e.to_string()))?;
         let config = transport::client_config(tls, timing).map_err(|e| SessionError::Tls(e.to_string()))?;
-        let conn = endpoint
+        let connecting = endpoint
             .connect_with(config, addr, &id.server_name)
-            .map_err(|e| SessionError::Connect { addr: id.controller.clone(), message: e.to_string() })?
+            .map_err(|e| SessionError::Connect { addr: id.controller.clone(), message: e.to_string() })?;
+        // A handshake nobody answers is abandoned quickly and retried: QUIC's own retransmission
+        // backoff would otherwise leave the agent waiting seconds after the network comes back.
+        let conn = tokio::time::timeout(HANDSHAKE_PATIENCE, connecting)
             .await
+            .map_err(|_| SessionError::NoAnswer(id.controller.clone(), HANDSHAKE_PATIENCE))?
             .map_err(|e| SessionError::Connect {
                 addr: id.controller.clone(),
                 message: transport::explain(&e, &id.server_name),
