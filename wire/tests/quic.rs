@@ -208,3 +208,33 @@ async fn an_oversized_frame_is_refused_without_reading_it() {
     assert!(matches!(err, FrameError::TooLarge { .. }), "{err}");
     assert!(err.is_protocol_violation());
 }
+
+#[tokio::test]
+async fn an_expired_client_certificate_is_refused_with_a_message_that_says_so() {
+    let p = plant();
+    let server = p.server.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            let _ = incoming.await;
+        }
+    });
+    let key = pki::generate_key().expect("key");
+    // Valid from five minutes ago until now: expired by the time it is presented.
+    let cert = p
+        .ca
+        .sign_agent_csr(&pki::csr(&key).expect("csr"), &AgentId::new("plant-a", "line-1"), "shopfloor", Duration::ZERO)
+        .expect("cert");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let tls = tls::client_config(
+        p.ca.cert_der(),
+        vec![cert],
+        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .expect("tls");
+    let err = match dial(tls, p.addr, "127.0.0.1").await {
+        Ok(conn) => tokio::time::timeout(Duration::from_secs(3), conn.closed()).await.expect("closed by the server"),
+        Err(e) => e,
+    };
+    let msg = transport::explain(&err, "127.0.0.1");
+    assert!(msg.contains("expired") && msg.contains("re-enroll"), "{msg}");
+}
