@@ -20,7 +20,14 @@ fn tolerance(p: &shopfloor_wire::proto::PropertyConfig) -> f64 {
 
 /// Applies `cfg` through `executor` (which installs the equipment and holds the drivers).
 pub async fn apply(executor: &Executor, cfg: &ApplyConfig) -> ConfigApplied {
-    let installed = executor.install(&cfg.equipment);
+    // Slices first: the equipment's connections are then made with their slice's marking.
+    let slice_results = executor.slice_backend().apply(&cfg.slices, &cfg.equipment).await;
+    let markings = if executor.slice_backend().steers() {
+        crate::slices::markings(&cfg.slices, &slice_results)
+    } else {
+        Default::default()
+    };
+    let installed = executor.install(&cfg.equipment, &markings);
     let mut out = ConfigApplied { revision: cfg.revision.clone(), ..Default::default() };
     for (name, installed) in installed {
         let mut er = EquipmentResult { equipment: name.clone(), properties: vec![] };
@@ -95,7 +102,7 @@ pub async fn apply(executor: &Executor, cfg: &ApplyConfig) -> ConfigApplied {
         }
         out.equipment.push(er);
     }
-    out.slices = crate::slices::SliceBackend::apply(&crate::slices::Noop, &cfg.slices, &cfg.equipment);
+    out.slices = slice_results;
     out.applied_at_unix_micros = now_micros();
     out
 }
@@ -103,4 +110,10 @@ pub async fn apply(executor: &Executor, cfg: &ApplyConfig) -> ConfigApplied {
 /// Whether any property failed (and a retry may help).
 pub fn has_failures(applied: &ConfigApplied) -> bool {
     applied.equipment.iter().flat_map(|e| &e.properties).any(|p| p.result == ApplyResult::Failed as i32)
+}
+
+/// Whether applying again may get further: a property failed, or a steering backend could not
+/// set up a slice (its interface may appear, a foreign qdisc may be removed).
+pub fn needs_retry(executor: &Executor, applied: &ConfigApplied) -> bool {
+    has_failures(applied) || (executor.slice_backend().steers() && applied.slices.iter().any(|s| !s.ok))
 }

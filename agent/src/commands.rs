@@ -26,6 +26,7 @@ use crate::{
     drivers::{self, Driver},
     envelope::Envelope,
     journal::{Entry, Journal},
+    slices::{Marking, Noop, SliceBackend},
     value,
 };
 
@@ -33,6 +34,8 @@ use crate::{
 pub struct Equipment {
     pub config: EquipmentConfig,
     pub driver: Arc<dyn Driver>,
+    /// The marking of its slice, when the slice is steered on this host.
+    pub marking: Option<Marking>,
     /// Serialises commands (and setpoint writes) to this equipment; tokio's mutex is FIFO.
     pub lock: Mutex<()>,
 }
@@ -54,6 +57,7 @@ pub struct Executor {
     equipment: RwLock<HashMap<String, Arc<Equipment>>>,
     journal: Mutex<Journal>,
     envelope: Envelope,
+    slices: Arc<dyn SliceBackend>,
     running: StdMutex<HashMap<String, watch::Receiver<Option<CommandResult>>>>,
 }
 
@@ -128,8 +132,26 @@ fn op_symbol(op: Operator) -> &'static str {
 type Plan = Vec<(PropertyConfig, Value)>;
 
 impl Executor {
+    /// An executor whose slices are not steered (the `noop` slice backend).
     pub fn new(journal: Journal, envelope: Envelope) -> Self {
-        Self { equipment: RwLock::default(), journal: Mutex::new(journal), envelope, running: StdMutex::default() }
+        Self {
+            equipment: RwLock::default(),
+            journal: Mutex::new(journal),
+            envelope,
+            slices: Arc::new(Noop),
+            running: StdMutex::default(),
+        }
+    }
+
+    /// Steers slices with `backend` instead.
+    #[must_use]
+    pub fn with_slice_backend(mut self, backend: Arc<dyn SliceBackend>) -> Self {
+        self.slices = backend;
+        self
+    }
+
+    pub fn slice_backend(&self) -> &dyn SliceBackend {
+        self.slices.as_ref()
     }
 
     pub fn envelope(&self) -> &Envelope {
@@ -137,21 +159,27 @@ impl Executor {
     }
 
     /// Installs the equipment of a configuration, keeping the driver (and its connection) of
-    /// equipment whose protocol block did not change.
-    pub fn install(&self, configs: &[EquipmentConfig]) -> Vec<(String, Result<(), String>)> {
+    /// equipment whose protocol block and slice marking did not change. `markings` holds the
+    /// marking of each steered slice by name.
+    pub fn install(
+        &self,
+        configs: &[EquipmentConfig],
+        markings: &HashMap<String, Marking>,
+    ) -> Vec<(String, Result<(), String>)> {
         let mut map = self.equipment.write().unwrap_or_else(|p| p.into_inner());
         let mut next = HashMap::new();
         let mut results = Vec::new();
         for cfg in configs {
+            let marking = markings.get(&cfg.slice).copied();
             let driver = match map.get(&cfg.name) {
-                Some(old) if old.config.protocol == cfg.protocol => Ok(old.driver.clone()),
-                _ => drivers::for_equipment(cfg),
+                Some(old) if old.config.protocol == cfg.protocol && old.marking == marking => Ok(old.driver.clone()),
+                _ => drivers::for_equipment(cfg, marking),
             };
             match driver {
                 Ok(driver) => {
                     next.insert(
                         cfg.name.clone(),
-                        Arc::new(Equipment { config: cfg.clone(), driver, lock: Mutex::new(()) }),
+                        Arc::new(Equipment { config: cfg.clone(), driver, marking, lock: Mutex::new(()) }),
                     );
                     results.push((cfg.name.clone(), Ok(())));
                 }

@@ -272,7 +272,7 @@ impl Agent {
         // Persist first: after a crash the agent restores what the controller last asked for.
         self.state.write(CONFIG, &cfg.encode_to_vec(), 0o600)?;
         let applied = apply::apply(&self.executor, &cfg).await;
-        tracing::info!(revision = %cfg.revision, failures = apply::has_failures(&applied), "configuration applied");
+        tracing::info!(revision = %cfg.revision, failures = apply::needs_retry(&self.executor, &applied), "configuration applied");
         *self.held.lock().await = Some(cfg);
         Ok(applied)
     }
@@ -416,7 +416,7 @@ impl Agent {
                 msg = rx.next::<ControllerMessage>() => match msg {
                     Ok(Some(ControllerMessage { body: Some(controller_message::Body::ApplyConfig(cfg)) })) => {
                         let applied = self.take_config(cfg).await?;
-                        retry_at = apply::has_failures(&applied).then(|| (Instant::now() + Duration::from_secs(2), Duration::from_secs(2)));
+                        retry_at = apply::needs_retry(&self.executor, &applied).then(|| (Instant::now() + Duration::from_secs(2), Duration::from_secs(2)));
                         let m = AgentMessage { body: Some(agent_message::Body::ConfigApplied(applied)) };
                         if let Err(e) = tx.lock().await.send(&m).await { break format!("control stream: {e}"); }
                     }
@@ -457,7 +457,7 @@ impl Agent {
                     if let Some((at, wait)) = retry_at && Instant::now() >= at
                         && let Some(cfg) = self.held.lock().await.clone() {
                             let applied = apply::apply(&self.executor, &cfg).await;
-                            retry_at = apply::has_failures(&applied).then(|| (Instant::now() + wait * 2, (wait * 2).min(Duration::from_secs(60))));
+                            retry_at = apply::needs_retry(&self.executor, &applied).then(|| (Instant::now() + wait * 2, (wait * 2).min(Duration::from_secs(60))));
                             let m = AgentMessage { body: Some(agent_message::Body::ConfigApplied(applied)) };
                             if let Err(e) = tx.lock().await.send(&m).await { break format!("control stream: {e}"); }
                         }

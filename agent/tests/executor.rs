@@ -112,7 +112,7 @@ async fn rig(envelope: &str) -> Rig {
     let envelope_path = dir.path().join("envelope.yaml");
     std::fs::write(&envelope_path, envelope).expect("envelope");
     let exec = executor(&state, &envelope_path);
-    exec.install(&[conveyor(sim.addr), robot()]);
+    exec.install(&[conveyor(sim.addr), robot()], &Default::default());
     Rig { _dir: dir, state, sim, exec, envelope_path }
 }
 
@@ -156,7 +156,7 @@ async fn an_action_writes_over_modbus_in_order_and_the_journal_answers_redeliver
     assert_eq!(r.sim.device.writes_to("holding", 0), 1);
     // Across a restart: a new executor on the same state directory.
     let restarted = executor(&r.state, &r.envelope_path);
-    restarted.install(&[conveyor(r.sim.addr), robot()]);
+    restarted.install(&[conveyor(r.sim.addr), robot()], &Default::default());
     let after = restarted.execute(&c, now_micros()).await;
     assert!(after.replayed && code(&after) == ResultCode::Ok);
     assert_eq!(r.sim.device.writes_to("holding", 0), 1, "exactly one write per command, restarts included");

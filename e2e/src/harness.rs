@@ -223,7 +223,7 @@ impl Scenario {
         self.spawn(
             &format!("agent-{name}"),
             "shopfloor-agent",
-            &["--state-dir", &state, "run", "--envelope", &envelope],
+            &["--state-dir", &state, "run", "--envelope", &envelope, "--slice-backend", "noop"],
         );
     }
 

@@ -10,6 +10,7 @@ use shopfloor_agent::{
     envelope::Envelope,
     journal::Journal,
     session::{self, Agent},
+    slices,
     state::StateDir,
 };
 use shopfloor_wire::{identity::AgentId, transport::Timing};
@@ -64,6 +65,10 @@ enum Command {
         /// Readings kept while the controller is unreachable (oldest dropped beyond).
         #[arg(long, env = "SHOPFLOOR_TELEMETRY_BUFFER")]
         telemetry_buffer: Option<usize>,
+        /// How network slices are steered on this host: `linux` (routing table, fwmark rule,
+        /// DSCP, shaping; needs CAP_NET_ADMIN) or `noop` (log only). Default: linux on Linux.
+        #[arg(long, env = "SHOPFLOOR_SLICE_BACKEND")]
+        slice_backend: Option<String>,
     },
 }
 
@@ -74,6 +79,7 @@ struct FileConfig {
     log: Option<String>,
     envelope: Option<PathBuf>,
     telemetry_buffer: Option<usize>,
+    slice_backend: Option<String>,
 }
 
 #[tokio::main]
@@ -110,13 +116,16 @@ async fn main() -> anyhow::Result<()> {
             println!("enrolled as {}/{}; start the agent with `shopfloor-agent run`", id.namespace, id.name);
             Ok(())
         }
-        Command::Run { envelope, telemetry_buffer } => {
+        Command::Run { envelope, telemetry_buffer, slice_backend } => {
             let identity = session::load_identity(&state)?;
             let envelope_path =
                 envelope.or(file.envelope).unwrap_or_else(|| PathBuf::from("/etc/shopfloor/envelope.yaml"));
             let envelope = Envelope::load(&envelope_path)?;
             let journal = Journal::open(&state, Duration::from_secs(24 * 3600), 100_000)?;
-            let executor = Arc::new(Executor::new(journal, envelope));
+            let slice_backend =
+                slice_backend.or(file.slice_backend).unwrap_or_else(|| slices::DEFAULT_BACKEND.to_string());
+            let backend = slices::backend(&slice_backend).map_err(|e| anyhow::anyhow!("--slice-backend: {e}"))?;
+            let executor = Arc::new(Executor::new(journal, envelope).with_slice_backend(backend));
             let agent =
                 Agent::new(state, identity, executor, telemetry_buffer.or(file.telemetry_buffer).unwrap_or(10_000));
             tracing::info!(agent = %format!("{}/{}", agent.identity.namespace, agent.identity.name), controller = %agent.identity.controller, "starting");

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use shopfloor_wire::proto::{EquipmentConfig, PropertyConfig, Value, equipment_config::Protocol};
 
+use crate::slices::Marking;
+
 pub mod modbus;
 pub mod simulated;
 
@@ -29,10 +31,11 @@ pub trait Driver: Send + Sync {
     fn write<'a>(&'a self, property: &'a PropertyConfig, value: &'a Value) -> BoxFuture<'a, Result<(), DriverError>>;
 }
 
-/// The driver for an equipment's protocol block.
-pub fn for_equipment(eq: &EquipmentConfig) -> Result<Arc<dyn Driver>, DriverError> {
+/// The driver for an equipment's protocol block; its connections carry `marking` when the
+/// equipment's slice is steered on this host.
+pub fn for_equipment(eq: &EquipmentConfig, marking: Option<Marking>) -> Result<Arc<dyn Driver>, DriverError> {
     match &eq.protocol {
-        Some(Protocol::ModbusTcp(m)) => Ok(Arc::new(modbus::ModbusDriver::new(m))),
+        Some(Protocol::ModbusTcp(m)) => Ok(Arc::new(modbus::ModbusDriver::new(m).with_marking(marking))),
         Some(Protocol::Simulated(s)) => Ok(Arc::new(simulated::SimulatedDriver::new(eq, s))),
         None => Err(DriverError::Unmapped(format!("equipment {} has no protocol", eq.name))),
     }

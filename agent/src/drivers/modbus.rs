@@ -1,6 +1,7 @@
 //! Modbus TCP on tokio-modbus: coils, discrete inputs, input and holding registers; scale and
 //! offset; 16- and 32-bit integers and f32 over two registers (high word first); a timeout per
-//! request; reconnection after a broken socket.
+//! request; reconnection after a broken socket. When the equipment's slice is steered, its
+//! connection carries the slice's fwmark and DSCP code point.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -13,19 +14,24 @@ use tokio_modbus::{
 };
 
 use super::{Driver, DriverError};
-use crate::value;
+use crate::{slices::Marking, value};
 
 pub struct ModbusDriver {
     target: String,
     unit: u8,
     timeout: Duration,
+    marking: Option<Marking>,
     // One request at a time per device: Modbus TCP devices often serve a single transaction.
     ctx: Mutex<Option<Context>>,
 }
 
 impl std::fmt::Debug for ModbusDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModbusDriver").field("target", &self.target).field("unit", &self.unit).finish_non_exhaustive()
+        f.debug_struct("ModbusDriver")
+            .field("target", &self.target)
+            .field("unit", &self.unit)
+            .field("marking", &self.marking)
+            .finish_non_exhaustive()
     }
 }
 
@@ -93,8 +99,16 @@ impl ModbusDriver {
             target: format!("{}:{}", cfg.host, cfg.port),
             unit: u8::try_from(cfg.unit_id).unwrap_or(1),
             timeout: Duration::from_millis(cfg.timeout_ms.max(10)),
+            marking: None,
             ctx: Mutex::new(None),
         }
+    }
+
+    /// Marks the connection for a steered slice.
+    #[must_use]
+    pub fn with_marking(mut self, marking: Option<Marking>) -> Self {
+        self.marking = marking;
+        self
     }
 
     async fn connect(&self) -> Result<Context, DriverError> {
@@ -103,13 +117,34 @@ impl ModbusDriver {
             .ok()
             .and_then(|mut a| a.next())
             .ok_or_else(|| DriverError::Unreachable(format!("{} (cannot resolve)", self.target)))?;
-        let ctx = tokio::time::timeout(self.timeout, tokio_modbus::client::tcp::connect_slave(addr, self.unit.into()))
+        let stream = tokio::time::timeout(self.timeout, dial(addr, self.marking))
             .await
             .map_err(|_| DriverError::Timeout(self.timeout))?
             .map_err(|e| DriverError::Unreachable(format!("{}: {e}", self.target)))?;
-        Ok(ctx)
+        let _ = stream.set_nodelay(true);
+        Ok(tokio_modbus::client::tcp::attach_slave(stream, self.unit.into()))
     }
+}
 
+/// Connects to `addr`, with the slice's fwmark and DSCP set before the SYN so every packet of
+/// the connection is routed and marked as the slice.
+async fn dial(addr: SocketAddr, marking: Option<Marking>) -> std::io::Result<tokio::net::TcpStream> {
+    let Some(m) = marking else { return tokio::net::TcpStream::connect(addr).await };
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    #[cfg(target_os = "linux")]
+    socket.set_mark(m.fwmark)?;
+    if let Some(dscp) = m.dscp {
+        let tos = u32::from(dscp) << 2;
+        match addr {
+            SocketAddr::V4(_) => socket.set_tos_v4(tos)?,
+            SocketAddr::V6(_) => socket.set_tclass_v6(tos)?,
+        }
+    }
+    socket.set_nonblocking(true)?;
+    tokio::net::TcpSocket::from_std_stream(socket.into()).connect(addr).await
+}
+
+impl ModbusDriver {
     /// Runs one request; a transport failure drops the connection so the next request
     /// reconnects.
     async fn with<T>(
