@@ -33,7 +33,7 @@ const CA: &str = "ca.crt";
 const IDENTITY: &str = "identity.yaml";
 const CONFIG: &str = "config.pb";
 /// How long a connection attempt waits for the controller's first answer.
-const HANDSHAKE_PATIENCE: Duration = Duration::from_millis(1500);
+const HANDSHAKE_PATIENCE: Duration = Duration::from_millis(1000);
 
 /// What `enroll` records besides the credentials.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -43,6 +43,14 @@ pub struct Identity {
     pub controller: String,
     /// The name the controller's certificate is checked against.
     pub server_name: String,
+}
+
+/// How an established session ended.
+#[derive(Debug)]
+pub struct Ended {
+    pub reason: String,
+    /// The controller stopped answering (idle timeout), as opposed to closing or refusing.
+    pub silent: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -316,10 +324,13 @@ impl Agent {
         loop {
             let started = Instant::now();
             let no_answer = match self.connect_once(timing).await {
-                Ok(reason) => {
-                    tracing::warn!("disconnected: {reason}");
+                Ok(ended) => {
+                    tracing::warn!("disconnected: {}", ended.reason);
                     silent_since = None;
-                    false
+                    // The controller went silent (network lost): like an unanswered handshake,
+                    // retry soon — it is the network that must come back, not the controller
+                    // that must recover.
+                    ended.silent
                 }
                 Err(e @ SessionError::NoAnswer(..)) => {
                     // Say it once per outage, not twice a second.
@@ -341,7 +352,7 @@ impl Agent {
                 backoff.reset();
             }
             let delay = if no_answer {
-                Backoff::new(Duration::from_millis(500), Duration::from_millis(500)).next_delay()
+                Backoff::new(Duration::from_millis(250), Duration::from_millis(250)).next_delay()
             } else {
                 backoff.next_delay()
             };
@@ -350,7 +361,7 @@ impl Agent {
         }
     }
 
-    async fn connect_once(self: &Arc<Self>, timing: Timing) -> Result<String, SessionError> {
+    async fn connect_once(self: &Arc<Self>, timing: Timing) -> Result<Ended, SessionError> {
         let creds = load_credentials(&self.state)?;
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
@@ -394,7 +405,7 @@ impl Agent {
         let welcome = match tokio::time::timeout(Duration::from_secs(10), rx.next::<ControllerMessage>()).await {
             Ok(Ok(Some(ControllerMessage { body: Some(controller_message::Body::Welcome(w)) }))) => w,
             Ok(Ok(Some(ControllerMessage { body: Some(controller_message::Body::Goodbye(g)) }))) => {
-                return Ok(format!("refused: {}", g.reason));
+                return Ok(Ended { reason: format!("refused: {}", g.reason), silent: false });
             }
             _ => {
                 return Err(conn
@@ -467,7 +478,7 @@ impl Agent {
         };
         commands.abort();
         reports.abort();
-        Ok(result)
+        Ok(Ended { reason: result, silent: matches!(conn.close_reason(), Some(quinn::ConnectionError::TimedOut)) })
     }
 }
 

@@ -39,7 +39,7 @@ pub struct Context {
     pub core: Arc<Core<KubeStore>>,
     pub client: Client,
     pub recorder: Recorder,
-    agents: Reader<EdgeAgent>,
+    agents: Reader<DeserializeGuard<EdgeAgent>>,
     equipment: Reader<DeserializeGuard<Equipment>>,
     slices: Reader<DeserializeGuard<NetworkSlice>>,
     /// Consecutive failures per object, for error_policy's backoff.
@@ -66,7 +66,7 @@ impl Context {
     pub fn new(
         client: Client,
         core: Arc<Core<KubeStore>>,
-        agents: Reader<EdgeAgent>,
+        agents: Reader<DeserializeGuard<EdgeAgent>>,
         equipment: Reader<DeserializeGuard<Equipment>>,
         slices: Reader<DeserializeGuard<NetworkSlice>>,
     ) -> Arc<Self> {
@@ -86,7 +86,7 @@ impl Context {
     fn version(&self) -> u64 {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         for a in self.agents.state() {
-            (a.uid(), a.resource_version(), a.labels()).hash(&mut h);
+            (a.meta().uid.as_deref(), a.meta().resource_version.as_deref(), &a.meta().labels).hash(&mut h);
         }
         for e in self.equipment.state() {
             (e.meta().uid.as_deref(), e.meta().resource_version.as_deref()).hash(&mut h);
@@ -100,7 +100,7 @@ impl Context {
     fn plans(&self) -> Arc<Plans> {
         let version = self.version();
         let world = World {
-            agents: self.agents.state().iter().map(|a| (**a).clone()).collect(),
+            agents: self.agents.state().iter().filter_map(|a| a.0.as_ref().ok().cloned()).collect(),
             equipment: self.equipment.state().iter().filter_map(|e| e.0.as_ref().ok().cloned()).collect(),
             slices: self.slices.state().iter().filter_map(|s| s.0.as_ref().ok().cloned()).collect(),
             ..Default::default()
@@ -121,7 +121,11 @@ fn requeue(r: Option<Duration>) -> Action {
     Action::requeue(r.unwrap_or(Duration::from_secs(30)).min(Duration::from_secs(30)))
 }
 
-pub async fn reconcile_agent(agent: Arc<EdgeAgent>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile_agent(agent: Arc<DeserializeGuard<EdgeAgent>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let agent = match &agent.0 {
+        Ok(a) => Arc::new(a.clone()),
+        Err(invalid) => return release_unreadable_agent(invalid, &ctx).await,
+    };
     let ns = agent.namespace().unwrap_or_default();
     let api: Api<EdgeAgent> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, AGENT_FINALIZER, agent, |event| async {
@@ -142,10 +146,7 @@ pub async fn reconcile_agent(agent: Arc<EdgeAgent>, ctx: Arc<Context>) -> Result
                 Ok(requeue(r))
             }
             Finalizer::Cleanup(agent) => {
-                let key = ObjectKey::of(&agent.metadata);
-                ctx.core.forget_agent(&key);
-                ctx.core.registry.evict(&key, "the EdgeAgent was deleted");
-                ctx.core.store.delete_secret(&enrollment::token_secret_name(&key)).await?;
+                release_agent(&ObjectKey::of(&agent.metadata), &ctx).await?;
                 Ok(Action::await_change())
             }
         }
@@ -155,6 +156,44 @@ pub async fn reconcile_agent(agent: Arc<EdgeAgent>, ctx: Arc<Context>) -> Result
         kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
         other => Error::Finalizer(other.to_string()),
     })
+}
+
+/// What the finalizer guards: the agent's live connection and its bootstrap token.
+async fn release_agent(key: &ObjectKey, ctx: &Context) -> Result<(), Error> {
+    ctx.core.forget_agent(key);
+    ctx.core.registry.evict(key, "the EdgeAgent was deleted");
+    ctx.core.store.delete_secret(&enrollment::token_secret_name(key)).await?;
+    Ok(())
+}
+
+/// An EdgeAgent the controller cannot read is skipped like any unreadable object — except when
+/// it is being deleted with our finalizer: its connection and token are released from its
+/// metadata alone and the finalizer removed, so an unreadable object can never block deletion.
+async fn release_unreadable_agent(invalid: &InvalidObject, ctx: &Context) -> Result<Action, Error> {
+    let meta = &invalid.metadata;
+    let finalizers = meta.finalizers.as_deref().unwrap_or_default();
+    let Some(index) = finalizers.iter().position(|f| f == AGENT_FINALIZER) else {
+        return Ok(unreadable("EdgeAgent", invalid));
+    };
+    if meta.deletion_timestamp.is_none() {
+        return Ok(unreadable("EdgeAgent", invalid));
+    }
+    release_agent(&ObjectKey::of(meta), ctx).await?;
+    let api: Api<EdgeAgent> = Api::namespaced(ctx.client.clone(), meta.namespace.as_deref().unwrap_or_default());
+    // Test-then-remove, as kube's finalizer helper does: never removes another controller's entry.
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": AGENT_FINALIZER},
+        {"op": "remove", "path": format!("/metadata/finalizers/{index}")},
+    ]))
+    .map_err(|e| Error::Finalizer(e.to_string()))?;
+    api.patch_metadata(
+        meta.name.as_deref().unwrap_or_default(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::<()>::Json(patch),
+    )
+    .await
+    .map_err(|e| Error::Finalizer(format!("cannot remove the finalizer of an unreadable EdgeAgent: {e}")))?;
+    Ok(Action::await_change())
 }
 
 /// An object the controller cannot read (e.g. written against a newer CRD) is logged and left
@@ -260,7 +299,7 @@ pub async fn run(client: Client, core: Arc<Core<KubeStore>>, shutdown: tokio::sy
         }
     };
     let wc = watcher::Config::default().any_semantic();
-    let agents = Controller::new(Api::<EdgeAgent>::all(client.clone()), wc.clone());
+    let agents = Controller::new(Api::<DeserializeGuard<EdgeAgent>>::all(client.clone()), wc.clone());
     let equipment = Controller::new(Api::<DeserializeGuard<Equipment>>::all(client.clone()), wc.clone());
     let slices = Controller::new(Api::<DeserializeGuard<NetworkSlice>>::all(client.clone()), wc.clone());
     let commands = Controller::new(Api::<DeserializeGuard<ControlCommand>>::all(client.clone()), wc.clone());
@@ -278,8 +317,11 @@ pub async fn run(client: Client, core: Arc<Core<KubeStore>>, shutdown: tokio::sy
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let plans = ctx.plans();
-                for a in ctx.agents.state().into_iter().filter(|a| a.metadata.deletion_timestamp.is_none()) {
-                    if let Err(e) = ctx.core.reconcile_agent(&a, &plans).await {
+                let agents = ctx.agents.state();
+                for a in
+                    agents.iter().filter_map(|a| a.0.as_ref().ok()).filter(|a| a.metadata.deletion_timestamp.is_none())
+                {
+                    if let Err(e) = ctx.core.reconcile_agent(a, &plans).await {
                         tracing::debug!("agent refresh: {e}");
                     }
                 }
@@ -304,7 +346,7 @@ pub async fn run(client: Client, core: Arc<Core<KubeStore>>, shutdown: tokio::sy
             |eq: DeserializeGuard<Equipment>| {
                 let eq = eq.0.ok()?;
                 let ns = eq.namespace().unwrap_or_default();
-                Some(ObjectRef::<EdgeAgent>::new(&eq.spec.agent_ref.name).within(&ns))
+                Some(ObjectRef::<DeserializeGuard<EdgeAgent>>::new(&eq.spec.agent_ref.name).within(&ns))
             },
         )
         .graceful_shutdown_on(on_shutdown());

@@ -133,6 +133,38 @@ impl LeaderElector {
             Err(e) => Err(e),
         }
     }
+
+    /// Waits as a standby until this replica holds the lease.
+    pub async fn acquire(&self) {
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => tracing::warn!("leader election: {e}"),
+            }
+            tokio::time::sleep(self.timing.retry_every).await;
+        }
+    }
+
+    /// Renews the lease until it is lost, and says why. Gives up before the lease could expire
+    /// under a leader whose renewals keep failing, so two replicas never lead at once.
+    pub async fn hold(&self) -> String {
+        let mut failed = 0;
+        loop {
+            tokio::time::sleep(self.timing.renew_every).await;
+            match self.try_acquire_or_renew().await {
+                Ok(true) => failed = 0,
+                Ok(false) => return "lost the leader lease to another replica".into(),
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!("cannot renew the lease ({failed}): {e}");
+                    if self.timing.renew_every * (failed + 1) >= self.timing.duration {
+                        return format!("lease renewal failing ({e}); stepping down to avoid two leaders");
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

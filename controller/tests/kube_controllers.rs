@@ -7,6 +7,7 @@ use http::{Request, Response, StatusCode};
 use kube::{
     Client,
     client::Body,
+    core::DeserializeGuard,
     runtime::{reflector, watcher},
 };
 use serde_json::{Value, json};
@@ -50,7 +51,7 @@ fn setup(a: &EdgeAgent) -> (Arc<Context>, Handle) {
     let core =
         Core::new(Arc::new(KubeStore::new(client.clone(), "shopfloor-system")), "pod-a", Duration::from_millis(1));
     let (agents, mut writer) = reflector::store();
-    writer.apply_watcher_event(&watcher::Event::Apply(a.clone()));
+    writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(a.clone()))));
     let (equipment, _) = reflector::store();
     let (slices, _) = reflector::store();
     (Context::new(client, core, agents, equipment, slices), handle)
@@ -86,7 +87,7 @@ async fn a_new_agent_first_gets_the_finalizer() {
         with.metadata.finalizers = Some(vec![AGENT_FINALIZER.into()]);
         respond(send, StatusCode::OK, serde_json::to_value(with).expect("json"));
     });
-    reconcile_agent(Arc::new(a), ctx).await.expect("reconcile");
+    reconcile_agent(Arc::new(DeserializeGuard(Ok(a))), ctx).await.expect("reconcile");
     server.await.expect("server");
 }
 
@@ -129,7 +130,7 @@ async fn an_unenrolled_agent_gets_a_bootstrap_token_secret_and_a_pending_status(
         );
     });
     // The status goes through the coalescing writer in the background: keep the context alive.
-    reconcile_agent(Arc::new(a), ctx.clone()).await.expect("reconcile");
+    reconcile_agent(Arc::new(DeserializeGuard(Ok(a))), ctx.clone()).await.expect("reconcile");
     tokio::time::timeout(Duration::from_secs(5), server).await.expect("all requests made").expect("server");
     drop(ctx);
 }
@@ -154,13 +155,12 @@ async fn deleting_an_agent_removes_its_token_then_the_finalizer() {
             json!({"apiVersion": "shopfloor.io/v1alpha1", "kind": "EdgeAgent", "metadata": {"name": "line-1", "namespace": "plant-a"}, "spec": {"site": "plant-a/line-1"}}),
         );
     });
-    reconcile_agent(Arc::new(a), ctx).await.expect("reconcile");
+    reconcile_agent(Arc::new(DeserializeGuard(Ok(a))), ctx).await.expect("reconcile");
     server.await.expect("server");
 }
 
 #[tokio::test]
 async fn an_unreadable_object_is_skipped_without_breaking_the_others() {
-    use kube::core::DeserializeGuard;
     use shopfloor_api::Equipment;
     use shopfloor_controller::kube_controllers::reconcile_equipment;
     // As a watch event would carry it: a field this controller's types refuse.
@@ -179,5 +179,66 @@ async fn an_unreadable_object_is_skipped_without_breaking_the_others() {
         tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await.is_err(),
         "no API call for it"
     );
+    drop(ctx);
+}
+
+/// An EdgeAgent as a watch event would carry it when this controller's types refuse it.
+fn unreadable_agent(deleting: bool) -> DeserializeGuard<EdgeAgent> {
+    let mut raw = json!({
+        "apiVersion": "shopfloor.io/v1alpha1", "kind": "EdgeAgent",
+        "metadata": {"name": "line-1", "namespace": "plant-a", "uid": "uid-1",
+                     "finalizers": ["example.com/other", AGENT_FINALIZER]},
+        "spec": {"site": 42},
+    });
+    if deleting {
+        raw["metadata"]["deletionTimestamp"] = json!("2026-11-24T08:00:00Z");
+    }
+    let guard: DeserializeGuard<EdgeAgent> = serde_json::from_value(raw).expect("the event itself parses");
+    assert!(guard.0.is_err(), "the object does not");
+    guard
+}
+
+#[tokio::test]
+async fn an_unreadable_agent_is_skipped_until_it_changes() {
+    let (ctx, mut handle) = setup(&agent(true, false));
+    let action = reconcile_agent(Arc::new(unreadable_agent(false)), ctx.clone()).await.expect("no error");
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await.is_err(),
+        "no API call for it"
+    );
+    drop(ctx);
+}
+
+#[tokio::test]
+async fn an_unreadable_agent_being_deleted_is_released_and_loses_only_our_finalizer() {
+    let (ctx, mut handle) = setup(&agent(true, false));
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.expect("token delete");
+        assert_eq!(req.method(), http::Method::DELETE);
+        assert_eq!(req.uri().path(), "/api/v1/namespaces/shopfloor-system/secrets/shopfloor-bootstrap-plant-a-line-1");
+        respond(send, StatusCode::NOT_FOUND, not_found());
+        let (req, send) = handle.next_request().await.expect("finalizer removal");
+        assert_eq!(req.method(), http::Method::PATCH);
+        assert_eq!(req.uri().path(), "/apis/shopfloor.io/v1alpha1/namespaces/plant-a/edgeagents/line-1");
+        assert_eq!(req.headers()["content-type"], "application/json-patch+json");
+        let body = json_body(req).await;
+        assert_eq!(
+            body,
+            json!([
+                {"op": "test", "path": "/metadata/finalizers/1", "value": AGENT_FINALIZER},
+                {"op": "remove", "path": "/metadata/finalizers/1"},
+            ])
+        );
+        respond(
+            send,
+            StatusCode::OK,
+            json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                   "metadata": {"name": "line-1", "namespace": "plant-a", "finalizers": ["example.com/other"]}}),
+        );
+    });
+    let action = reconcile_agent(Arc::new(unreadable_agent(true)), ctx.clone()).await.expect("released");
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("all requests made").expect("server");
     drop(ctx);
 }

@@ -108,3 +108,110 @@ async fn losing_a_write_race_is_standby_not_an_error() {
     assert!(!elector.try_acquire_or_renew().await.expect("round"));
     server.await.expect("server");
 }
+
+/// A minimal Lease API with the API server's optimistic concurrency: a create of an existing
+/// Lease and a replace carrying a stale resourceVersion are refused with 409.
+#[derive(Clone, Default)]
+struct LeaseServer {
+    lease: std::sync::Arc<std::sync::Mutex<Option<Value>>>,
+}
+
+impl LeaseServer {
+    fn client(&self) -> Client {
+        let state = self.clone();
+        let service = tower::service_fn(move |req: Request<Body>| {
+            let state = state.clone();
+            async move { Ok::<_, std::convert::Infallible>(state.handle(req).await) }
+        });
+        Client::new(service, "default")
+    }
+
+    async fn handle(&self, req: Request<Body>) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let body: Value =
+            serde_json::from_slice(&body.collect_bytes().await.unwrap_or_default()).unwrap_or(Value::Null);
+        let conflict = json!({"kind": "Status", "apiVersion": "v1", "code": 409, "reason": "Conflict", "message": "conflict", "status": "Failure"});
+        let mut lease = self.lease.lock().unwrap();
+        let version = |l: &Value| l["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse::<u64>().ok());
+        let (code, out) = match (parts.method.as_str(), lease.as_ref()) {
+            ("GET", None) => (
+                StatusCode::NOT_FOUND,
+                json!({"kind": "Status", "apiVersion": "v1", "code": 404, "reason": "NotFound", "message": "not found", "status": "Failure"}),
+            ),
+            ("GET", Some(l)) => (StatusCode::OK, l.clone()),
+            ("POST", Some(_)) => (StatusCode::CONFLICT, conflict),
+            ("PUT", Some(l)) if version(&body) != version(l) => (StatusCode::CONFLICT, conflict),
+            ("POST", None) | ("PUT", Some(_)) => {
+                let next = lease.as_ref().and_then(version).unwrap_or(0) + 1;
+                let mut stored = body;
+                stored["apiVersion"] = json!("coordination.k8s.io/v1");
+                stored["kind"] = json!("Lease");
+                stored["metadata"]["resourceVersion"] = json!(next.to_string());
+                *lease = Some(stored.clone());
+                (StatusCode::OK, stored)
+            }
+            _ => (StatusCode::METHOD_NOT_ALLOWED, json!({})),
+        };
+        Response::builder().status(code).body(Body::from(serde_json::to_vec(&out).expect("json"))).expect("response")
+    }
+}
+
+/// Two replicas against one API: exactly one leads; when it dies without a word (no more
+/// renewals), the other takes over once the lease expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_when_the_leader_dies() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    use std::time::{Duration, Instant};
+    let api = LeaseServer::default();
+    let timing = LeaseTiming {
+        duration: Duration::from_secs(2),
+        renew_every: Duration::from_millis(400),
+        retry_every: Duration::from_millis(200),
+    };
+    let replica = |name: &'static str| {
+        let elector = LeaderElector::new(api.client(), "shopfloor-system", "shopfloor-controller", name, timing);
+        let leading = Arc::new(AtomicBool::new(false));
+        let flag = leading.clone();
+        let task = tokio::spawn(async move {
+            elector.acquire().await;
+            flag.store(true, Ordering::SeqCst);
+            let why = elector.hold().await;
+            flag.store(false, Ordering::SeqCst);
+            why
+        });
+        (leading, task)
+    };
+    let (a, a_task) = replica("pod-a");
+    let (b, b_task) = replica("pod-b");
+    let start = Instant::now();
+    while !a.load(Ordering::SeqCst) && !b.load(Ordering::SeqCst) {
+        assert!(start.elapsed() < Duration::from_secs(5), "nobody acquired the lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // For several renewal periods, never both.
+    for _ in 0..60 {
+        let (la, lb) = (a.load(Ordering::SeqCst), b.load(Ordering::SeqCst));
+        assert!(la ^ lb, "exactly one leader (a: {la}, b: {lb})");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (standby, standby_name, leader_task, standby_task) =
+        if a.load(Ordering::SeqCst) { (b, "pod-b", a_task, b_task) } else { (a, "pod-a", b_task, a_task) };
+    leader_task.abort();
+    let died = Instant::now();
+    while !standby.load(Ordering::SeqCst) {
+        assert!(died.elapsed() < Duration::from_secs(10), "the standby never took over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = died.elapsed();
+    println!("standby took over {took:?} after the leader's last chance to renew");
+    // Not before the dead leader's lease could have expired (its last renewal was at most one
+    // renewal period before it died), and no later than a retry after expiry.
+    assert!(took >= timing.duration - timing.renew_every, "took over a live lease after {took:?}");
+    let bound = timing.duration + timing.retry_every + Duration::from_secs(1);
+    assert!(took <= bound, "took over after {took:?}, expected within {bound:?}");
+    assert_eq!(api.lease.lock().unwrap().as_ref().unwrap()["spec"]["holderIdentity"], standby_name);
+    standby_task.abort();
+}

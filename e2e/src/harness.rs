@@ -19,20 +19,14 @@ pub fn bin_dir() -> PathBuf {
     if dir.file_name().is_some_and(|n| n == "deps") {
         dir.pop();
     }
+    let release = dir.file_name().is_some_and(|n| n == "release");
     BUILD.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "shopfloor-controller",
-                "-p",
-                "shopfloor-agent",
-                "-p",
-                "kubectl-shopfloor",
-                "--bins",
-            ])
+            .arg("build")
+            // Benchmarks run from target/release and must time release binaries of this tree.
+            .args(release.then_some("--release"))
+            .args(["-q", "-p", "shopfloor-controller", "-p", "shopfloor-agent", "-p", "kubectl-shopfloor", "--bins"])
             .status()
             .expect("cargo build runs");
         assert!(status.success(), "building the binaries failed");

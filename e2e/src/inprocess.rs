@@ -22,6 +22,8 @@ use shopfloor_wire::{identity::AgentId, transport::Timing};
 pub struct Plant {
     pub core: Arc<Core<MemoryStore>>,
     pub world: World,
+    /// The controller's QUIC endpoint.
+    pub addr: std::net::SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -65,7 +67,8 @@ impl Plant {
             Timing::default(),
         )
         .expect("endpoint");
-        let addr = ep.local_addr().expect("addr").to_string();
+        let endpoint_addr = ep.local_addr().expect("addr");
+        let addr = endpoint_addr.to_string();
         tokio::spawn(ep.run());
         core.reconcile_world(0, &world).await;
         let key = ObjectKey::new("plant-a", "line-1");
@@ -104,7 +107,7 @@ impl Plant {
         let want = plans.agents[&key].revision().to_owned();
         for _ in 0..200 {
             if core.registry.get(&key).and_then(|c| c.held_revision) == Some(want.clone()) {
-                return Self { core, world, _dir: dir };
+                return Self { core, world, addr: endpoint_addr, _dir: dir };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

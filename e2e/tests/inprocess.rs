@@ -2,8 +2,17 @@
 
 use std::time::Duration;
 
+use quinn::ConnectionError;
+use rustls_pki_types::PrivateKeyDer;
 use shopfloor_api::control_command::{CommandPhase, ResultCode};
+use shopfloor_controller::endpoint;
 use shopfloor_e2e::inprocess::{Plant, objects};
+use shopfloor_wire::{
+    codec::{DEFAULT_MAX_FRAME, FrameWriter},
+    identity::{AgentId, DEFAULT_TRUST_DOMAIN},
+    pki, proto, tls,
+    transport::{self, Timing, close_code},
+};
 
 const PLANT: &str = r#"
 apiVersion: shopfloor.io/v1alpha1
@@ -63,4 +72,58 @@ async fn many_commands_each_end_once_with_timestamps_and_latencies() {
         plant.agent().status.as_ref().and_then(|s| s.certificate.as_ref()).is_some(),
         "the enrolled certificate is recorded"
     );
+}
+
+/// Dials the controller with a certificate the plant CA signed for `id` and says Hello; returns
+/// how the controller ended the connection.
+async fn dial_as(plant: &Plant, id: &AgentId) -> ConnectionError {
+    let ca = endpoint::ensure_ca(&*plant.core.store).await.expect("ca");
+    let key = pki::generate_key().expect("key");
+    let cert = ca
+        .sign_agent_csr(&pki::csr(&key).expect("csr"), id, DEFAULT_TRUST_DOMAIN, Duration::from_secs(3600))
+        .expect("cert");
+    let tls =
+        tls::client_config(ca.cert_der(), vec![cert], PrivateKeyDer::Pkcs8(key.serialize_der().into())).expect("tls");
+    let client = transport::client_endpoint(plant.addr).expect("endpoint");
+    let conn = client
+        .connect_with(transport::client_config(tls, Timing::default()).expect("cfg"), plant.addr, "127.0.0.1")
+        .expect("connect")
+        .await
+        .expect("the TLS handshake itself succeeds: the certificate chains to the plant CA");
+    if let Ok((send, _recv)) = conn.open_bi().await {
+        let hello = proto::AgentMessage {
+            body: Some(proto::agent_message::Body::Hello(proto::Hello {
+                protocol_versions: vec![1],
+                ..Default::default()
+            })),
+        };
+        let _ = FrameWriter::new(send, DEFAULT_MAX_FRAME).send(&hello).await;
+    }
+    tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.expect("the controller closes the connection")
+}
+
+fn refused_because(e: &ConnectionError) -> String {
+    match e {
+        ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code.into_inner(), u64::from(close_code::UNAUTHORIZED), "{c:?}");
+            String::from_utf8_lossy(&c.reason).into_owned()
+        }
+        other => panic!("expected an UNAUTHORIZED close, got {other}"),
+    }
+}
+
+/// Revocation at the handshake: a certificate signed by the plant CA for the right identity but
+/// not the one recorded for it (as after a re-enrollment) is refused, and so is a certificate
+/// of an EdgeAgent that does not exist (deleted), each with the reason; the enrolled agent's
+/// own session is not disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_identity_is_refused_with_the_reason() {
+    let plant = Plant::start(objects(PLANT)).await;
+    let stale = refused_because(&dial_as(&plant, &AgentId::new("plant-a", "line-1")).await);
+    assert!(stale.contains("not the certificate recorded for EdgeAgent plant-a/line-1"), "{stale}");
+    assert!(stale.contains("re-enroll"), "{stale}");
+    let gone = refused_because(&dial_as(&plant, &AgentId::new("plant-a", "deleted-line")).await);
+    assert!(gone.contains("EdgeAgent plant-a/deleted-line does not exist"), "{gone}");
+    let key = shopfloor_controller::store::ObjectKey::new("plant-a", "line-1");
+    assert!(plant.core.registry.get(&key).is_some(), "the enrolled agent stays connected");
 }

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rustls_pki_types::{PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use shopfloor_wire::{
     codec::{DEFAULT_MAX_FRAME, FrameReader, FrameWriter},
     identity::AgentId,
@@ -47,6 +47,9 @@ struct Pki {
     ca: Ca,
     server_tls: rustls::ServerConfig,
     client_tls: rustls::ClientConfig,
+    /// The client's certificate and PKCS#8 key, for the client process of the memory figure.
+    client_cert: Vec<u8>,
+    client_key: Vec<u8>,
 }
 
 fn pki() -> Pki {
@@ -63,11 +66,19 @@ fn pki() -> Pki {
             Duration::from_secs(3600),
         )
         .expect("cert");
+    let client_cert = cert.to_vec();
+    let client_key = key.serialize_der();
+    let client_tls = client_tls(ca.cert_der(), &client_cert, &client_key);
+    Pki { ca, server_tls, client_tls, client_cert, client_key }
+}
+
+fn client_tls(ca: &CertificateDer<'static>, cert: &[u8], key: &[u8]) -> rustls::ClientConfig {
     let mut client_tls =
-        tls::client_config(ca.cert_der(), vec![cert], PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        tls::client_config(ca, vec![CertificateDer::from(cert.to_vec())], PrivateKeyDer::Pkcs8(key.to_vec().into()))
             .expect("client tls");
+    // Every handshake in these figures is a full one.
     client_tls.resumption = rustls::client::Resumption::disabled();
-    Pki { ca, server_tls, client_tls }
+    client_tls
 }
 
 fn request() -> proto::Command {
@@ -235,7 +246,85 @@ async fn tcp_tls(p: &Pki, in_flight: usize) -> Vec<Duration> {
     .await
 }
 
-fn handshakes_per_second(p: &Pki) -> f64 {
+/// CPU time of the calling thread (user + system), from /proc.
+fn thread_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+}
+
+struct Handshakes {
+    /// Wall-clock rate with the server on one thread and the clients on another.
+    per_second: f64,
+    /// Server CPU per handshake, and the rate one core of it sustains.
+    server_cpu: Duration,
+    per_core_second: f64,
+    /// Both sides on one thread: the earlier, stricter reading.
+    same_thread: f64,
+}
+
+fn handshakes(p: &Pki) -> Handshakes {
+    const SECONDS: u64 = 4;
+    let server_tls = p.server_tls.clone();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        rt.block_on(async move {
+            let server =
+                transport::server_endpoint("127.0.0.1:0".parse().expect("addr"), server_tls, Timing::default())
+                    .expect("server");
+            addr_tx.send(server.local_addr().expect("addr")).expect("addr");
+            let cpu0 = thread_cpu();
+            let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let counter = accepted.clone();
+            let serve = async move {
+                while let Some(inc) = server.accept().await {
+                    let counter = counter.clone();
+                    tokio::spawn(async move {
+                        if let Ok(c) = inc.await {
+                            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let _ = c.closed().await;
+                        }
+                    });
+                }
+            };
+            tokio::select! { () = serve => {}, _ = stop_rx => {} }
+            (accepted.load(std::sync::atomic::Ordering::Relaxed), thread_cpu() - cpu0)
+        })
+    });
+    let addr = addr_rx.recv().expect("server address");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let (n, wall) = rt.block_on(async {
+        let client = transport::client_endpoint(addr).expect("client");
+        let cfg = transport::client_config(p.client_tls.clone(), Timing::default()).expect("cfg");
+        let start = Instant::now();
+        let mut n = 0u32;
+        while start.elapsed() < Duration::from_secs(SECONDS) {
+            let batch: Vec<_> =
+                (0..16).map(|_| client.connect_with(cfg.clone(), addr, "127.0.0.1").expect("connect")).collect();
+            for c in batch {
+                c.await.expect("handshake").close(0u32.into(), b"");
+                n += 1;
+            }
+        }
+        (n, start.elapsed())
+    });
+    let _ = stop_tx.send(());
+    let (accepted, cpu) = server.join().expect("server thread");
+    let server_cpu = cpu / u32::try_from(accepted.max(1)).unwrap_or(u32::MAX);
+    Handshakes {
+        per_second: f64::from(n) / wall.as_secs_f64(),
+        server_cpu,
+        per_core_second: accepted as f64 / cpu.as_secs_f64().max(1e-9),
+        same_thread: handshakes_same_thread(p),
+    }
+}
+
+fn handshakes_same_thread(p: &Pki) -> f64 {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
     rt.block_on(async {
         let server =
@@ -270,83 +359,153 @@ fn handshakes_per_second(p: &Pki) -> f64 {
     })
 }
 
-fn idle_memory(p: &Pki, connections: usize) -> f64 {
+/// Resident memory per idle connection, each side measured in its own process as it runs in
+/// production (the controller holds the server ends, each agent one client end): this process
+/// runs the server; a child — this benchmark re-run with `SHOPFLOOR_BENCH=memory-clients` — dials
+/// and reports its own growth. Returns (server KiB, client KiB) per connection.
+fn idle_memory(p: &Pki, connections: usize) -> (f64, f64) {
+    use std::io::{BufRead, Write};
+    let dir = std::env::temp_dir().join(format!("shopfloor-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("ca.der"), p.ca.cert_der()).expect("ca");
+    std::fs::write(dir.join("client.der"), &p.client_cert).expect("cert");
+    std::fs::write(dir.join("client.key"), &p.client_key).expect("key");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
-    rt.block_on(async {
-        let server = transport::server_endpoint(
-            "127.0.0.1:0".parse().expect("addr"),
-            p.server_tls.clone(),
-            Timing { keep_alive: Duration::from_secs(1), idle_timeout: Duration::from_secs(60) },
-        )
-        .expect("server");
+    let timing = Timing { keep_alive: Duration::from_secs(1), idle_timeout: Duration::from_secs(60) };
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let addr = rt.block_on(async {
+        let server = transport::server_endpoint("127.0.0.1:0".parse().expect("addr"), p.server_tls.clone(), timing)
+            .expect("server");
         let addr = server.local_addr().expect("addr");
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let accepted = accepted.clone();
         tokio::spawn(async move {
+            let mut held = Vec::new();
             while let Some(inc) = server.accept().await {
                 if let Ok(c) = inc.await {
-                    let _ = tx.send(c);
+                    held.push(c);
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         });
-        let client = transport::client_endpoint(addr).expect("client");
-        let cfg = transport::client_config(
-            p.client_tls.clone(),
-            Timing { keep_alive: Duration::from_secs(1), idle_timeout: Duration::from_secs(60) },
-        )
-        .expect("cfg");
-        // Warm up allocator and TLS state with one connection before measuring.
-        let _warm = client.connect_with(cfg.clone(), addr, "127.0.0.1").expect("connect").await.expect("hs");
-        let _warm_server = rx.recv().await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let before = rss_kib();
-        let mut keep = Vec::new();
-        let mut server_side = Vec::new();
-        for _ in 0..connections {
-            keep.push(client.connect_with(cfg.clone(), addr, "127.0.0.1").expect("connect").await.expect("hs"));
-            server_side.push(rx.recv().await);
+        addr
+    });
+    let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .env("SHOPFLOOR_BENCH", "memory-clients")
+        .args([addr.to_string(), dir.display().to_string(), connections.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("client process");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut stdin = child.stdin.take().expect("stdin");
+    let wait_accepted = |n: usize| {
+        while accepted.load(std::sync::atomic::Ordering::Relaxed) < n {
+            std::thread::sleep(Duration::from_millis(10));
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let after = rss_kib();
-        (after.saturating_sub(before)) as f64 / connections as f64
-    })
+    };
+    assert_eq!(lines.next().expect("child").expect("line"), "warm");
+    wait_accepted(1);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss_kib();
+    writeln!(stdin, "go").expect("go");
+    let reported = lines.next().expect("child").expect("line");
+    wait_accepted(connections + 1);
+    std::thread::sleep(Duration::from_secs(2));
+    let server = rss_kib().saturating_sub(before) as f64 / connections as f64;
+    drop(stdin);
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let client = reported.strip_prefix("client ").and_then(|k| k.parse().ok()).expect("client figure");
+    (server, client)
+}
+
+/// The client process of [`idle_memory`].
+fn memory_clients() {
+    use std::io::BufRead;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let addr: std::net::SocketAddr = args[0].parse().expect("addr");
+    let dir = std::path::PathBuf::from(&args[1]);
+    let n: usize = args[2].parse().expect("count");
+    let read = |f: &str| std::fs::read(dir.join(f)).expect("credentials");
+    let tls = client_tls(&CertificateDer::from(read("ca.der")), &read("client.der"), &read("client.key"));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    let timing = Timing { keep_alive: Duration::from_secs(1), idle_timeout: Duration::from_secs(60) };
+    let client = rt.block_on(async { transport::client_endpoint(addr).expect("client") });
+    let cfg = transport::client_config(tls, timing).expect("cfg");
+    let dial = || rt.block_on(client.connect_with(cfg.clone(), addr, "127.0.0.1").expect("connect")).expect("hs");
+    let _warm = dial();
+    println!("warm");
+    let mut stdin = std::io::stdin().lock().lines();
+    let _ = stdin.next();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss_kib();
+    let held: Vec<_> = (0..n).map(|_| dial()).collect();
+    std::thread::sleep(Duration::from_secs(2));
+    println!("client {:.1}", rss_kib().saturating_sub(before) as f64 / n as f64);
+    // Hold the connections until the server side is measured.
+    let _ = stdin.next();
+    drop(held);
 }
 
 fn main() {
-    let p = pki();
-    println!("plant CA {}", &p.ca.fingerprint()[..16]);
-    // SHOPFLOOR_BENCH=memory measures only the idle-connection memory.
-    if std::env::var("SHOPFLOOR_BENCH").as_deref() == Ok("memory") {
-        println!(
-            "resident memory per idle connection at 1000 connections (both sides): {:.1} KiB",
-            idle_memory(&p, 1000)
-        );
+    if std::env::var("SHOPFLOOR_BENCH").as_deref() == Ok("memory-clients") {
+        memory_clients();
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
-    println!("command round trip on loopback, {REQUESTS} requests per row (p50 / p99 / p99.9)");
-    for in_flight in [1, 100, 1000] {
-        let floor = pct(rt.block_on(udp_floor(in_flight)));
-        let q = pct(rt.block_on(quic(&p, in_flight)));
-        let t = pct(rt.block_on(tcp_tls(&p, in_flight)));
-        let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let p = pki();
+    println!("plant CA {}", &p.ca.fingerprint()[..16]);
+    let report_memory = |p: &Pki| {
+        let n = 1000;
+        let (server, client) = idle_memory(p, n);
         println!(
-            "  {in_flight:>4} in flight: UDP floor {:>7.1} / {:>7.1} / {:>7.1} µs | QUIC {:>7.1} / {:>7.1} / {:>7.1} µs ({:.2}x floor at p50) | TCP+TLS {:>7.1} / {:>7.1} / {:>7.1} µs (QUIC/TCP {:.2}x at p50)",
-            us(floor.0),
-            us(floor.1),
-            us(floor.2),
-            us(q.0),
-            us(q.1),
-            us(q.2),
-            us(q.0) / us(floor.0),
-            us(t.0),
-            us(t.1),
-            us(t.2),
-            us(q.0) / us(t.0)
+            "resident memory per idle connection at {n} connections, each side in its own process: \
+             server {server:.1} KiB, client {client:.1} KiB"
         );
+    };
+    // SHOPFLOOR_BENCH=memory measures only the idle-connection memory.
+    if std::env::var("SHOPFLOOR_BENCH").as_deref() == Ok("memory") {
+        report_memory(&p);
+        return;
     }
-    let hs = handshakes_per_second(&p);
-    println!("full mutual-TLS QUIC handshakes on one core (client and server in the same thread): {hs:.0}/s");
-    let n = 1000;
-    let per = idle_memory(&p, n);
-    println!("resident memory per idle connection at {n} connections (client and server side together): {per:.1} KiB");
+    // Both runtimes a deployment may use: one thread (every hop between the endpoint, the
+    // connection and the stream tasks is a local wake-up, like the floor's single task) and two
+    // worker threads (hops may cross threads). The floor and TCP run on the same runtime.
+    for (label, one_thread) in [("one runtime thread", true), ("two runtime worker threads", false)] {
+        let rt = if one_thread {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt")
+        } else {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt")
+        };
+        println!("command round trip on loopback, {label}, {REQUESTS} requests per row (p50 / p99 / p99.9)");
+        for in_flight in [1, 100, 1000] {
+            let floor = pct(rt.block_on(udp_floor(in_flight)));
+            let q = pct(rt.block_on(quic(&p, in_flight)));
+            let t = pct(rt.block_on(tcp_tls(&p, in_flight)));
+            let us = |d: Duration| d.as_secs_f64() * 1e6;
+            println!(
+                "  {in_flight:>4} in flight: UDP floor {:>7.1} / {:>7.1} / {:>7.1} µs | QUIC {:>7.1} / {:>7.1} / {:>7.1} µs ({:.2}x floor at p50) | TCP+TLS {:>7.1} / {:>7.1} / {:>7.1} µs (QUIC/TCP {:.2}x at p50)",
+                us(floor.0),
+                us(floor.1),
+                us(floor.2),
+                us(q.0),
+                us(q.1),
+                us(q.2),
+                us(q.0) / us(floor.0),
+                us(t.0),
+                us(t.1),
+                us(t.2),
+                us(q.0) / us(t.0)
+            );
+        }
+    }
+    let hs = handshakes(&p);
+    println!(
+        "full mutual-TLS QUIC handshakes: {:.0}/s with the server on one thread and the clients on another; \
+         server CPU {:.0} µs per handshake = {:.0} handshakes per core-second; both sides on one thread: {:.0}/s",
+        hs.per_second,
+        hs.server_cpu.as_secs_f64() * 1e6,
+        hs.per_core_second,
+        hs.same_thread
+    );
+    report_memory(&p);
 }

@@ -42,19 +42,41 @@ impl Default for Timing {
     }
 }
 
-/// Transport parameters: keep-alive and idle timeout from `timing`; stream counts and windows
-/// sized for control traffic (small messages, many concurrent commands) so that an idle
-/// connection costs little memory.
-pub fn transport_config(timing: Timing) -> TransportConfig {
+/// Streams the controller lets an agent open at once: the control stream, plus room for an
+/// enrollment or renewal exchange. quinn keeps an entry per stream the peer may open, for the
+/// life of the connection, so this limit is memory the controller spends on every agent.
+pub const AGENT_BIDI_STREAMS: u32 = 4;
+/// Telemetry streams an agent may have open at once (it waits for one to finish beyond that).
+pub const AGENT_UNI_STREAMS: u32 = 16;
+/// Commands the controller may have in flight to one agent at once, one stream each.
+pub const COMMAND_STREAMS: u32 = 1024;
+
+/// Transport parameters: keep-alive and idle timeout from `timing`; windows sized for control
+/// traffic (small messages); stream limits per side: an agent may open few streams, the
+/// controller many (one per command). `accept` is `(bidi, uni)` streams the peer may open.
+fn transport_config(timing: Timing, accept: (u32, u32)) -> TransportConfig {
     let mut t = TransportConfig::default();
     t.keep_alive_interval(Some(timing.keep_alive));
     t.max_idle_timeout(IdleTimeout::try_from(timing.idle_timeout).ok());
-    t.max_concurrent_bidi_streams(VarInt::from_u32(1024));
-    t.max_concurrent_uni_streams(VarInt::from_u32(16));
+    // Plant networks (LAN, 5G URLLC) answer in well under 100 ms; starting from quinn's 333 ms
+    // guess would leave a lost handshake packet unrepeated for about a second.
+    t.initial_rtt(Duration::from_millis(100));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(accept.0));
+    t.max_concurrent_uni_streams(VarInt::from_u32(accept.1));
     t.stream_receive_window(VarInt::from_u32(256 * 1024));
     t.receive_window(VarInt::from_u32(2 * 1024 * 1024));
     t.send_window(2 * 1024 * 1024);
     t
+}
+
+/// The controller's side: agents open the control stream and telemetry streams.
+pub fn server_transport_config(timing: Timing) -> TransportConfig {
+    transport_config(timing, (AGENT_BIDI_STREAMS, AGENT_UNI_STREAMS))
+}
+
+/// The agent's side: the controller opens one stream per command and nothing else.
+pub fn client_transport_config(timing: Timing) -> TransportConfig {
+    transport_config(timing, (COMMAND_STREAMS, 0))
 }
 
 /// A server endpoint on `addr`.
@@ -65,7 +87,7 @@ pub fn server_endpoint(
 ) -> std::io::Result<quinn::Endpoint> {
     let crypto = QuicServerConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(timing)));
+    config.transport_config(Arc::new(server_transport_config(timing)));
     // Address validation costs a round trip per handshake; agents are known hosts and the
     // handshake requires a certificate anyway.
     config.retry_token_lifetime(Duration::from_secs(15));
@@ -76,7 +98,7 @@ pub fn server_endpoint(
 pub fn client_config(tls: rustls::ClientConfig, timing: Timing) -> std::io::Result<quinn::ClientConfig> {
     let crypto = QuicClientConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(timing)));
+    config.transport_config(Arc::new(client_transport_config(timing)));
     Ok(config)
 }
 

@@ -119,14 +119,7 @@ async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Resul
     );
     // Standby until we hold the lease; then reconcile until we lose it, and exit so that the
     // replacement pod starts clean as a standby.
-    loop {
-        match elector.try_acquire_or_renew().await {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => tracing::warn!("leader election: {e}"),
-        }
-        tokio::time::sleep(elector.timing().retry_every).await;
-    }
+    elector.acquire().await;
     health.leader.store(true, Ordering::Relaxed);
     tracing::info!("leading");
     // The agents' Service selects the leader's pod by this label, so agents always reach the
@@ -144,28 +137,9 @@ async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Resul
     tokio::spawn(quic.run());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let controllers = tokio::spawn(kube_controllers::run(client, core, stop_rx));
-    let mut lost = 0;
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            () = tokio::time::sleep(elector.timing().renew_every) => {}
-        }
-        match elector.try_acquire_or_renew().await {
-            Ok(true) => lost = 0,
-            Ok(false) => {
-                tracing::error!("lost the leader lease to another replica; stopping");
-                break;
-            }
-            Err(e) => {
-                lost += 1;
-                tracing::warn!("cannot renew the lease ({lost}): {e}");
-                // Stop before the lease can expire under us: another replica may take over.
-                if elector.timing().renew_every * (lost + 1) >= elector.timing().duration {
-                    tracing::error!("lease renewal failing; stopping to avoid two leaders");
-                    break;
-                }
-            }
-        }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stepping down"),
+        why = elector.hold() => tracing::error!("{why}; stopping"),
     }
     health.leader.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
