@@ -100,8 +100,10 @@ fn against_a_real_cluster_when_configured() {
 
 mod cluster {
     //! The flow through a real API server: CRDs from `crds/`, a fresh namespace, the example
-    //! plant, the CRD validation refusing an invalid manifest, the controller (run locally
-    //! against the cluster) reconciling statuses, cleaned up afterwards.
+    //! plant (its Modbus equipment on simulators), the CRD validation refusing an invalid
+    //! manifest, the controller run locally against the cluster, an agent enrolled with the
+    //! token the plugin prints, statuses, and a command run with `kubectl shopfloor exec`.
+    //! Everything created is deleted afterwards.
 
     use std::{path::Path, process::Command, time::Duration};
 
@@ -115,6 +117,25 @@ mod cluster {
         )
     }
 
+    fn plugin(kubeconfig: &Path, ns: &str, args: &[&str]) -> (i32, String) {
+        let out = Command::new(bin("kubectl-shopfloor"))
+            .env("KUBECONFIG", kubeconfig)
+            .env("NO_COLOR", "1")
+            .args(["-n", ns, "--controller-namespace", ns])
+            .args(args)
+            .output()
+            .expect("plugin");
+        (
+            out.status.code().unwrap_or(-1),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    }
+
+    fn jsonpath(kubeconfig: &Path, ns: &str, what: &str, path: &str) -> String {
+        let (ok, out) = kubectl(kubeconfig, &["get", what, "-n", ns, "-o", &format!("jsonpath={path}")]);
+        if ok { out.trim().to_owned() } else { String::new() }
+    }
+
     pub fn run(kubeconfig: &Path) {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
         let ns = format!("shopfloor-e2e-{}", std::process::id());
@@ -123,11 +144,18 @@ mod cluster {
         let (ok, out) = kubectl(kubeconfig, &["create", "namespace", &ns]);
         assert!(ok, "{out}");
         let cleanup = scopeguard(kubeconfig, &ns);
+        let s = Scenario::new();
+        // line-1's Modbus equipment, on simulators at free ports.
+        let press = s.modbus_sim("press", &[]);
+        let infeed = s.modbus_sim("infeed", &[]);
+        let port = |addr: &str| addr.rsplit(':').next().expect("port").to_owned();
         for f in ["agents.yaml", "slices.yaml", "line-1.yaml", "line-2.yaml", "utilities.yaml"] {
             let text = std::fs::read_to_string(format!("{root}/examples/plant/{f}"))
                 .expect("example")
-                .replace("namespace: plant-a", &format!("namespace: {ns}"));
-            let tmp = std::env::temp_dir().join(format!("{ns}-{f}"));
+                .replace("namespace: plant-a", &format!("namespace: {ns}"))
+                .replace("port: 15020", &format!("port: {}", port(&press)))
+                .replace("port: 15021", &format!("port: {}", port(&infeed)));
+            let tmp = s.path(f);
             std::fs::write(&tmp, text).expect("write");
             let (ok, out) = kubectl(kubeconfig, &["apply", "-f", tmp.to_str().expect("utf-8")]);
             assert!(ok, "{f}: {out}");
@@ -135,29 +163,55 @@ mod cluster {
         let bad = std::fs::read_to_string(format!("{root}/examples/invalid/equipment-min-above-max.yaml"))
             .expect("fixture")
             .replace("namespace: plant-a", &format!("namespace: {ns}"));
-        let tmp = std::env::temp_dir().join(format!("{ns}-bad.yaml"));
+        let tmp = s.path("bad.yaml");
         std::fs::write(&tmp, bad).expect("write");
         let (ok, out) = kubectl(kubeconfig, &["apply", "-f", tmp.to_str().expect("utf-8")]);
         assert!(!ok && out.contains("min must not exceed max"), "the CEL rule refuses it: {out}");
 
-        let s = Scenario::new();
+        let quic = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|u| u.local_addr()).expect("free port");
+        let listen = quic.to_string();
         s.spawn_with_env(
             "controller",
             "shopfloor-controller",
-            &["--namespace", &ns, "--replica", "e2e", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+            &["--namespace", &ns, "--replica", "e2e", "--listen", &listen, "--http", "127.0.0.1:0"],
             &[("KUBECONFIG", kubeconfig.as_os_str())],
         );
         eventually("EdgeAgent status written by the controller", Duration::from_secs(60), || {
-            let (ok, out) =
-                kubectl(kubeconfig, &["get", "edgeagent", "line-1", "-n", &ns, "-o", "jsonpath={.status.phase}"]);
-            (ok && out.trim() == "Pending").then_some(())
+            (jsonpath(kubeconfig, &ns, "edgeagent/line-1", "{.status.phase}") == "Pending").then_some(())
         });
-        let out = Command::new(bin("kubectl-shopfloor"))
-            .env("KUBECONFIG", kubeconfig)
-            .args(["agents", "-n", &ns])
-            .output()
-            .expect("plugin");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("line-1"), "{}", String::from_utf8_lossy(&out.stdout));
+
+        // Enroll with the command line the plugin prints, over the real enrollment path.
+        let printed = eventually("the plugin prints the enrollment command", Duration::from_secs(30), || {
+            let (code, out) = plugin(kubeconfig, &ns, &["enroll", "line-1", "--controller", &listen]);
+            (code == 0).then_some(out)
+        });
+        let line = printed.lines().find(|l| l.starts_with("shopfloor-agent enroll")).expect("command line").to_owned();
+        let mut args = vec!["--state-dir", "agent-line-1"];
+        args.extend(line.split_whitespace().skip(1));
+        let out = s.run("shopfloor-agent", &args);
+        assert!(out.status.success(), "enrollment: {}", String::from_utf8_lossy(&out.stderr));
+        s.agent("line-1");
+        eventually("line-1 connected and holding its configuration", Duration::from_secs(60), || {
+            let phase = jsonpath(kubeconfig, &ns, "edgeagent/line-1", "{.status.phase}");
+            let applied = jsonpath(kubeconfig, &ns, "edgeagent/line-1", "{.status.config.appliedRevision}");
+            let desired = jsonpath(kubeconfig, &ns, "edgeagent/line-1", "{.status.config.desiredRevision}");
+            (phase == "Connected" && !applied.is_empty() && applied == desired).then_some(())
+        });
+        let (code, out) = plugin(kubeconfig, &ns, &["agents"]);
+        assert!(code == 0 && out.contains("line-1") && out.contains("Connected"), "{out}");
+
+        // A command through the API server: created by the plugin, run by the agent.
+        let (code, out) =
+            plugin(kubeconfig, &ns, &["exec", "infeed-conveyor", "start", "speed=1.5", "--timeout", "20s"]);
+        assert_eq!(code, 0, "exec: {out}");
+        assert!(out.contains("Succeeded"), "{out}");
+        assert!(
+            s.sim_writes("infeed", "holding", 0).contains(&vec![150]),
+            "the conveyor's simulator saw belt-speed 1.5 m/s written: {:?}",
+            s.sim_writes("infeed", "holding", 0)
+        );
+        let phase = jsonpath(kubeconfig, &ns, "controlcommands", "{.items[*].status.phase}");
+        assert_eq!(phase, "Succeeded", "the ControlCommand's status in the API server");
         drop(cleanup);
     }
 
