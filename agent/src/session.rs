@@ -315,9 +315,9 @@ impl Agent {
 
     /// Connects, serves, and reconnects, forever. A controller that refuses or fails is retried
     /// with exponential backoff and full jitter (capped at 30 s), so a fleet does not hammer it;
-    /// a controller that does not answer at all (network down) is retried within a second, since
-    /// an unanswered handshake costs it nothing and the agent should be back as soon as the
-    /// network is.
+    /// a controller that does not answer at all, or a session that went silent (network down),
+    /// is retried within 0.25 s, since an unanswered handshake costs it nothing and the agent
+    /// should be back as soon as the network is.
     pub async fn run(self: Arc<Self>, timing: Timing) {
         let mut backoff = Backoff::default();
         let mut silent_since: Option<Instant> = None;
@@ -336,7 +336,7 @@ impl Agent {
                     // Say it once per outage, not twice a second.
                     match silent_since {
                         None => {
-                            tracing::warn!("{e}; retrying every second");
+                            tracing::warn!("{e}; retrying until it answers");
                             silent_since = Some(Instant::now());
                         }
                         Some(t) => tracing::debug!("{e} (silent for {:?})", t.elapsed()),
