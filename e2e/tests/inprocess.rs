@@ -127,3 +127,70 @@ async fn a_revoked_identity_is_refused_with_the_reason() {
     let key = shopfloor_controller::store::ObjectKey::new("plant-a", "line-1");
     assert!(plant.core.registry.get(&key).is_some(), "the enrolled agent stays connected");
 }
+
+/// Enrollment over real QUIC: a used token and an expired one are refused with a message that
+/// says which and what to do, and the agent's state directory stays empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_refuses_a_used_and_an_expired_token_and_writes_nothing() {
+    use k8s_openapi::jiff::Timestamp;
+    use shopfloor_agent::{session, state::StateDir};
+    use shopfloor_controller::{
+        enrollment::{self, BootstrapToken},
+        store::{ObjectKey, Store},
+    };
+    let plant = Plant::start(objects(PLANT)).await;
+    let key = ObjectKey::new("plant-a", "line-1");
+    let secret_name = enrollment::token_secret_name(&key);
+    let fingerprint = endpoint::ensure_ca(&*plant.core.store).await.expect("ca").fingerprint();
+    let addr = plant.addr.to_string();
+    let id = AgentId::new("plant-a", "line-1");
+    let dir = tempfile::tempdir().expect("tmp");
+    let empty = |d: &std::path::Path| std::fs::read_dir(d).map(|r| r.count() == 0).unwrap_or(true);
+
+    // The plant's agent enrolled with line-1's token: it is spent.
+    let used = plant.core.store.read_secret(&secret_name).await.expect("read").expect("token secret");
+    let used = BootstrapToken::from_secret(&used).expect("token").token();
+    let state = StateDir::open(dir.path().join("reused")).expect("state");
+    let err = session::enroll(&state, &addr, None, &used, &fingerprint, &id).await.expect_err("refused").to_string();
+    assert!(err.contains("already used") && err.contains("kubectl shopfloor enroll"), "{err}");
+    assert!(empty(&dir.path().join("reused")), "nothing written after a refused enrollment");
+
+    // A token that expired before it was used.
+    let stale = BootstrapToken::generate(
+        key.clone(),
+        Timestamp::now() - Duration::from_secs(2 * 86400),
+        Duration::from_secs(86400),
+    )
+    .expect("token");
+    plant.core.store.write_secret(&secret_name, stale.to_secret()).await.expect("write");
+    let state = StateDir::open(dir.path().join("expired")).expect("state");
+    let err =
+        session::enroll(&state, &addr, None, &stale.token(), &fingerprint, &id).await.expect_err("refused").to_string();
+    assert!(err.contains("expired"), "{err}");
+    assert!(empty(&dir.path().join("expired")), "nothing written after a refused enrollment");
+}
+
+/// A connection without a client certificate (the enrollment path) can do nothing but enroll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_a_certificate_may_only_enroll() {
+    let plant = Plant::start(objects(PLANT)).await;
+    let fingerprint = endpoint::ensure_ca(&*plant.core.store).await.expect("ca").fingerprint();
+    let tls = tls::enrollment_client_config(&fingerprint).expect("tls");
+    let client = transport::client_endpoint(plant.addr).expect("endpoint");
+    let conn = client
+        .connect_with(transport::client_config(tls, Timing::default()).expect("cfg"), plant.addr, "127.0.0.1")
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let (send, _recv) = conn.open_bi().await.expect("stream");
+    let hello = proto::AgentMessage {
+        body: Some(proto::agent_message::Body::Hello(proto::Hello {
+            protocol_versions: vec![1],
+            ..Default::default()
+        })),
+    };
+    FrameWriter::new(send, DEFAULT_MAX_FRAME).send(&hello).await.expect("send");
+    let e = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.expect("closed");
+    let reason = refused_because(&e);
+    assert!(reason.contains("may only enroll"), "{reason}");
+}

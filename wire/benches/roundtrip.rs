@@ -138,45 +138,42 @@ async fn udp_floor(in_flight: usize) -> Vec<Duration> {
     .await
 }
 
+/// As in production: the agent (client) dials, the controller (server) opens one stream per
+/// command on that connection and the agent answers on it.
 async fn quic(p: &Pki, in_flight: usize) -> Vec<Duration> {
     let server =
         transport::server_endpoint("127.0.0.1:0".parse().expect("addr"), p.server_tls.clone(), Timing::default())
             .expect("server");
     let addr = server.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Some(inc) = server.accept().await {
-            tokio::spawn(async move {
-                let Ok(conn) = inc.await else { return };
-                while let Ok((send, recv)) = conn.accept_bi().await {
-                    tokio::spawn(async move {
-                        let mut rx = FrameReader::new(recv, DEFAULT_MAX_FRAME);
-                        let mut tx = FrameWriter::new(send, DEFAULT_MAX_FRAME);
-                        if let Ok(Some(c)) = rx.next::<proto::Command>().await {
-                            let r = proto::CommandReply {
-                                body: Some(proto::command_reply::Body::Result(proto::CommandResult {
-                                    id: c.id,
-                                    code: 1,
-                                    ..Default::default()
-                                })),
-                            };
-                            let _ = tx.send(&r).await;
-                            let _ = tx.get_mut().finish();
-                        }
-                    });
-                }
-            });
-        }
-    });
     let client = transport::client_endpoint(addr).expect("client");
-    let conn = client
+    let agent = client
         .connect_with(
             transport::client_config(p.client_tls.clone(), Timing::default()).expect("cfg"),
             addr,
             "127.0.0.1",
         )
-        .expect("connect")
-        .await
-        .expect("handshake");
+        .expect("connect");
+    let conn = server.accept().await.expect("incoming").await.expect("handshake");
+    let agent = agent.await.expect("handshake");
+    tokio::spawn(async move {
+        while let Ok((send, recv)) = agent.accept_bi().await {
+            tokio::spawn(async move {
+                let mut rx = FrameReader::new(recv, DEFAULT_MAX_FRAME);
+                let mut tx = FrameWriter::new(send, DEFAULT_MAX_FRAME);
+                if let Ok(Some(c)) = rx.next::<proto::Command>().await {
+                    let r = proto::CommandReply {
+                        body: Some(proto::command_reply::Body::Result(proto::CommandResult {
+                            id: c.id,
+                            code: 1,
+                            ..Default::default()
+                        })),
+                    };
+                    let _ = tx.send(&r).await;
+                    let _ = tx.get_mut().finish();
+                }
+            });
+        }
+    });
     run_concurrent(in_flight, REQUESTS, move |_| {
         let conn = conn.clone();
         async move {
@@ -249,10 +246,12 @@ async fn tcp_tls(p: &Pki, in_flight: usize) -> Vec<Duration> {
 /// CPU time of the calling thread (user + system), from /proc.
 fn thread_cpu() -> Duration {
     let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    // Fields after the command name, from `state`: utime and stime are the 12th and 13th of them
+    // (some fields before them, like tpgid, can be -1).
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = field(11) + field(12);
     Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
 }
 
@@ -262,6 +261,7 @@ struct Handshakes {
     /// Server CPU per handshake, and the rate one core of it sustains.
     server_cpu: Duration,
     per_core_second: f64,
+    client_cpu: Duration,
     /// Both sides on one thread: the earlier, stricter reading.
     same_thread: f64,
 }
@@ -271,33 +271,37 @@ fn handshakes(p: &Pki) -> Handshakes {
     let server_tls = p.server_tls.clone();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
-        rt.block_on(async move {
-            let server =
-                transport::server_endpoint("127.0.0.1:0".parse().expect("addr"), server_tls, Timing::default())
-                    .expect("server");
-            addr_tx.send(server.local_addr().expect("addr")).expect("addr");
-            let cpu0 = thread_cpu();
-            let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let counter = accepted.clone();
-            let serve = async move {
-                while let Some(inc) = server.accept().await {
-                    let counter = counter.clone();
-                    tokio::spawn(async move {
-                        if let Ok(c) = inc.await {
-                            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let _ = c.closed().await;
-                        }
-                    });
-                }
-            };
-            tokio::select! { () = serve => {}, _ = stop_rx => {} }
-            (accepted.load(std::sync::atomic::Ordering::Relaxed), thread_cpu() - cpu0)
+    let server = std::thread::Builder::new()
+        .name("server".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+            rt.block_on(async move {
+                let server =
+                    transport::server_endpoint("127.0.0.1:0".parse().expect("addr"), server_tls, Timing::default())
+                        .expect("server");
+                addr_tx.send(server.local_addr().expect("addr")).expect("addr");
+                let cpu0 = thread_cpu();
+                let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                let counter = accepted.clone();
+                let serve = async move {
+                    while let Some(inc) = server.accept().await {
+                        let counter = counter.clone();
+                        tokio::spawn(async move {
+                            if let Ok(c) = inc.await {
+                                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let _ = c.closed().await;
+                            }
+                        });
+                    }
+                };
+                tokio::select! { () = serve => {}, _ = stop_rx => {} }
+                (accepted.load(std::sync::atomic::Ordering::Relaxed), thread_cpu() - cpu0)
+            })
         })
-    });
+        .expect("server thread");
     let addr = addr_rx.recv().expect("server address");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let client_cpu0 = thread_cpu();
     let (n, wall) = rt.block_on(async {
         let client = transport::client_endpoint(addr).expect("client");
         let cfg = transport::client_config(p.client_tls.clone(), Timing::default()).expect("cfg");
@@ -313,6 +317,7 @@ fn handshakes(p: &Pki) -> Handshakes {
         }
         (n, start.elapsed())
     });
+    let client_cpu = (thread_cpu() - client_cpu0) / n.max(1);
     let _ = stop_tx.send(());
     let (accepted, cpu) = server.join().expect("server thread");
     let server_cpu = cpu / u32::try_from(accepted.max(1)).unwrap_or(u32::MAX);
@@ -320,6 +325,7 @@ fn handshakes(p: &Pki) -> Handshakes {
         per_second: f64::from(n) / wall.as_secs_f64(),
         server_cpu,
         per_core_second: accepted as f64 / cpu.as_secs_f64().max(1e-9),
+        client_cpu,
         same_thread: handshakes_same_thread(p),
     }
 }
@@ -432,7 +438,9 @@ fn memory_clients() {
     let timing = Timing { keep_alive: Duration::from_secs(1), idle_timeout: Duration::from_secs(60) };
     let client = rt.block_on(async { transport::client_endpoint(addr).expect("client") });
     let cfg = transport::client_config(tls, timing).expect("cfg");
-    let dial = || rt.block_on(client.connect_with(cfg.clone(), addr, "127.0.0.1").expect("connect")).expect("hs");
+    let dial = || {
+        rt.block_on(async { client.connect_with(cfg.clone(), addr, "127.0.0.1").expect("connect").await }).expect("hs")
+    };
     let _warm = dial();
     println!("warm");
     let mut stdin = std::io::stdin().lock().lines();
@@ -445,6 +453,20 @@ fn memory_clients() {
     // Hold the connections until the server side is measured.
     let _ = stdin.next();
     drop(held);
+}
+
+fn report_handshakes(p: &Pki) {
+    let hs = handshakes(p);
+    println!(
+        "full mutual-TLS QUIC handshakes: {:.0}/s with the server on one thread and the clients on another; \
+         server CPU {:.0} µs per handshake = {:.0} handshakes per core-second (client CPU {:.0} µs per handshake); \
+         both sides on one thread: {:.0}/s",
+        hs.per_second,
+        hs.server_cpu.as_secs_f64() * 1e6,
+        hs.per_core_second,
+        hs.client_cpu.as_secs_f64() * 1e6,
+        hs.same_thread
+    );
 }
 
 fn main() {
@@ -462,10 +484,11 @@ fn main() {
              server {server:.1} KiB, client {client:.1} KiB"
         );
     };
-    // SHOPFLOOR_BENCH=memory measures only the idle-connection memory.
-    if std::env::var("SHOPFLOOR_BENCH").as_deref() == Ok("memory") {
-        report_memory(&p);
-        return;
+    // SHOPFLOOR_BENCH=memory or =handshakes measures only that.
+    match std::env::var("SHOPFLOOR_BENCH").as_deref() {
+        Ok("memory") => return report_memory(&p),
+        Ok("handshakes") => return report_handshakes(&p),
+        _ => {}
     }
     // Both runtimes a deployment may use: one thread (every hop between the endpoint, the
     // connection and the stream tasks is a local wake-up, like the floor's single task) and two
@@ -498,14 +521,6 @@ fn main() {
             );
         }
     }
-    let hs = handshakes(&p);
-    println!(
-        "full mutual-TLS QUIC handshakes: {:.0}/s with the server on one thread and the clients on another; \
-         server CPU {:.0} µs per handshake = {:.0} handshakes per core-second; both sides on one thread: {:.0}/s",
-        hs.per_second,
-        hs.server_cpu.as_secs_f64() * 1e6,
-        hs.per_core_second,
-        hs.same_thread
-    );
+    report_handshakes(&p);
     report_memory(&p);
 }

@@ -48,8 +48,10 @@ impl Default for Timing {
 pub const AGENT_BIDI_STREAMS: u32 = 4;
 /// Telemetry streams an agent may have open at once (it waits for one to finish beyond that).
 pub const AGENT_UNI_STREAMS: u32 = 16;
-/// Commands the controller may have in flight to one agent at once, one stream each.
-pub const COMMAND_STREAMS: u32 = 1024;
+/// Commands the controller may have in flight to one agent at once, one stream each; beyond
+/// that a dispatch waits for a stream to finish. Also memory: every allowed stream costs the
+/// agent state for the life of the connection (256 keep an idle connection near 50 KiB).
+pub const COMMAND_STREAMS: u32 = 256;
 
 /// Transport parameters: keep-alive and idle timeout from `timing`; windows sized for control
 /// traffic (small messages); stream limits per side: an agent may open few streams, the
