@@ -57,6 +57,17 @@ fn setup(a: &EdgeAgent) -> (Arc<Context>, Handle) {
     (Context::new(client, core, agents, equipment, slices), handle)
 }
 
+/// The next request, which must be `method path`.
+async fn expect(
+    handle: &mut Handle,
+    method: http::Method,
+    path: &str,
+) -> (Request<Body>, mock::SendResponse<Response<Body>>) {
+    let (req, send) = handle.next_request().await.unwrap_or_else(|| panic!("no request; expected {method} {path}"));
+    assert_eq!((req.method(), req.uri().path()), (&method, path));
+    (req, send)
+}
+
 async fn json_body(req: Request<Body>) -> Value {
     serde_json::from_slice(&req.into_body().collect_bytes().await.expect("body")).expect("json")
 }
@@ -77,9 +88,12 @@ async fn a_new_agent_first_gets_the_finalizer() {
     let (ctx, mut handle) = setup(&a);
     let expected = a.clone();
     let server = tokio::spawn(async move {
-        let (req, send) = handle.next_request().await.expect("finalizer patch");
-        assert_eq!(req.method(), http::Method::PATCH);
-        assert_eq!(req.uri().path(), "/apis/shopfloor.io/v1alpha1/namespaces/plant-a/edgeagents/line-1");
+        let (req, send) = expect(
+            &mut handle,
+            http::Method::PATCH,
+            "/apis/shopfloor.io/v1alpha1/namespaces/plant-a/edgeagents/line-1",
+        )
+        .await;
         assert_eq!(req.headers()["content-type"], "application/json-patch+json");
         let body = json_body(req).await;
         assert!(body.to_string().contains(AGENT_FINALIZER), "{body}");
@@ -96,14 +110,20 @@ async fn an_unenrolled_agent_gets_a_bootstrap_token_secret_and_a_pending_status(
     let a = agent(true, false);
     let (ctx, mut handle) = setup(&a);
     let server = tokio::spawn(async move {
-        let (req, send) = handle.next_request().await.expect("token read");
-        assert_eq!(req.method(), http::Method::GET);
-        assert_eq!(req.uri().path(), "/api/v1/namespaces/shopfloor-system/secrets/shopfloor-bootstrap-plant-a-line-1");
+        let (_, send) = expect(
+            &mut handle,
+            http::Method::GET,
+            "/api/v1/namespaces/shopfloor-system/secrets/shopfloor-bootstrap-plant-a-line-1",
+        )
+        .await;
         respond(send, StatusCode::NOT_FOUND, not_found());
 
-        let (req, send) = handle.next_request().await.expect("token write");
-        assert_eq!(req.method(), http::Method::PATCH);
-        assert_eq!(req.uri().path(), "/api/v1/namespaces/shopfloor-system/secrets/shopfloor-bootstrap-plant-a-line-1");
+        let (req, send) = expect(
+            &mut handle,
+            http::Method::PATCH,
+            "/api/v1/namespaces/shopfloor-system/secrets/shopfloor-bootstrap-plant-a-line-1",
+        )
+        .await;
         assert!(req.uri().query().unwrap_or_default().contains("fieldManager=shopfloor-controller"));
         let body = json_body(req).await;
         for key in ["token-id", "token-secret", "agent-namespace", "agent-name", "expires-at"] {
@@ -111,9 +131,12 @@ async fn an_unenrolled_agent_gets_a_bootstrap_token_secret_and_a_pending_status(
         }
         respond(send, StatusCode::OK, body);
 
-        let (req, send) = handle.next_request().await.expect("status");
-        assert_eq!(req.method(), http::Method::PATCH);
-        assert_eq!(req.uri().path(), "/apis/shopfloor.io/v1alpha1/namespaces/plant-a/edgeagents/line-1/status");
+        let (req, send) = expect(
+            &mut handle,
+            http::Method::PATCH,
+            "/apis/shopfloor.io/v1alpha1/namespaces/plant-a/edgeagents/line-1/status",
+        )
+        .await;
         let body = json_body(req).await;
         assert_eq!(body["status"]["phase"], "Pending");
         assert_eq!(body["status"]["observedGeneration"], 1);
@@ -140,13 +163,19 @@ async fn deleting_an_agent_removes_its_token_then_the_finalizer() {
     let a = agent(true, true);
     let (ctx, mut handle) = setup(&a);
     let server = tokio::spawn(async move {
-        let (req, send) = handle.next_request().await.expect("token delete");
-        assert_eq!(req.method(), http::Method::DELETE);
-        assert_eq!(req.uri().path(), "/api/v1/namespaces/shopfloor-system/secrets/shopfloor-bootstrap-plant-a-line-1");
+        let (_, send) = expect(
+            &mut handle,
+            http::Method::DELETE,
+            "/api/v1/namespaces/shopfloor-system/secrets/shopfloor-bootstrap-plant-a-line-1",
+        )
+        .await;
         respond(send, StatusCode::NOT_FOUND, not_found());
-        let (req, send) = handle.next_request().await.expect("finalizer removal");
-        assert_eq!(req.method(), http::Method::PATCH);
-        assert_eq!(req.uri().path(), "/apis/shopfloor.io/v1alpha1/namespaces/plant-a/edgeagents/line-1");
+        let (req, send) = expect(
+            &mut handle,
+            http::Method::PATCH,
+            "/apis/shopfloor.io/v1alpha1/namespaces/plant-a/edgeagents/line-1",
+        )
+        .await;
         let body = json_body(req).await;
         assert!(body.to_string().contains("remove") || body.to_string().contains("replace"), "{body}");
         respond(
@@ -214,13 +243,19 @@ async fn an_unreadable_agent_is_skipped_until_it_changes() {
 async fn an_unreadable_agent_being_deleted_is_released_and_loses_only_our_finalizer() {
     let (ctx, mut handle) = setup(&agent(true, false));
     let server = tokio::spawn(async move {
-        let (req, send) = handle.next_request().await.expect("token delete");
-        assert_eq!(req.method(), http::Method::DELETE);
-        assert_eq!(req.uri().path(), "/api/v1/namespaces/shopfloor-system/secrets/shopfloor-bootstrap-plant-a-line-1");
+        let (_, send) = expect(
+            &mut handle,
+            http::Method::DELETE,
+            "/api/v1/namespaces/shopfloor-system/secrets/shopfloor-bootstrap-plant-a-line-1",
+        )
+        .await;
         respond(send, StatusCode::NOT_FOUND, not_found());
-        let (req, send) = handle.next_request().await.expect("finalizer removal");
-        assert_eq!(req.method(), http::Method::PATCH);
-        assert_eq!(req.uri().path(), "/apis/shopfloor.io/v1alpha1/namespaces/plant-a/edgeagents/line-1");
+        let (req, send) = expect(
+            &mut handle,
+            http::Method::PATCH,
+            "/apis/shopfloor.io/v1alpha1/namespaces/plant-a/edgeagents/line-1",
+        )
+        .await;
         assert_eq!(req.headers()["content-type"], "application/json-patch+json");
         let body = json_body(req).await;
         assert_eq!(
