@@ -22,7 +22,7 @@ use shopfloor_wire::{
     },
     time::now_micros,
     tls,
-    transport::{self, Timing, close_code},
+    transport::{self, Timing},
 };
 use tokio::sync::Mutex;
 
@@ -447,7 +447,7 @@ impl Agent {
                     Ok(None) => break "the controller closed the control stream".into(),
                     Err(e) => {
                         if e.is_protocol_violation() {
-                            transport::close(&conn, close_code::PROTOCOL_VIOLATION, &e.to_string());
+                            transport::close(&conn, e.close_code(), &e.to_string());
                         }
                         break conn.close_reason().map(|c| transport::explain(&c, &id.server_name)).unwrap_or_else(|| e.to_string());
                     }
@@ -495,7 +495,7 @@ async fn serve_commands(conn: quinn::Connection, executor: Arc<Executor>) {
                 Ok(None) => return,
                 Err(e) => {
                     tracing::warn!(peer = %conn.remote_address(), "bad command frame: {e}");
-                    let _ = tx.get_mut().reset(close_code::PROTOCOL_VIOLATION.into());
+                    let _ = tx.get_mut().reset(e.close_code().into());
                     return;
                 }
             };

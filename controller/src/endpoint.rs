@@ -199,7 +199,7 @@ impl<S: Store> Endpoint<S> {
             }
             Err(e) => {
                 tracing::warn!(%remote, "bad enrollment frame: {e}");
-                transport::close(&conn, close_code::PROTOCOL_VIOLATION, &e.to_string());
+                transport::close(&conn, e.close_code(), &e.to_string());
                 return;
             }
         };
@@ -257,13 +257,8 @@ impl<S: Store> Endpoint<S> {
                 return Err("no Hello".into());
             }
             Err(e) => {
-                let code = if matches!(e, shopfloor_wire::codec::FrameError::TooLarge { .. }) {
-                    close_code::FRAME_TOO_LARGE
-                } else {
-                    close_code::PROTOCOL_VIOLATION
-                };
                 tracing::warn!(agent = %key, peer = %conn.remote_address(), "bad frame on the control stream: {e}");
-                transport::close(&conn, code, &e.to_string());
+                transport::close(&conn, e.close_code(), &e.to_string());
                 return Err(e.to_string());
             }
         };
@@ -331,10 +326,9 @@ impl<S: Store> Endpoint<S> {
                     Ok(Some(_)) => {}
                     Ok(None) => break Ok("control stream closed".into()),
                     Err(e) => {
-                        let code = if matches!(e, shopfloor_wire::codec::FrameError::TooLarge { .. }) { close_code::FRAME_TOO_LARGE } else { close_code::PROTOCOL_VIOLATION };
                         if e.is_protocol_violation() {
                             tracing::warn!(agent = %key, peer = %conn.remote_address(), "bad frame on the control stream: {e}");
-                            transport::close(&conn, code, &e.to_string());
+                            transport::close(&conn, e.close_code(), &e.to_string());
                         }
                         break Err(e.to_string());
                     }

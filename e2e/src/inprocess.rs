@@ -22,7 +22,8 @@ use shopfloor_wire::{identity::AgentId, transport::Timing};
 pub struct Plant {
     pub core: Arc<Core<MemoryStore>>,
     pub world: World,
-    /// The controller's QUIC endpoint.
+    /// The controller's QUIC endpoint and its address.
+    pub endpoint: Arc<Endpoint<MemoryStore>>,
     pub addr: std::net::SocketAddr,
     _dir: tempfile::TempDir,
 }
@@ -69,7 +70,7 @@ impl Plant {
         .expect("endpoint");
         let endpoint_addr = ep.local_addr().expect("addr");
         let addr = endpoint_addr.to_string();
-        tokio::spawn(ep.run());
+        tokio::spawn(ep.clone().run());
         core.reconcile_world(0, &world).await;
         let key = ObjectKey::new("plant-a", "line-1");
         let secret = core
@@ -107,7 +108,7 @@ impl Plant {
         let want = plans.agents[&key].revision().to_owned();
         for _ in 0..200 {
             if core.registry.get(&key).and_then(|c| c.held_revision) == Some(want.clone()) {
-                return Self { core, world, addr: endpoint_addr, _dir: dir };
+                return Self { core, world, endpoint: ep, addr: endpoint_addr, _dir: dir };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -194,3 +194,100 @@ async fn a_connection_without_a_certificate_may_only_enroll() {
     let reason = refused_because(&e);
     assert!(reason.contains("may only enroll"), "{reason}");
 }
+
+/// Opens a certificate-less connection and writes `bytes` raw on a new stream; returns how the
+/// controller ended the connection.
+async fn send_raw(plant: &Plant, bytes: &[u8]) -> ConnectionError {
+    let fingerprint = endpoint::ensure_ca(&*plant.core.store).await.expect("ca").fingerprint();
+    let tls = tls::enrollment_client_config(&fingerprint).expect("tls");
+    let client = transport::client_endpoint(plant.addr).expect("endpoint");
+    let conn = client
+        .connect_with(transport::client_config(tls, Timing::default()).expect("cfg"), plant.addr, "127.0.0.1")
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let (mut send, _recv) = conn.open_bi().await.expect("stream");
+    send.write_all(bytes).await.expect("write");
+    tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.expect("closed")
+}
+
+fn closed_with(e: &ConnectionError) -> (u64, String) {
+    match e {
+        ConnectionError::ApplicationClosed(c) => {
+            (c.error_code.into_inner(), String::from_utf8_lossy(&c.reason).into_owned())
+        }
+        other => panic!("expected an application close, got {other}"),
+    }
+}
+
+/// A peer sending garbage or an oversized frame is closed with the code that says which; it
+/// costs the endpoint nothing else — the connected agent keeps running commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_or_oversized_frame_closes_only_that_connection() {
+    let world = objects(PLANT);
+    let template = world.commands[0].clone();
+    let plant = Plant::start(world).await;
+    // A length of 64 bytes followed by bytes that are no protobuf message.
+    let mut garbage = 64u32.to_be_bytes().to_vec();
+    garbage.extend([0xff; 64]);
+    let (code, reason) = closed_with(&send_raw(&plant, &garbage).await);
+    assert_eq!(code, u64::from(close_code::PROTOCOL_VIOLATION), "{reason}");
+    assert!(reason.contains("malformed"), "{reason}");
+    // A length far above the 1 MiB limit: refused before any of the body is read.
+    let (code, reason) = closed_with(&send_raw(&plant, &u32::MAX.to_be_bytes()).await);
+    assert_eq!(code, u64::from(close_code::FRAME_TOO_LARGE), "{reason}");
+
+    let key = shopfloor_controller::store::ObjectKey::new("plant-a", "line-1");
+    assert!(plant.core.registry.get(&key).is_some(), "the agent stays connected");
+    let eq = plant.equipment("robot").clone();
+    plant.core.reconcile_command(&Plant::command(&template, 0), Some(&eq)).await.expect("reconcile");
+    for _ in 0..100 {
+        if let Some(s) = plant.finished(0) {
+            assert_eq!(s.phase, Some(CommandPhase::Succeeded), "{s:?}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the command did not finish");
+}
+
+/// The controller's certificate is replaced while an agent is connected: the agent keeps its
+/// connection (same connection id) and its commands run; new connections get the new certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_certificate_is_replaced_without_dropping_live_connections() {
+    let world = objects(PLANT);
+    let template = world.commands[0].clone();
+    let plant = Plant::start(world).await;
+    let key = shopfloor_controller::store::ObjectKey::new("plant-a", "line-1");
+    let before = plant.core.registry.get(&key).expect("connected").connection_id;
+    let fingerprint = endpoint::ensure_ca(&*plant.core.store).await.expect("ca").fingerprint();
+    let server_cert = || async {
+        let tls = tls::enrollment_client_config(&fingerprint).expect("tls");
+        let client = transport::client_endpoint(plant.addr).expect("endpoint");
+        let conn = client
+            .connect_with(transport::client_config(tls, Timing::default()).expect("cfg"), plant.addr, "127.0.0.1")
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let cert = transport::peer_certificate(&conn).expect("server certificate");
+        conn.close(0u32.into(), b"");
+        cert
+    };
+    let old = server_cert().await;
+    plant.endpoint.rotate_server_certificate(&["127.0.0.1".into()]).expect("rotate");
+    assert_ne!(server_cert().await, old, "new connections get the new certificate");
+
+    let eq = plant.equipment("robot").clone();
+    plant.core.reconcile_command(&Plant::command(&template, 0), Some(&eq)).await.expect("reconcile");
+    let mut done = None;
+    for _ in 0..100 {
+        done = plant.finished(0);
+        if done.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(done.and_then(|s| s.phase), Some(CommandPhase::Succeeded));
+    let after = plant.core.registry.get(&key).expect("still connected").connection_id;
+    assert_eq!(before, after, "the live connection was not dropped");
+}

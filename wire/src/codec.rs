@@ -30,6 +30,14 @@ impl FrameError {
     pub fn is_protocol_violation(&self) -> bool {
         matches!(self, FrameError::TooLarge { .. } | FrameError::Malformed(_) | FrameError::Truncated)
     }
+
+    /// The application error code that closes the connection or stream over this error.
+    pub fn close_code(&self) -> u32 {
+        match self {
+            FrameError::TooLarge { .. } => crate::transport::close_code::FRAME_TOO_LARGE,
+            _ => crate::transport::close_code::PROTOCOL_VIOLATION,
+        }
+    }
 }
 
 fn codec(max: usize) -> LengthDelimitedCodec {
