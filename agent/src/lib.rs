@@ -9,7 +9,8 @@
 //! - `apply`: idempotent configuration apply with read-back;
 //! - `telemetry`: bounded buffering of readings while disconnected;
 //! - `session`: enrollment, connection, reconnection and the protocol loop;
-//! - `slices`: host traffic steering behind one trait (a logging `noop` backend for now).
+//! - `slices`: host traffic steering behind one trait (Linux netlink, or a logging `noop`);
+//! - `metrics`: Prometheus metrics and their HTTP endpoint.
 //!
 //! It depends on `shopfloor-wire`, never on Kubernetes crates.
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod commands;
 pub mod drivers;
 pub mod envelope;
 pub mod journal;
+pub mod metrics;
 pub mod session;
 pub mod sim;
 pub mod slices;

@@ -26,7 +26,13 @@ use shopfloor_wire::{
 };
 use tokio::sync::Mutex;
 
-use crate::{apply, commands::Executor, state::StateDir, telemetry::Buffer};
+use crate::{
+    apply,
+    commands::Executor,
+    metrics::{CodeLabel, Metrics, OutcomeLabel},
+    state::StateDir,
+    telemetry::Buffer,
+};
 
 const CREDENTIALS: &str = "agent.pem";
 const CA: &str = "ca.crt";
@@ -234,6 +240,7 @@ pub struct Agent {
     pub identity: Identity,
     pub executor: Arc<Executor>,
     pub telemetry: Arc<StdMutex<Buffer>>,
+    pub metrics: Arc<Metrics>,
     held: Mutex<Option<ApplyConfig>>,
     boot_id: String,
     version: String,
@@ -254,6 +261,7 @@ impl Agent {
             identity,
             executor,
             telemetry: Arc::new(StdMutex::new(Buffer::new(buffer))),
+            metrics: Arc::default(),
             held: Mutex::new(None),
             boot_id: b.iter().map(|x| format!("{x:02x}")).collect(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -272,6 +280,7 @@ impl Agent {
         };
         tracing::info!(revision = %cfg.revision, "restoring the last configuration from disk");
         let applied = apply::apply(&self.executor, &cfg).await;
+        self.record_apply(&applied);
         *self.held.lock().await = Some(cfg);
         Some(applied)
     }
@@ -280,9 +289,26 @@ impl Agent {
         // Persist first: after a crash the agent restores what the controller last asked for.
         self.state.write(CONFIG, &cfg.encode_to_vec(), 0o600)?;
         let applied = apply::apply(&self.executor, &cfg).await;
+        self.record_apply(&applied);
         tracing::info!(revision = %cfg.revision, failures = apply::needs_retry(&self.executor, &applied), "configuration applied");
         *self.held.lock().await = Some(cfg);
         Ok(applied)
+    }
+
+    fn record_apply(&self, applied: &proto::ConfigApplied) {
+        let outcome = if apply::has_failures(applied) { "failed" } else { "applied" };
+        self.metrics.config_applies.get_or_create(&OutcomeLabel { outcome: outcome.into() }).inc();
+        let ok = applied.slices.iter().filter(|s| s.ok).count();
+        self.metrics.slices_applied.set(i64::try_from(ok).unwrap_or(i64::MAX));
+        self.metrics.slices_failed.set(i64::try_from(applied.slices.len() - ok).unwrap_or(i64::MAX));
+    }
+
+    /// Brings the gauges read from the agent's state up to date (before each scrape).
+    pub fn refresh_metrics(&self) {
+        let buffer = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
+        self.metrics.telemetry_buffered.set(i64::try_from(buffer.len()).unwrap_or(i64::MAX));
+        let counted = self.metrics.telemetry_dropped.get();
+        self.metrics.telemetry_dropped.inc_by(buffer.dropped_total().saturating_sub(counted));
     }
 
     /// Reads every equipment's properties at its reporting interval into the telemetry buffer.
@@ -415,8 +441,19 @@ impl Agent {
             }
         };
         tracing::info!(controller = %id.controller, replica = %welcome.controller_replica, rtt = ?conn.rtt(), "connected");
+        self.metrics.sessions.inc();
+        self.metrics.connected.set(1);
+        self.metrics.rtt_seconds.set(conn.rtt().as_secs_f64());
+        // Whatever ends the session, the gauge says so.
+        struct Disconnected<'a>(&'a Metrics);
+        impl Drop for Disconnected<'_> {
+            fn drop(&mut self) {
+                self.0.connected.set(0);
+            }
+        }
+        let _disconnected = Disconnected(&self.metrics);
 
-        let commands = tokio::spawn(serve_commands(conn.clone(), self.executor.clone()));
+        let commands = tokio::spawn(serve_commands(conn.clone(), self.executor.clone(), self.metrics.clone()));
         let reports = tokio::spawn(send_reports(conn.clone(), self.telemetry.clone()));
         let renew_before = Duration::from_secs(welcome.renew_before_secs);
         let mut renew_check = tokio::time::interval(Duration::from_secs(1));
@@ -453,6 +490,7 @@ impl Agent {
                     }
                 },
                 _ = renew_check.tick() => {
+                    self.metrics.rtt_seconds.set(conn.rtt().as_secs_f64());
                     let creds_now = load_credentials(&self.state)?;
                     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
                     let left = Duration::from_secs((creds_now.not_after - now).max(0).unsigned_abs());
@@ -468,6 +506,7 @@ impl Agent {
                     if let Some((at, wait)) = retry_at && Instant::now() >= at
                         && let Some(cfg) = self.held.lock().await.clone() {
                             let applied = apply::apply(&self.executor, &cfg).await;
+                            self.record_apply(&applied);
                             retry_at = apply::needs_retry(&self.executor, &applied).then(|| (Instant::now() + wait * 2, (wait * 2).min(Duration::from_secs(60))));
                             let m = AgentMessage { body: Some(agent_message::Body::ConfigApplied(applied)) };
                             if let Err(e) = tx.lock().await.send(&m).await { break format!("control stream: {e}"); }
@@ -483,9 +522,10 @@ impl Agent {
 }
 
 /// Accepts one bidirectional stream per command and answers it: ack, then result.
-async fn serve_commands(conn: quinn::Connection, executor: Arc<Executor>) {
+async fn serve_commands(conn: quinn::Connection, executor: Arc<Executor>, metrics: Arc<Metrics>) {
     while let Ok((send, recv)) = conn.accept_bi().await {
         let executor = executor.clone();
+        let metrics = metrics.clone();
         let conn = conn.clone();
         tokio::spawn(async move {
             let mut rx = FrameReader::new(recv, DEFAULT_MAX_FRAME);
@@ -508,6 +548,9 @@ async fn serve_commands(conn: quinn::Connection, executor: Arc<Executor>) {
             };
             let _ = tx.send(&ack).await;
             let result = executor.execute(&cmd, received).await;
+            let label = CodeLabel { code: format!("{:?}", result.code()), replayed: result.replayed.to_string() };
+            metrics.commands.get_or_create(&label).inc();
+            metrics.command_duration.observe((now_micros() - received).max(0) as f64 / 1e6);
             tracing::info!(command = %cmd.id, equipment = %cmd.equipment, action = %cmd.action, code = ?result.code(), replayed = result.replayed, "command answered");
             let _ = tx.send(&CommandReply { body: Some(command_reply::Body::Result(result)) }).await;
             let _ = tx.get_mut().finish();

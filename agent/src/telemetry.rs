@@ -10,17 +10,25 @@ pub struct Buffer {
     queue: VecDeque<Reading>,
     capacity: usize,
     dropped: u64,
+    /// Every reading ever dropped (the drop count above resets when reported).
+    dropped_total: u64,
 }
 
 impl Buffer {
     pub fn new(capacity: usize) -> Self {
-        Self { queue: VecDeque::with_capacity(capacity.min(4096)), capacity: capacity.max(1), dropped: 0 }
+        Self {
+            queue: VecDeque::with_capacity(capacity.min(4096)),
+            capacity: capacity.max(1),
+            dropped: 0,
+            dropped_total: 0,
+        }
     }
 
     pub fn push(&mut self, r: Reading) {
         if self.queue.len() == self.capacity {
             self.queue.pop_front();
             self.dropped += 1;
+            self.dropped_total += 1;
         }
         self.queue.push_back(r);
     }
@@ -38,10 +46,15 @@ impl Buffer {
         for r in readings.into_iter().rev() {
             if self.queue.len() == self.capacity {
                 self.dropped += 1;
+                self.dropped_total += 1;
                 continue;
             }
             self.queue.push_front(r);
         }
+    }
+
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total
     }
 
     pub fn len(&self) -> usize {
@@ -71,6 +84,7 @@ mod tests {
         assert_eq!(out.iter().map(|x| x.observed_unix_micros).collect::<Vec<_>>(), vec![2, 3, 4]);
         assert_eq!(dropped, 2);
         assert_eq!(b.drain(10).1, 0, "the count resets once reported");
+        assert_eq!(b.dropped_total(), 2, "the total does not (it feeds a Prometheus counter)");
     }
 
     #[test]

@@ -217,8 +217,32 @@ impl Scenario {
         self.spawn(
             &format!("agent-{name}"),
             "shopfloor-agent",
-            &["--state-dir", &state, "run", "--envelope", &envelope, "--slice-backend", "noop"],
+            &[
+                "--state-dir",
+                &state,
+                "run",
+                "--envelope",
+                &envelope,
+                "--slice-backend",
+                "noop",
+                "--metrics",
+                "127.0.0.1:0",
+            ],
         );
+    }
+
+    /// Agent `name`'s Prometheus metrics, scraped over HTTP from the address it logged.
+    pub fn agent_metrics(&self, name: &str) -> String {
+        use std::io::{Read, Write};
+        let line =
+            wait_for_line(&self.path(&format!("agent-{name}.log")), "metrics on http://", Duration::from_secs(10));
+        let addr = line.split("http://").nth(1).and_then(|r| r.split('/').next()).expect("metrics address").to_owned();
+        let mut conn = std::net::TcpStream::connect(&addr).expect("metrics endpoint");
+        conn.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).expect("request");
+        let mut response = String::new();
+        conn.read_to_string(&mut response).expect("response");
+        assert!(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"), "{response}");
+        response
     }
 
     /// The status of an object as the standalone controller recorded it.

@@ -88,6 +88,16 @@ fn enroll_connect_apply_command_and_refusals() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("phase:     Succeeded") && out.contains("latency:   queue"), "{out}");
     assert!(s.sim_writes("sim", "holding", 0).contains(&vec![150]));
+    let metrics = s.agent_metrics("line-1");
+    for line in [
+        "shopfloor_agent_connected 1",
+        "shopfloor_agent_sessions_total 1",
+        r#"shopfloor_agent_commands_total{code="Ok",replayed="false"} 1"#,
+        r#"shopfloor_agent_config_applies_total{outcome="applied"}"#,
+        "shopfloor_agent_command_duration_seconds_count 1",
+    ] {
+        assert!(metrics.contains(line), "agent metrics lack `{line}`:\n{metrics}");
+    }
 
     // Refusals name the field and never reach the equipment.
     let writes_before = s.sim_writes("sim", "holding", 0).len();

@@ -9,6 +9,7 @@ use shopfloor_agent::{
     commands::Executor,
     envelope::Envelope,
     journal::Journal,
+    metrics,
     session::{self, Agent},
     slices,
     state::StateDir,
@@ -24,7 +25,8 @@ use shopfloor_wire::{identity::AgentId, transport::Timing};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// YAML file with defaults for the options below (keys: stateDir, envelope, log, ...).
+    /// YAML file with defaults for the options below (keys: stateDir, log, envelope,
+    /// telemetryBuffer, sliceBackend, metrics, controller, caSha256, agent).
     #[arg(long, global = true, env = "SHOPFLOOR_CONFIG")]
     config: Option<PathBuf>,
     /// Where the agent keeps its key, certificate, last configuration and command journal.
@@ -41,18 +43,19 @@ struct Cli {
 enum Command {
     /// Enroll this host once with a bootstrap token; the key is generated here and never leaves.
     Enroll {
-        /// The controller's QUIC address, host:port.
+        /// The controller's QUIC address, host:port (or `controller:` in the config file).
         #[arg(long, env = "SHOPFLOOR_CONTROLLER")]
-        controller: String,
+        controller: Option<String>,
         /// The single-use bootstrap token (`<id>.<secret>`).
         #[arg(long, env = "SHOPFLOOR_TOKEN")]
         token: String,
-        /// SHA-256 of the plant CA certificate, as printed by `kubectl shopfloor enroll`.
+        /// SHA-256 of the plant CA certificate, as printed by `kubectl shopfloor enroll` (or
+        /// `caSha256:` in the config file).
         #[arg(long, env = "SHOPFLOOR_CA_SHA256")]
-        ca_sha256: String,
-        /// This agent, `<namespace>/<name>` of its EdgeAgent.
+        ca_sha256: Option<String>,
+        /// This agent, `<namespace>/<name>` of its EdgeAgent (or `agent:` in the config file).
         #[arg(long, env = "SHOPFLOOR_AGENT")]
-        agent: String,
+        agent: Option<String>,
         /// Name to check the controller's certificate against (default: the controller host).
         #[arg(long, env = "SHOPFLOOR_SERVER_NAME")]
         server_name: Option<String>,
@@ -69,6 +72,14 @@ enum Command {
         /// DSCP, shaping; needs CAP_NET_ADMIN) or `noop` (log only). Default: linux on Linux.
         #[arg(long, env = "SHOPFLOOR_SLICE_BACKEND")]
         slice_backend: Option<String>,
+        /// Serve Prometheus metrics on this address (`/metrics`, and `/healthz`), e.g.
+        /// 127.0.0.1:9464. Off unless given.
+        #[arg(long, env = "SHOPFLOOR_METRICS")]
+        metrics: Option<std::net::SocketAddr>,
+        /// Dial this controller address instead of the one recorded at enrollment (the
+        /// controller moved; its certificate must still cover the recorded server name).
+        #[arg(long, env = "SHOPFLOOR_CONTROLLER")]
+        controller: Option<String>,
     },
 }
 
@@ -80,6 +91,10 @@ struct FileConfig {
     envelope: Option<PathBuf>,
     telemetry_buffer: Option<usize>,
     slice_backend: Option<String>,
+    metrics: Option<std::net::SocketAddr>,
+    controller: Option<String>,
+    ca_sha256: Option<String>,
+    agent: Option<String>,
 }
 
 #[tokio::main]
@@ -103,6 +118,11 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot use the state directory {}", state_dir.display()))?;
     match cli.command {
         Command::Enroll { controller, token, ca_sha256, agent, server_name } => {
+            let controller =
+                controller.or(file.controller).context("--controller is required (or `controller:` in --config)")?;
+            let ca_sha256 =
+                ca_sha256.or(file.ca_sha256).context("--ca-sha256 is required (or `caSha256:` in --config)")?;
+            let agent = agent.or(file.agent).context("--agent is required (or `agent:` in --config)")?;
             let (ns, name) = agent.split_once('/').context("--agent must be <namespace>/<name>")?;
             let id = session::enroll(
                 &state,
@@ -116,8 +136,11 @@ async fn main() -> anyhow::Result<()> {
             println!("enrolled as {}/{}; start the agent with `shopfloor-agent run`", id.namespace, id.name);
             Ok(())
         }
-        Command::Run { envelope, telemetry_buffer, slice_backend } => {
-            let identity = session::load_identity(&state)?;
+        Command::Run { envelope, telemetry_buffer, slice_backend, metrics, controller } => {
+            let mut identity = session::load_identity(&state)?;
+            if let Some(c) = controller.or(file.controller) {
+                identity.controller = c;
+            }
             let envelope_path =
                 envelope.or(file.envelope).unwrap_or_else(|| PathBuf::from("/etc/shopfloor/envelope.yaml"));
             let envelope = Envelope::load(&envelope_path)?;
@@ -129,6 +152,13 @@ async fn main() -> anyhow::Result<()> {
             let agent =
                 Agent::new(state, identity, executor, telemetry_buffer.or(file.telemetry_buffer).unwrap_or(10_000));
             tracing::info!(agent = %format!("{}/{}", agent.identity.namespace, agent.identity.name), controller = %agent.identity.controller, "starting");
+            if let Some(addr) = metrics.or(file.metrics) {
+                let a = agent.clone();
+                let bound = metrics::serve(addr, agent.metrics.clone(), Arc::new(move || a.refresh_metrics()))
+                    .await
+                    .with_context(|| format!("cannot serve metrics on {addr}"))?;
+                tracing::info!("metrics on http://{bound}/metrics");
+            }
             agent.restore().await;
             tokio::spawn(agent.clone().poll_telemetry());
             tokio::select! {

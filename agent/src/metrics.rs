@@ -1,0 +1,115 @@
+//! The agent's Prometheus metrics and the HTTP endpoint that serves them (`/metrics`, and
+//! `/healthz` for a liveness probe). Served only when `--metrics <addr>` is given.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex, atomic::AtomicU64},
+};
+
+use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The result code as the plugin prints it, e.g. `Ok`, `OutOfLimits`, `Expired`.
+    pub code: String,
+    /// Whether the result came from the journal (a redelivery) instead of an execution.
+    pub replayed: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+/// What an SRE watches on a plant host.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// 1 while a session with the controller is up.
+    pub connected: Gauge,
+    /// Smoothed round-trip time of the current connection.
+    pub rtt_seconds: Gauge<f64, AtomicU64>,
+    pub sessions: Counter,
+    pub commands: Family<CodeLabel, Counter>,
+    /// Receipt to result on the agent, seconds.
+    pub command_duration: Histogram,
+    pub config_applies: Family<OutcomeLabel, Counter>,
+    pub telemetry_buffered: Gauge,
+    pub telemetry_dropped: Counter,
+    pub slices_applied: Gauge,
+    pub slices_failed: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let m = Self {
+            registry: Mutex::new(Registry::default()),
+            connected: Gauge::default(),
+            rtt_seconds: Gauge::default(),
+            sessions: Counter::default(),
+            commands: Family::default(),
+            command_duration: Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0]),
+            config_applies: Family::default(),
+            telemetry_buffered: Gauge::default(),
+            telemetry_dropped: Counter::default(),
+            slices_applied: Gauge::default(),
+            slices_failed: Gauge::default(),
+        };
+        let mut r = Registry::with_prefix("shopfloor_agent");
+        r.register("connected", "1 while a session with the controller is up", m.connected.clone());
+        r.register("rtt_seconds", "Round-trip time to the controller", m.rtt_seconds.clone());
+        r.register("sessions", "Sessions established with the controller", m.sessions.clone());
+        r.register("commands", "Commands answered, by result code", m.commands.clone());
+        r.register(
+            "command_duration_seconds",
+            "Receipt to result of commands on the agent",
+            m.command_duration.clone(),
+        );
+        r.register("config_applies", "Configuration applies, by outcome", m.config_applies.clone());
+        r.register("telemetry_buffered", "Readings waiting to be sent", m.telemetry_buffered.clone());
+        r.register("telemetry_dropped", "Readings dropped because the buffer was full", m.telemetry_dropped.clone());
+        r.register("slices_applied", "Network slices steered on this host", m.slices_applied.clone());
+        r.register("slices_failed", "Network slices that could not be steered", m.slices_failed.clone());
+        *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = r;
+        m
+    }
+}
+
+impl Metrics {
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry.lock().unwrap_or_else(|p| p.into_inner()));
+        out
+    }
+}
+
+/// Brings gauges read from the agent's state up to date before a scrape.
+pub type Refresh = Arc<dyn Fn() + Send + Sync>;
+
+/// Serves `/metrics` and `/healthz` on `addr`. Returns the bound address.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, before_scrape: Refresh) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|State((m, refresh)): State<(Arc<Metrics>, Refresh)>| async move {
+                refresh();
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render()).into_response()
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state((metrics, before_scrape));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("metrics endpoint stopped: {e}");
+        }
+    });
+    Ok(bound)
+}
