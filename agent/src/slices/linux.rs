@@ -109,7 +109,8 @@ async fn reconcile(slices: &[SliceConfig]) -> Result<Vec<SliceResult>, String> {
 
 async fn reconcile_with(handle: &Handle, slices: &[SliceConfig]) -> Result<Vec<SliceResult>, String> {
     let links = links(handle).await?;
-    let mut errors: HashMap<&str, String> = HashMap::new();
+    // The first failure of each slice, by slice name.
+    let mut errors: HashMap<String, String> = HashMap::new();
     let mut wanted: Vec<Wanted<'_>> = Vec::new();
     for s in slices {
         let clash = wanted.iter().find_map(|w| {
@@ -126,14 +127,14 @@ async fn reconcile_with(handle: &Handle, slices: &[SliceConfig]) -> Result<Vec<S
             Some(format!("{what} is already used by slice {} on this agent; give each slice its own", o.name))
         });
         if let Some(msg) = clash {
-            errors.insert(&s.name, msg);
+            errors.insert(s.name.clone(), msg);
             continue;
         }
         match links.get(&s.interface) {
             Some(&ifindex) => wanted.push(Wanted { slice: s, ifindex }),
             None => {
                 errors.insert(
-                    &s.name,
+                    s.name.clone(),
                     format!(
                         "interface {} does not exist on this host (is the slice's PDU session up?); \
                          its steering is set up by the next configuration apply",
@@ -145,7 +146,7 @@ async fn reconcile_with(handle: &Handle, slices: &[SliceConfig]) -> Result<Vec<S
     }
     let mut fail = |slice: &str, msg: String| {
         tracing::warn!(slice, "{msg}");
-        errors.entry(slices.iter().find(|s| s.name == slice).map_or("", |s| s.name.as_str())).or_insert(msg);
+        errors.entry(slice.to_owned()).or_insert(msg);
     };
 
     for version in [IpVersion::V4, IpVersion::V6] {
@@ -156,7 +157,7 @@ async fn reconcile_with(handle: &Handle, slices: &[SliceConfig]) -> Result<Vec<S
 
     Ok(slices
         .iter()
-        .map(|s| match errors.get(s.name.as_str()) {
+        .map(|s| match errors.get(&s.name) {
             Some(msg) => SliceResult { slice: s.name.clone(), ok: false, message: msg.clone() },
             None => SliceResult {
                 slice: s.name.clone(),
