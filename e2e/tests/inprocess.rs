@@ -74,6 +74,18 @@ async fn many_commands_each_end_once_with_timestamps_and_latencies() {
     );
 }
 
+/// A QUIC connection to the plant's controller with `cfg`.
+async fn connect(plant: &Plant, cfg: quinn::ClientConfig) -> quinn::Connection {
+    let client = transport::client_endpoint(plant.addr).expect("endpoint");
+    client.connect_with(cfg, plant.addr, "127.0.0.1").expect("connect").await.expect("the TLS handshake succeeds")
+}
+
+/// A client configuration without a certificate, pinning the plant CA: the enrollment path.
+async fn certificate_less(plant: &Plant) -> quinn::ClientConfig {
+    let fingerprint = endpoint::ensure_ca(&*plant.core.store).await.expect("ca").fingerprint();
+    transport::client_config(tls::enrollment_client_config(&fingerprint).expect("tls"), Timing::default()).expect("cfg")
+}
+
 /// Dials the controller with a certificate the plant CA signed for `id` and says Hello; returns
 /// how the controller ended the connection.
 async fn dial_as(plant: &Plant, id: &AgentId) -> ConnectionError {
@@ -174,14 +186,7 @@ async fn enrollment_refuses_a_used_and_an_expired_token_and_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_without_a_certificate_may_only_enroll() {
     let plant = Plant::start(objects(PLANT)).await;
-    let fingerprint = endpoint::ensure_ca(&*plant.core.store).await.expect("ca").fingerprint();
-    let tls = tls::enrollment_client_config(&fingerprint).expect("tls");
-    let client = transport::client_endpoint(plant.addr).expect("endpoint");
-    let conn = client
-        .connect_with(transport::client_config(tls, Timing::default()).expect("cfg"), plant.addr, "127.0.0.1")
-        .expect("connect")
-        .await
-        .expect("handshake");
+    let conn = connect(&plant, certificate_less(&plant).await).await;
     let (send, _recv) = conn.open_bi().await.expect("stream");
     let hello = proto::AgentMessage {
         body: Some(proto::agent_message::Body::Hello(proto::Hello {
@@ -198,14 +203,7 @@ async fn a_connection_without_a_certificate_may_only_enroll() {
 /// Opens a certificate-less connection and writes `bytes` raw on a new stream; returns how the
 /// controller ended the connection.
 async fn send_raw(plant: &Plant, bytes: &[u8]) -> ConnectionError {
-    let fingerprint = endpoint::ensure_ca(&*plant.core.store).await.expect("ca").fingerprint();
-    let tls = tls::enrollment_client_config(&fingerprint).expect("tls");
-    let client = transport::client_endpoint(plant.addr).expect("endpoint");
-    let conn = client
-        .connect_with(transport::client_config(tls, Timing::default()).expect("cfg"), plant.addr, "127.0.0.1")
-        .expect("connect")
-        .await
-        .expect("handshake");
+    let conn = connect(plant, certificate_less(plant).await).await;
     let (mut send, _recv) = conn.open_bi().await.expect("stream");
     send.write_all(bytes).await.expect("write");
     tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.expect("closed")
@@ -260,15 +258,8 @@ async fn the_server_certificate_is_replaced_without_dropping_live_connections() 
     let plant = Plant::start(world).await;
     let key = shopfloor_controller::store::ObjectKey::new("plant-a", "line-1");
     let before = plant.core.registry.get(&key).expect("connected").connection_id;
-    let fingerprint = endpoint::ensure_ca(&*plant.core.store).await.expect("ca").fingerprint();
     let server_cert = || async {
-        let tls = tls::enrollment_client_config(&fingerprint).expect("tls");
-        let client = transport::client_endpoint(plant.addr).expect("endpoint");
-        let conn = client
-            .connect_with(transport::client_config(tls, Timing::default()).expect("cfg"), plant.addr, "127.0.0.1")
-            .expect("connect")
-            .await
-            .expect("handshake");
+        let conn = connect(&plant, certificate_less(&plant).await).await;
         let cert = transport::peer_certificate(&conn).expect("server certificate");
         conn.close(0u32.into(), b"");
         cert
