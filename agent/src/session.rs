@@ -26,6 +26,8 @@ use shopfloor_wire::{
 };
 use tokio::sync::Mutex;
 
+use shopfloor_trace::{Kind, Span, TraceContext, Tracer};
+
 use crate::{
     apply,
     commands::Executor,
@@ -241,6 +243,7 @@ pub struct Agent {
     pub executor: Arc<Executor>,
     pub telemetry: Arc<StdMutex<Buffer>>,
     pub metrics: Arc<Metrics>,
+    tracer: std::sync::RwLock<Tracer>,
     held: Mutex<Option<ApplyConfig>>,
     boot_id: String,
     version: String,
@@ -262,6 +265,7 @@ impl Agent {
             executor,
             telemetry: Arc::new(StdMutex::new(Buffer::new(buffer))),
             metrics: Arc::default(),
+            tracer: std::sync::RwLock::default(),
             held: Mutex::new(None),
             boot_id: b.iter().map(|x| format!("{x:02x}")).collect(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -293,6 +297,11 @@ impl Agent {
         tracing::info!(revision = %cfg.revision, failures = apply::needs_retry(&self.executor, &applied), "configuration applied");
         *self.held.lock().await = Some(cfg);
         Ok(applied)
+    }
+
+    /// Exports a span per executed command through `tracer` from now on.
+    pub fn trace_to(&self, tracer: Tracer) {
+        *self.tracer.write().unwrap_or_else(|p| p.into_inner()) = tracer;
     }
 
     fn record_apply(&self, applied: &proto::ConfigApplied) {
@@ -453,7 +462,8 @@ impl Agent {
         }
         let _disconnected = Disconnected(&self.metrics);
 
-        let commands = tokio::spawn(serve_commands(conn.clone(), self.executor.clone(), self.metrics.clone()));
+        let tracer = self.tracer.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let commands = tokio::spawn(serve_commands(conn.clone(), self.executor.clone(), self.metrics.clone(), tracer));
         let reports = tokio::spawn(send_reports(conn.clone(), self.telemetry.clone()));
         let renew_before = Duration::from_secs(welcome.renew_before_secs);
         let mut renew_check = tokio::time::interval(Duration::from_secs(1));
@@ -522,10 +532,11 @@ impl Agent {
 }
 
 /// Accepts one bidirectional stream per command and answers it: ack, then result.
-async fn serve_commands(conn: quinn::Connection, executor: Arc<Executor>, metrics: Arc<Metrics>) {
+async fn serve_commands(conn: quinn::Connection, executor: Arc<Executor>, metrics: Arc<Metrics>, tracer: Tracer) {
     while let Ok((send, recv)) = conn.accept_bi().await {
         let executor = executor.clone();
         let metrics = metrics.clone();
+        let tracer = tracer.clone();
         let conn = conn.clone();
         tokio::spawn(async move {
             let mut rx = FrameReader::new(recv, DEFAULT_MAX_FRAME);
@@ -551,11 +562,58 @@ async fn serve_commands(conn: quinn::Connection, executor: Arc<Executor>, metric
             let label = CodeLabel { code: format!("{:?}", result.code()), replayed: result.replayed.to_string() };
             metrics.commands.get_or_create(&label).inc();
             metrics.command_duration.observe((now_micros() - received).max(0) as f64 / 1e6);
+            for span in command_spans(&cmd, &result) {
+                tracer.record(span);
+            }
             tracing::info!(command = %cmd.id, equipment = %cmd.equipment, action = %cmd.action, code = ?result.code(), replayed = result.replayed, "command answered");
             let _ = tx.send(&CommandReply { body: Some(command_reply::Body::Result(result)) }).await;
             let _ = tx.get_mut().finish();
         });
     }
+}
+
+/// The agent's spans of a command, in the trace the controller's `traceparent` names: one for
+/// receipt to result, and a child for the execution itself (after validation, the journal and
+/// the wait for the equipment's turn) when the command ran.
+fn command_spans(cmd: &proto::Command, result: &proto::CommandResult) -> Vec<Span> {
+    let Some(parent) = TraceContext::parse(&cmd.traceparent) else { return vec![] };
+    let code = format!("{:?}", result.code());
+    let failed = result.code() != proto::ResultCode::Ok;
+    let error = failed.then(|| format!("{code}: {}", result.message));
+    let handled = TraceContext { trace_id: parent.trace_id, span_id: shopfloor_trace::random_span_id() };
+    let end = shopfloor_trace::from_unix_micros(result.finished_unix_micros.max(result.received_unix_micros));
+    let mut spans = vec![Span {
+        name: format!("execute {}/{}", cmd.equipment, cmd.action),
+        context: handled,
+        parent: Some(parent.span_id),
+        remote_parent: true,
+        kind: Kind::Server,
+        start: shopfloor_trace::from_unix_micros(result.received_unix_micros),
+        end,
+        attributes: vec![
+            ("shopfloor.command_id", cmd.id.clone().into()),
+            ("shopfloor.equipment", cmd.equipment.clone().into()),
+            ("shopfloor.action", cmd.action.clone().into()),
+            ("shopfloor.result", code.into()),
+            ("shopfloor.replayed", result.replayed.into()),
+            ("shopfloor.dry_run", cmd.dry_run.into()),
+        ],
+        error: error.clone(),
+    }];
+    if result.started_unix_micros > 0 && !result.replayed {
+        spans.push(Span {
+            name: format!("{} {}", if cmd.dry_run { "dry-run" } else { "run" }, cmd.action),
+            context: TraceContext { trace_id: parent.trace_id, span_id: shopfloor_trace::random_span_id() },
+            parent: Some(handled.span_id),
+            remote_parent: false,
+            kind: Kind::Internal,
+            start: shopfloor_trace::from_unix_micros(result.started_unix_micros),
+            end,
+            attributes: vec![("shopfloor.equipment", cmd.equipment.clone().into())],
+            error,
+        });
+    }
+    spans
 }
 
 /// Sends buffered readings on unidirectional streams; on failure they go back into the buffer.

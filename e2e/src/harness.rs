@@ -73,6 +73,8 @@ impl Drop for Proc {
 pub struct Scenario {
     pub dir: tempfile::TempDir,
     pub procs: Mutex<Vec<Proc>>,
+    /// Environment every process started from now on gets.
+    env: Mutex<Vec<(String, String)>>,
 }
 
 impl Default for Scenario {
@@ -83,7 +85,12 @@ impl Default for Scenario {
 
 impl Scenario {
     pub fn new() -> Self {
-        Self { dir: tempfile::tempdir().expect("temporary directory"), procs: Mutex::default() }
+        Self { dir: tempfile::tempdir().expect("temporary directory"), procs: Mutex::default(), env: Mutex::default() }
+    }
+
+    /// Sets `key=value` in the environment of every process started after this.
+    pub fn set_env(&self, key: &str, value: &str) {
+        self.env.lock().unwrap_or_else(|p| p.into_inner()).push((key.into(), value.into()));
     }
 
     pub fn path(&self, p: &str) -> PathBuf {
@@ -110,6 +117,7 @@ impl Scenario {
             .current_dir(self.dir.path())
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
+            .envs(self.env.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k, v)))
             .envs(envs.iter().copied())
             .stdout(out.try_clone().expect("dup"))
             .stderr(out)

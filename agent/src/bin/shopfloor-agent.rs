@@ -26,7 +26,7 @@ use shopfloor_wire::{identity::AgentId, transport::Timing};
 #[command(version, about)]
 struct Cli {
     /// YAML file with defaults for the options below (keys: stateDir, log, envelope,
-    /// telemetryBuffer, sliceBackend, metrics, controller, caSha256, agent).
+    /// telemetryBuffer, sliceBackend, metrics, otlpEndpoint, controller, caSha256, agent).
     #[arg(long, global = true, env = "SHOPFLOOR_CONFIG")]
     config: Option<PathBuf>,
     /// Where the agent keeps its key, certificate, last configuration and command journal.
@@ -80,6 +80,10 @@ enum Command {
         /// controller moved; its certificate must still cover the recorded server name).
         #[arg(long, env = "SHOPFLOOR_CONTROLLER")]
         controller: Option<String>,
+        /// Export a span per command over OTLP/HTTP to this collector (base URL, e.g.
+        /// http://otel-collector:4318), in the trace the controller started. Off unless given.
+        #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+        otlp_endpoint: Option<String>,
     },
 }
 
@@ -92,6 +96,7 @@ struct FileConfig {
     telemetry_buffer: Option<usize>,
     slice_backend: Option<String>,
     metrics: Option<std::net::SocketAddr>,
+    otlp_endpoint: Option<String>,
     controller: Option<String>,
     ca_sha256: Option<String>,
     agent: Option<String>,
@@ -138,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
             println!("enrolled as {}/{}; start the agent with `shopfloor-agent run`", id.namespace, id.name);
             Ok(())
         }
-        Command::Run { envelope, telemetry_buffer, slice_backend, metrics, controller } => {
+        Command::Run { envelope, telemetry_buffer, slice_backend, metrics, controller, otlp_endpoint } => {
             let mut identity = session::load_identity(&state)?;
             if let Some(c) = controller.or(file.controller) {
                 identity.controller = c;
@@ -160,6 +165,10 @@ async fn main() -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("cannot serve metrics on {addr}"))?;
                 tracing::info!("metrics on http://{bound}/metrics");
+            }
+            if let Some(endpoint) = otlp_endpoint.or(file.otlp_endpoint) {
+                agent.trace_to(shopfloor_trace::Tracer::otlp(&endpoint, "shopfloor-agent")?);
+                tracing::info!(collector = %endpoint, "exporting command spans over OTLP");
             }
             agent.restore().await;
             tokio::spawn(agent.clone().poll_telemetry());

@@ -47,6 +47,19 @@ struct Args {
     /// Log filter, e.g. `info` or `shopfloor_controller=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
+    /// Export each command's spans over OTLP/HTTP to this collector (base URL, e.g.
+    /// http://otel-collector:4318). Off unless given.
+    #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+}
+
+/// Points the command engine at the OTLP collector, if one is configured.
+fn trace_commands<S: shopfloor_controller::store::Store>(core: &Core<S>, args: &Args) -> anyhow::Result<()> {
+    if let Some(endpoint) = &args.otlp_endpoint {
+        core.engine.trace_to(shopfloor_trace::Tracer::otlp(endpoint, "shopfloor-controller")?);
+        tracing::info!(collector = %endpoint, "exporting command spans over OTLP");
+    }
+    Ok(())
 }
 
 /// Label the leading replica's pod carries; the chart's QUIC Service selects on it.
@@ -72,6 +85,7 @@ async fn run_standalone(args: &Args, dir: &PathBuf, health: Arc<metrics::Health>
     let store = FolderStore::open(dir, &args.state_dir)
         .with_context(|| format!("cannot use {} with state directory {}", dir.display(), args.state_dir.display()))?;
     let core = Core::new(Arc::new(store), &args.replica, Duration::from_secs(1));
+    trace_commands(&core, args)?;
     let (addr, _http) = metrics::serve(args.http, core.metrics.clone(), health.clone())
         .await
         .with_context(|| format!("cannot listen on {} for health and metrics", args.http))?;
@@ -108,6 +122,7 @@ async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Resul
     )?;
     let store = KubeStore::new(client.clone(), &args.namespace);
     let core = Core::new(Arc::new(store), &args.replica, Duration::from_secs(1));
+    trace_commands(&core, args)?;
     let (addr, _http) = metrics::serve(args.http, core.metrics.clone(), health.clone()).await?;
     let ca = endpoint::ensure_ca(&*core.store).await.context("cannot load or create the plant CA Secret")?;
     tracing::info!(http = %addr, namespace = %args.namespace, replica = %args.replica, "controller started; electing a leader");

@@ -6,6 +6,7 @@
 //! journal turns the redelivery into the recorded result instead of a second execution.
 
 pub mod lifecycle;
+pub mod spans;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -26,6 +27,7 @@ use crate::{
     registry::{Dispatch, Registry, Reply},
     store::{ObjectKey, StatusUpdate, Store, StoreError},
 };
+use shopfloor_trace::{TraceContext, Tracer};
 
 /// When a command should be looked at again.
 pub type Requeue = Option<Duration>;
@@ -57,6 +59,8 @@ struct Inner<S> {
     in_flight: Mutex<HashSet<String>>,
     /// Serialises the transitions of each command (its replies and reconciles race otherwise).
     transitions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Where command spans go (nowhere unless an OTLP collector is configured).
+    tracer: std::sync::RwLock<Tracer>,
 }
 
 /// A command and what the engine needs to know about it.
@@ -91,8 +95,18 @@ impl<S: Store> Engine<S> {
                 statuses: Mutex::default(),
                 in_flight: Mutex::default(),
                 transitions: Mutex::default(),
+                tracer: std::sync::RwLock::default(),
             }),
         }
+    }
+
+    /// Exports each command's spans through `tracer` from now on.
+    pub fn trace_to(&self, tracer: Tracer) {
+        *self.inner.tracer.write().unwrap_or_else(|p| p.into_inner()) = tracer;
+    }
+
+    fn tracer(&self) -> Tracer {
+        self.inner.tracer.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn status_of(&self, cmd: &Cmd) -> ControlCommandStatus {
@@ -124,6 +138,17 @@ impl<S: Store> Engine<S> {
                 self.inner.metrics.command_latency.observe(total as f64 / 1e6);
             }
             tracing::info!(command = %cmd.key, phase = ?phase, result = ?next.result.as_ref().map(|r| r.code), "command finished");
+            if !current.phase.is_some_and(CommandPhase::is_terminal)
+                && let Some(span) = spans::command(
+                    &cmd.key,
+                    &cmd.uid,
+                    &cmd.object.spec,
+                    &next,
+                    std::time::SystemTime::from(cmd.created),
+                )
+            {
+                self.tracer().record(span);
+            }
         }
         self.inner.statuses.lock().unwrap_or_else(|p| p.into_inner()).insert(cmd.uid.clone(), next.clone());
         Ok(Some((next, effect)))
@@ -196,11 +221,14 @@ impl<S: Store> Engine<S> {
             key: cmd.key.clone(),
             spec: cmd.object.spec.clone(),
             deadline,
-            traceparent: format!(
-                "00-{}-{}-01",
-                status.trace_id.clone().unwrap_or_else(|| random_hex(16)),
-                random_hex(8)
-            ),
+            // A new span per delivery, in the command's trace: the agent's span names it as parent.
+            traceparent: status
+                .trace_id
+                .as_deref()
+                .and_then(TraceContext::in_trace)
+                .or_else(|| TraceContext::in_trace(&random_hex(16)))
+                .map(|c| c.traceparent())
+                .unwrap_or_default(),
         };
         self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(cmd.uid.clone());
         let engine = self.clone();
@@ -213,13 +241,22 @@ impl<S: Store> Engine<S> {
     /// Sends one command and records what comes back; the stream ending without a result leaves
     /// the command Dispatched/Acknowledged for a redelivery on the next connection.
     async fn deliver(&self, cmd: Cmd, session: Arc<dyn crate::registry::AgentSession>, dispatch: Dispatch) {
+        let started = std::time::SystemTime::now();
+        let context = TraceContext::parse(&dispatch.traceparent);
+        let agent = self.status_of(&cmd).agent.unwrap_or_default();
+        let mut code = None;
+        let mut answered = None;
         let result = session.dispatch(dispatch).await;
         match result {
             Ok(mut replies) => {
                 while let Some(reply) = replies.recv().await {
                     let event = match reply {
                         Reply::Acknowledged => Event::Acknowledged,
-                        Reply::Finished(outcome) => Event::Finished { outcome, rtt: Some(session.rtt()) },
+                        Reply::Finished(outcome) => {
+                            code = Some(format!("{:?}", outcome.code));
+                            answered = Some(std::time::SystemTime::now());
+                            Event::Finished { outcome, rtt: Some(session.rtt()) }
+                        }
                     };
                     if let Err(e) = self.persist_retrying(&cmd, event).await {
                         tracing::error!(command = %cmd.key, "cannot record the command's progress: {e}");
@@ -228,6 +265,11 @@ impl<S: Store> Engine<S> {
                 }
             }
             Err(e) => tracing::warn!(command = %cmd.key, "command not delivered, will retry on reconnect: {e}"),
+        }
+        if let Some(context) = context {
+            let result = code.as_deref().ok_or("no result on this delivery; redelivered on the next connection");
+            let end = answered.unwrap_or_else(std::time::SystemTime::now);
+            self.tracer().record(spans::delivery(&cmd.uid, context, &agent, (started, end), result));
         }
         self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&cmd.uid);
     }
