@@ -5,32 +5,14 @@
 
 use std::time::{Duration, Instant};
 
-use shopfloor_e2e::inprocess::{Plant, objects};
-
-const PLANT: &str = r#"
-apiVersion: shopfloor.io/v1alpha1
-kind: EdgeAgent
-metadata: {name: line-1, namespace: plant-a}
-spec: {site: plant-a/line-1}
----
-apiVersion: shopfloor.io/v1alpha1
-kind: Equipment
-metadata: {name: robot, namespace: plant-a}
-spec:
-  agentRef: {name: line-1}
-  simulated: {}
-  properties:
-    - {name: program, type: Int, access: ReadWrite, min: 1, max: 32}
----
-apiVersion: shopfloor.io/v1alpha1
-kind: ControlCommand
-metadata: {name: template, namespace: plant-a}
-spec: {equipmentRef: {name: robot}, action: write, parameters: {property: program, value: 7}, timeout: 60s}
-"#;
+use shopfloor_e2e::{
+    fixtures,
+    inprocess::{Plant, objects},
+};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let world = objects(PLANT);
+    let world = objects(&fixtures::robot_cell_with_template("60s"));
     let template = world.commands[0].clone();
     let plant = Plant::start(world).await;
     let eq = plant.equipment("robot").clone();

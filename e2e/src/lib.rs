@@ -1,8 +1,9 @@
 //! End-to-end tests, benchmarks and the demo: real processes, real QUIC with mutual TLS and real
-//! Modbus over sockets. The scenarios and the demo are being built under issue #6; what exists
-//! is the UDP impairment proxy they use.
+//! Modbus over sockets. `harness` starts and watches the processes, `proxy` impairs UDP between
+//! them, `inprocess` runs a controller and an agent in one process, `fixtures` holds shared plants.
 #![forbid(unsafe_code)]
 
+pub mod fixtures;
 pub mod harness;
 pub mod inprocess;
 pub mod proxy;

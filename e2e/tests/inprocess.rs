@@ -6,7 +6,10 @@ use quinn::ConnectionError;
 use rustls_pki_types::PrivateKeyDer;
 use shopfloor_api::control_command::{CommandPhase, ResultCode};
 use shopfloor_controller::endpoint;
-use shopfloor_e2e::inprocess::{Plant, objects};
+use shopfloor_e2e::{
+    fixtures,
+    inprocess::{Plant, objects},
+};
 use shopfloor_wire::{
     codec::{DEFAULT_MAX_FRAME, FrameWriter},
     identity::{AgentId, DEFAULT_TRUST_DOMAIN},
@@ -14,30 +17,9 @@ use shopfloor_wire::{
     transport::{self, Timing, close_code},
 };
 
-const PLANT: &str = r#"
-apiVersion: shopfloor.io/v1alpha1
-kind: EdgeAgent
-metadata: {name: line-1, namespace: plant-a}
-spec: {site: plant-a/line-1}
----
-apiVersion: shopfloor.io/v1alpha1
-kind: Equipment
-metadata: {name: robot, namespace: plant-a}
-spec:
-  agentRef: {name: line-1}
-  simulated: {}
-  properties:
-    - {name: program, type: Int, access: ReadWrite, min: 1, max: 32}
----
-apiVersion: shopfloor.io/v1alpha1
-kind: ControlCommand
-metadata: {name: template, namespace: plant-a}
-spec: {equipmentRef: {name: robot}, action: write, parameters: {property: program, value: 7}, timeout: 30s}
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_commands_each_end_once_with_timestamps_and_latencies() {
-    let world = objects(PLANT);
+    let world = objects(&fixtures::robot_cell_with_template("30s"));
     let template = world.commands[0].clone();
     let plant = Plant::start(world).await;
     let eq = plant.equipment("robot").clone();
@@ -130,7 +112,7 @@ fn refused_because(e: &ConnectionError) -> String {
 /// own session is not disturbed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_identity_is_refused_with_the_reason() {
-    let plant = Plant::start(objects(PLANT)).await;
+    let plant = Plant::start(objects(&fixtures::robot_cell_with_template("30s"))).await;
     let stale = refused_because(&dial_as(&plant, &AgentId::new("plant-a", "line-1")).await);
     assert!(stale.contains("not the certificate recorded for EdgeAgent plant-a/line-1"), "{stale}");
     assert!(stale.contains("re-enroll"), "{stale}");
@@ -150,7 +132,7 @@ async fn enrollment_refuses_a_used_and_an_expired_token_and_writes_nothing() {
         enrollment::{self, BootstrapToken},
         store::{ObjectKey, Store},
     };
-    let plant = Plant::start(objects(PLANT)).await;
+    let plant = Plant::start(objects(&fixtures::robot_cell_with_template("30s"))).await;
     let key = ObjectKey::new("plant-a", "line-1");
     let secret_name = enrollment::token_secret_name(&key);
     let fingerprint = endpoint::ensure_ca(&*plant.core.store).await.expect("ca").fingerprint();
@@ -185,7 +167,7 @@ async fn enrollment_refuses_a_used_and_an_expired_token_and_writes_nothing() {
 /// A connection without a client certificate (the enrollment path) can do nothing but enroll.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_without_a_certificate_may_only_enroll() {
-    let plant = Plant::start(objects(PLANT)).await;
+    let plant = Plant::start(objects(&fixtures::robot_cell_with_template("30s"))).await;
     let conn = connect(&plant, certificate_less(&plant).await).await;
     let (send, _recv) = conn.open_bi().await.expect("stream");
     let hello = proto::AgentMessage {
@@ -222,7 +204,7 @@ fn closed_with(e: &ConnectionError) -> (u64, String) {
 /// costs the endpoint nothing else — the connected agent keeps running commands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_or_oversized_frame_closes_only_that_connection() {
-    let world = objects(PLANT);
+    let world = objects(&fixtures::robot_cell_with_template("30s"));
     let template = world.commands[0].clone();
     let plant = Plant::start(world).await;
     // A length of 64 bytes followed by bytes that are no protobuf message.
@@ -253,7 +235,7 @@ async fn a_malformed_or_oversized_frame_closes_only_that_connection() {
 /// connection (same connection id) and its commands run; new connections get the new certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_certificate_is_replaced_without_dropping_live_connections() {
-    let world = objects(PLANT);
+    let world = objects(&fixtures::robot_cell_with_template("30s"));
     let template = world.commands[0].clone();
     let plant = Plant::start(world).await;
     let key = shopfloor_controller::store::ObjectKey::new("plant-a", "line-1");

@@ -16,30 +16,10 @@ use opentelemetry_proto::tonic::{
     trace::v1::Span,
 };
 use prost::Message;
-use shopfloor_e2e::harness::{Scenario, eventually};
-
-const PLANT: &str = r#"
-apiVersion: shopfloor.io/v1alpha1
-kind: EdgeAgent
-metadata: {name: line-1, namespace: plant-a}
-spec: {site: plant-a/line-1}
----
-apiVersion: shopfloor.io/v1alpha1
-kind: Equipment
-metadata: {name: robot, namespace: plant-a}
-spec:
-  agentRef: {name: line-1}
-  simulated: {}
-  properties:
-    - {name: program, type: Int, access: ReadWrite, min: 1, max: 32}
-"#;
-
-const COMMAND: &str = r#"
-apiVersion: shopfloor.io/v1alpha1
-kind: ControlCommand
-metadata: {name: traced, namespace: plant-a}
-spec: {equipmentRef: {name: robot}, action: write, parameters: {property: program, value: 7}, timeout: 30s}
-"#;
+use shopfloor_e2e::{
+    fixtures,
+    harness::{Scenario, eventually},
+};
 
 /// Spans received, with the service that sent them.
 type Received = Arc<Mutex<Vec<(String, Span)>>>;
@@ -80,14 +60,14 @@ fn a_command_is_traced_from_the_controller_through_the_agent() {
     let s = Scenario::new();
     s.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{collector}"));
     std::fs::create_dir_all(s.path("plant")).expect("plant");
-    std::fs::write(s.path("plant/plant.yaml"), PLANT).expect("plant");
+    std::fs::write(s.path("plant/plant.yaml"), fixtures::ROBOT_CELL).expect("plant");
     s.controller();
     s.enroll("line-1");
     s.agent("line-1");
     eventually("agent connected", Duration::from_secs(30), || {
         (s.status("edgeagents", "line-1")["phase"] == "Connected").then_some(())
     });
-    std::fs::write(s.path("plant/command.yaml"), COMMAND).expect("command");
+    std::fs::write(s.path("plant/command.yaml"), fixtures::robot_command("traced", "30s")).expect("command");
     let trace_id = eventually("the command succeeded", Duration::from_secs(30), || {
         let st = s.status("controlcommands", "traced");
         (st["phase"] == "Succeeded").then(|| st["traceId"].as_str().map(str::to_owned)).flatten()

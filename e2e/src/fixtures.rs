@@ -1,0 +1,31 @@
+//! Small plants the scenarios and benchmarks share.
+
+/// Agent `plant-a/line-1` driving one simulated robot cell with a writable `program` (1–32).
+pub const ROBOT_CELL: &str = r#"
+apiVersion: shopfloor.io/v1alpha1
+kind: EdgeAgent
+metadata: {name: line-1, namespace: plant-a}
+spec: {site: plant-a/line-1}
+---
+apiVersion: shopfloor.io/v1alpha1
+kind: Equipment
+metadata: {name: robot, namespace: plant-a}
+spec:
+  agentRef: {name: line-1}
+  simulated: {}
+  properties:
+    - {name: program, type: Int, access: ReadWrite, min: 1, max: 32}
+"#;
+
+/// A ControlCommand `name` setting the robot's program to 7, with a `timeout` like `30s`.
+pub fn robot_command(name: &str, timeout: &str) -> String {
+    format!(
+        "apiVersion: shopfloor.io/v1alpha1\nkind: ControlCommand\nmetadata: {{name: {name}, namespace: plant-a}}\n\
+         spec: {{equipmentRef: {{name: robot}}, action: write, parameters: {{property: program, value: 7}}, timeout: {timeout}}}\n"
+    )
+}
+
+/// [`ROBOT_CELL`] with a command named `template` to clone from.
+pub fn robot_cell_with_template(timeout: &str) -> String {
+    format!("{ROBOT_CELL}---\n{}", robot_command("template", timeout))
+}
