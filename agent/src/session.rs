@@ -243,7 +243,7 @@ pub struct Agent {
     pub executor: Arc<Executor>,
     pub telemetry: Arc<StdMutex<Buffer>>,
     pub metrics: Arc<Metrics>,
-    tracer: std::sync::RwLock<Tracer>,
+    tracer: Arc<std::sync::RwLock<Tracer>>,
     held: Mutex<Option<ApplyConfig>>,
     boot_id: String,
     version: String,
@@ -265,7 +265,7 @@ impl Agent {
             executor,
             telemetry: Arc::new(StdMutex::new(Buffer::new(buffer))),
             metrics: Arc::default(),
-            tracer: std::sync::RwLock::default(),
+            tracer: Arc::default(),
             held: Mutex::new(None),
             boot_id: b.iter().map(|x| format!("{x:02x}")).collect(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -462,8 +462,12 @@ impl Agent {
         }
         let _disconnected = Disconnected(&self.metrics);
 
-        let tracer = self.tracer.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let commands = tokio::spawn(serve_commands(conn.clone(), self.executor.clone(), self.metrics.clone(), tracer));
+        let commands = tokio::spawn(serve_commands(
+            conn.clone(),
+            self.executor.clone(),
+            self.metrics.clone(),
+            self.tracer.clone(),
+        ));
         let reports = tokio::spawn(send_reports(conn.clone(), self.telemetry.clone()));
         let renew_before = Duration::from_secs(welcome.renew_before_secs);
         let mut renew_check = tokio::time::interval(Duration::from_secs(1));
@@ -532,7 +536,12 @@ impl Agent {
 }
 
 /// Accepts one bidirectional stream per command and answers it: ack, then result.
-async fn serve_commands(conn: quinn::Connection, executor: Arc<Executor>, metrics: Arc<Metrics>, tracer: Tracer) {
+async fn serve_commands(
+    conn: quinn::Connection,
+    executor: Arc<Executor>,
+    metrics: Arc<Metrics>,
+    tracer: Arc<std::sync::RwLock<Tracer>>,
+) {
     while let Ok((send, recv)) = conn.accept_bi().await {
         let executor = executor.clone();
         let metrics = metrics.clone();
@@ -562,6 +571,7 @@ async fn serve_commands(conn: quinn::Connection, executor: Arc<Executor>, metric
             let label = CodeLabel { code: format!("{:?}", result.code()), replayed: result.replayed.to_string() };
             metrics.commands.get_or_create(&label).inc();
             metrics.command_duration.observe((now_micros() - received).max(0) as f64 / 1e6);
+            let tracer = tracer.read().unwrap_or_else(|p| p.into_inner()).clone();
             for span in command_spans(&cmd, &result) {
                 tracer.record(span);
             }

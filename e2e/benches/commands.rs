@@ -1,44 +1,123 @@
 //! Commands dispatched per second through the controller's engine to an agent over real QUIC
-//! with mutual TLS on loopback (in one process). Prints figures, asserts nothing.
+//! with mutual TLS on loopback (in one process), first without tracing (the baseline), then with
+//! both sides exporting their spans over OTLP/HTTP to a local receiver. Prints figures, asserts
+//! nothing.
 //!
 //!     cargo bench -p shopfloor-e2e --bench commands
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
+use axum::{Router, body::Bytes, extract::State, routing::post};
+use shopfloor_api::{ControlCommand, control_command::CommandPhase};
+use shopfloor_controller::metrics::PhaseLabel;
 use shopfloor_e2e::{
     fixtures,
     inprocess::{Plant, objects},
 };
+use shopfloor_trace::Tracer;
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+/// Commands the engine has finished so far (succeeded or not).
+fn finished(plant: &Plant) -> u64 {
+    ["Succeeded", "Failed", "Rejected", "Expired"]
+        .iter()
+        .map(|p| plant.core.metrics.commands_finished.get_or_create(&PhaseLabel { phase: (*p).into() }).get())
+        .sum()
+}
+
+/// Runs `batch` commands created at once; returns the time until all finished. Completion is
+/// read from the engine's counter, not by scanning the store, so watching costs the engine
+/// nothing.
+async fn run(plant: &Plant, template: &ControlCommand, batch: usize, base: usize) -> Duration {
+    let eq = plant.equipment("robot").clone();
+    let before = finished(plant);
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for i in 0..batch {
+        let c = Plant::command(template, base + i);
+        let core = plant.core.clone();
+        let eq = eq.clone();
+        handles.push(tokio::spawn(async move { core.reconcile_command(&c, Some(&eq)).await }));
+    }
+    for h in handles {
+        h.await.expect("join").expect("reconcile");
+    }
+    let want = before + batch as u64;
+    while finished(plant) < want && start.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(finished(plant), want, "not every command finished");
+    let elapsed = start.elapsed();
+    let failed =
+        (0..batch).filter(|i| plant.finished(base + i).and_then(|s| s.phase) != Some(CommandPhase::Succeeded)).count();
+    assert_eq!(failed, 0, "every command succeeded");
+    elapsed
+}
+
+/// An OTLP/HTTP receiver that counts export requests and discards them.
+async fn collector() -> (String, Arc<AtomicUsize>) {
+    let requests = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let app = Router::new()
+        .route(
+            "/v1/traces",
+            post(|State(n): State<Arc<AtomicUsize>>, _body: Bytes| async move {
+                n.fetch_add(1, Ordering::Relaxed);
+                Vec::<u8>::new()
+            }),
+        )
+        .with_state(requests.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, requests)
+}
+
+/// Runs the batches on a fresh plant (the store's history grows with every command, so each
+/// configuration starts from the same state), exporting spans to `collector` if given.
+async fn measure(collector: Option<&str>) -> Vec<f64> {
     let world = objects(&fixtures::robot_cell_with_template("60s"));
     let template = world.commands[0].clone();
     let plant = Plant::start(world).await;
-    let eq = plant.equipment("robot").clone();
-    for batch in [1usize, 100, 1000] {
-        let start = Instant::now();
-        let base = batch * 10_000;
-        let mut handles = Vec::new();
-        for i in 0..batch {
-            let c = Plant::command(&template, base + i);
-            let core = plant.core.clone();
-            let eq = eq.clone();
-            handles.push(tokio::spawn(async move { core.reconcile_command(&c, Some(&eq)).await }));
-        }
-        for h in handles {
-            h.await.expect("join").expect("reconcile");
-        }
-        let mut done = 0;
-        while done < batch && start.elapsed() < Duration::from_secs(120) {
-            done = (0..batch).filter(|i| plant.finished(base + i).is_some()).count();
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let dt = start.elapsed().as_secs_f64();
+    if let Some(url) = collector {
+        plant.core.engine.trace_to(Tracer::otlp(url, "shopfloor-controller").expect("controller tracer"));
+        plant.agent.trace_to(Tracer::otlp(url, "shopfloor-agent").expect("agent tracer"));
+    }
+    let mut out = Vec::new();
+    for (n, batch) in BATCHES.into_iter().enumerate() {
+        out.push(run(&plant, &template, batch, n * 10_000).await.as_secs_f64());
+    }
+    out
+}
+
+const BATCHES: [usize; 3] = [1, 100, 1000];
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let baseline = measure(None).await;
+    println!("without tracing (baseline):");
+    for (batch, dt) in BATCHES.iter().zip(&baseline) {
         println!(
-            "{batch:>5} commands created at once: all finished in {:.1} ms = {:.0} commands/s ({done} finished)",
+            "{batch:>5} commands created at once: all finished in {:.1} ms = {:.0} commands/s",
             dt * 1e3,
-            done as f64 / dt
+            *batch as f64 / dt
         );
     }
+    let (url, requests) = collector().await;
+    let traced = measure(Some(&url)).await;
+    println!("with both sides exporting spans over OTLP/HTTP to a local receiver:");
+    for ((batch, dt), base) in BATCHES.iter().zip(&traced).zip(&baseline) {
+        println!(
+            "{batch:>5} commands created at once: all finished in {:.1} ms = {:.0} commands/s ({:.2}x the baseline's time)",
+            dt * 1e3,
+            *batch as f64 / dt,
+            dt / base
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    println!("export requests received: {}", requests.load(Ordering::Relaxed));
 }

@@ -22,6 +22,8 @@ use shopfloor_wire::{identity::AgentId, transport::Timing};
 pub struct Plant {
     pub core: Arc<Core<MemoryStore>>,
     pub world: World,
+    /// The agent, running in this process.
+    pub agent: Arc<session::Agent>,
     /// The controller's QUIC endpoint and its address.
     pub endpoint: Arc<Endpoint<MemoryStore>>,
     pub addr: std::net::SocketAddr,
@@ -92,7 +94,7 @@ impl Plant {
         let identity = session::load_identity(&state).expect("identity");
         let journal = Journal::open(&state, Duration::from_secs(86400), 1_000_000).expect("journal");
         let agent = session::Agent::new(state, identity, Arc::new(Executor::new(journal, Envelope::default())), 10_000);
-        tokio::spawn(agent.run(Timing::default()));
+        tokio::spawn(agent.clone().run(Timing::default()));
         let c2 = core.clone();
         let w2 = world.clone();
         tokio::spawn(async move {
@@ -108,7 +110,7 @@ impl Plant {
         let want = plans.agents[&key].revision().to_owned();
         for _ in 0..200 {
             if core.registry.get(&key).and_then(|c| c.held_revision) == Some(want.clone()) {
-                return Self { core, world, endpoint: ep, addr: endpoint_addr, _dir: dir };
+                return Self { core, world, agent, endpoint: ep, addr: endpoint_addr, _dir: dir };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
