@@ -7,7 +7,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use shopfloor_agent::{apply, commands::Executor, envelope::Envelope, journal::Journal, state::StateDir, value};
+use shopfloor_agent::{
+    apply,
+    clock::WallClock,
+    commands::{Arrival, Executor},
+    envelope::Envelope,
+    journal::Journal,
+    state::StateDir,
+    value,
+};
 use shopfloor_wire::{
     proto::{
         ApplyConfig, Command, EquipmentConfig, Parameter, PropertyConfig, Simulated, ValueType,
@@ -94,7 +102,7 @@ async fn main() {
             ..Default::default()
         };
         let t = Instant::now();
-        let r = exec.execute(&c, now_micros()).await;
+        let r = exec.execute(&c, Arrival::now(WallClock::system(), Duration::from_secs(10))).await;
         full.push(t.elapsed());
         assert_eq!(r.code, 1, "{}", r.message);
     }

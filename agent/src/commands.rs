@@ -4,7 +4,10 @@
 //! deadline (a command arriving late never touches the equipment), the action and its
 //! parameters (types, declared ranges, required), the properties' interlock limits, the plant's
 //! safety envelope, then — under the equipment's lock, in arrival order — the deadline again and
-//! the preconditions against a fresh read. A dry run stops there and reports what it would write.
+//! the preconditions against a fresh read, the deadline once more, and again before every write
+//! (an action stopped part-way reports which writes happened). Deadlines are on the agent's
+//! monotonic clock (see [`crate::clock`]). A dry run stops before writing and reports what it
+//! would write.
 //! Commands to different equipment run concurrently; to the same equipment, one at a time.
 
 use std::{
@@ -18,11 +21,14 @@ use shopfloor_wire::{
         ActionConfig, Command, CommandResult, EquipmentConfig, NamedValue, Operator, PropertyConfig, ResultCode, Value,
         ValueType, action_write, parameter,
     },
-    time::now_micros,
 };
-use tokio::sync::{Mutex, watch};
+use tokio::{
+    sync::{Mutex, watch},
+    time::Instant,
+};
 
 use crate::{
+    clock::{Offset, WallClock},
     drivers::{self, Driver},
     envelope::Envelope,
     journal::{Entry, Journal},
@@ -59,6 +65,25 @@ pub struct Executor {
     envelope: Envelope,
     slices: Arc<dyn SliceBackend>,
     running: StdMutex<HashMap<String, watch::Receiver<Option<CommandResult>>>>,
+    wall: WallClock,
+}
+
+/// When a command arrived and when it must stop touching the equipment.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival {
+    /// Receipt, on the controller's clock (µs since the epoch), as reported back.
+    pub received_unix_micros: i64,
+    /// On the monotonic clock; see [`crate::clock::deadline`].
+    pub deadline: Instant,
+    /// Shifts this host's wall-clock stamps onto the controller's clock.
+    pub offset: Offset,
+}
+
+impl Arrival {
+    /// A command received now with `left` until its deadline, clocks in agreement.
+    pub fn now(wall: WallClock, left: Duration) -> Self {
+        Self { received_unix_micros: wall.now_micros(), deadline: Instant::now() + left, offset: Offset::default() }
+    }
 }
 
 impl std::fmt::Debug for Executor {
@@ -140,7 +165,19 @@ impl Executor {
             envelope,
             slices: Arc::new(Noop),
             running: StdMutex::default(),
+            wall: WallClock::system(),
         }
+    }
+
+    /// Reads wall-clock time from `wall` instead of the system clock (tests skew it).
+    #[must_use]
+    pub fn with_wall_clock(mut self, wall: WallClock) -> Self {
+        self.wall = wall;
+        self
+    }
+
+    pub fn wall_clock(&self) -> WallClock {
+        self.wall
     }
 
     /// Steers slices with `backend` instead.
@@ -198,9 +235,9 @@ impl Executor {
         self.equipment.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
     }
 
-    /// Executes `cmd` received at `received` (unix µs) and returns its result — exactly once
-    /// per command id, whatever the number of deliveries.
-    pub async fn execute(&self, cmd: &Command, received: i64) -> CommandResult {
+    /// Executes `cmd` and returns its result — exactly once per command id, whatever the number
+    /// of deliveries.
+    pub async fn execute(&self, cmd: &Command, arrival: Arrival) -> CommandResult {
         // A redelivery while the first delivery still runs waits for that one's result.
         let (tx, waiting) = {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
@@ -219,7 +256,7 @@ impl Executor {
             r.replayed = true;
             return r;
         }
-        let result = self.execute_once(cmd, received).await;
+        let result = self.execute_once(cmd, arrival).await;
         if let Some(tx) = tx {
             let _ = tx.send(Some(result.clone()));
         }
@@ -227,8 +264,9 @@ impl Executor {
         result
     }
 
-    async fn execute_once(&self, cmd: &Command, received: i64) -> CommandResult {
-        let mut result = CommandResult { id: cmd.id.clone(), received_unix_micros: received, ..Default::default() };
+    async fn execute_once(&self, cmd: &Command, arrival: Arrival) -> CommandResult {
+        let mut result =
+            CommandResult { id: cmd.id.clone(), received_unix_micros: arrival.received_unix_micros, ..Default::default() };
         match self.journal.lock().await.lookup(&cmd.id).cloned() {
             Some(Entry::Finished { result: recorded, .. }) => {
                 tracing::info!(command = %cmd.id, "redelivered: answering from the journal");
@@ -243,12 +281,12 @@ impl Executor {
             }
             None => {}
         }
-        let outcome = self.run(cmd, received, &mut result).await;
+        let outcome = self.run(cmd, arrival, &mut result).await;
         if let Err((code, message)) = outcome {
             result.code = code as i32;
             result.message = message;
         }
-        result.finished_unix_micros = now_micros();
+        result.finished_unix_micros = arrival.offset.to_controller(self.wall.now_micros());
         self.record(&cmd.id, &result).await;
         result
     }
@@ -261,11 +299,12 @@ impl Executor {
         }
     }
 
-    async fn run(&self, cmd: &Command, received: i64, result: &mut CommandResult) -> Result<(), Refusal> {
-        if received > cmd.deadline_unix_micros {
+    async fn run(&self, cmd: &Command, arrival: Arrival, result: &mut CommandResult) -> Result<(), Refusal> {
+        let past = || Instant::now() >= arrival.deadline;
+        if past() {
             return refuse(
                 ResultCode::DeadlineExceeded,
-                format!("arrived {} ms after its deadline; not executed", (received - cmd.deadline_unix_micros) / 1000),
+                "arrived with no time left before its deadline (budget less the link's round trip); not executed",
             );
         }
         let Some(eq) = self.get(&cmd.equipment) else {
@@ -276,7 +315,7 @@ impl Executor {
         };
         let (plan, reads, timeout) = self.plan(&eq, cmd)?;
         let _turn = eq.lock.lock().await;
-        if now_micros() > cmd.deadline_unix_micros {
+        if past() {
             return refuse(
                 ResultCode::DeadlineExceeded,
                 "the deadline passed while waiting for the equipment; not executed",
@@ -307,7 +346,13 @@ impl Executor {
                 );
             }
         }
-        result.started_unix_micros = now_micros();
+        if past() {
+            return refuse(
+                ResultCode::DeadlineExceeded,
+                "the deadline passed while reading the preconditions; nothing was written",
+            );
+        }
+        result.started_unix_micros = arrival.offset.to_controller(self.wall.now_micros());
         if cmd.dry_run {
             result.code = ResultCode::DryRunOk as i32;
             result.outputs = plan.iter().map(|(p, v)| NamedValue { name: p.name.clone(), value: Some(*v) }).collect();
@@ -324,6 +369,23 @@ impl Executor {
         }
         let run = async {
             for (i, (p, v)) in plan.iter().enumerate() {
+                if past() {
+                    let done: Vec<String> =
+                        plan[..i].iter().map(|(p, v)| format!("{}={}", p.name, value::display(v))).collect();
+                    return refuse(
+                        ResultCode::DeadlineExceeded,
+                        if i == 0 {
+                            "the deadline passed before the first write; nothing was written".to_owned()
+                        } else {
+                            format!(
+                                "the deadline passed after {i} of {} writes ({}); {} and later were not written",
+                                plan.len(),
+                                done.join(", "),
+                                p.name
+                            )
+                        },
+                    );
+                }
                 eq.driver.write(p, v).await.map_err(|e| {
                     let done = if i == 0 {
                         "nothing was written".to_owned()

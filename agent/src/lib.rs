@@ -2,6 +2,7 @@
 //! executes remote-control commands safely, with or without the controller.
 //!
 //! - `state`: the only module that touches the state directory (atomic writes only);
+//! - `clock`: deadlines on the monotonic clock, the controller's clock offset;
 //! - `journal`: exactly-once command execution under redelivery, across restarts;
 //! - `drivers`: Modbus TCP and a simulated device behind one trait; `sim` a Modbus TCP simulator;
 //! - `envelope`: the plant's local safety envelope, which can only narrow limits;
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod clock;
 pub mod commands;
 pub mod drivers;
 pub mod envelope;

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub connected: Gauge,
     /// Smoothed round-trip time of the current connection.
     pub rtt_seconds: Gauge<f64, AtomicU64>,
+    /// The controller's clock minus this host's, measured at the latest handshake.
+    pub clock_offset_seconds: Gauge<f64, AtomicU64>,
     pub sessions: Counter,
     pub commands: Family<CodeLabel, Counter>,
     /// Receipt to result on the agent, seconds.
@@ -51,6 +53,7 @@ impl Default for Metrics {
             registry: Mutex::new(Registry::default()),
             connected: Gauge::default(),
             rtt_seconds: Gauge::default(),
+            clock_offset_seconds: Gauge::default(),
             sessions: Counter::default(),
             commands: Family::default(),
             command_duration: Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0]),
@@ -63,6 +66,11 @@ impl Default for Metrics {
         let mut r = Registry::with_prefix("shopfloor_agent");
         r.register("connected", "1 while a session with the controller is up", m.connected.clone());
         r.register("rtt_seconds", "Round-trip time to the controller", m.rtt_seconds.clone());
+        r.register(
+            "clock_offset_seconds",
+            "The controller's clock minus this host's, measured at the latest handshake",
+            m.clock_offset_seconds.clone(),
+        );
         r.register("sessions", "Sessions established with the controller", m.sessions.clone());
         r.register("commands", "Commands answered, by result code", m.commands.clone());
         r.register(

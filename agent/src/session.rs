@@ -20,7 +20,6 @@ use shopfloor_wire::{
         self, AgentMessage, ApplyConfig, CommandReply, ControllerMessage, agent_message, command_reply,
         controller_message,
     },
-    time::now_micros,
     tls,
     transport::{self, Timing},
 };
@@ -30,7 +29,8 @@ use shopfloor_trace::{Kind, Span, TraceContext, Tracer};
 
 use crate::{
     apply,
-    commands::Executor,
+    clock::{self, Offset},
+    commands::{Arrival, Executor},
     metrics::{CodeLabel, Metrics, OutcomeLabel},
     state::StateDir,
     telemetry::Buffer,
@@ -42,6 +42,8 @@ const IDENTITY: &str = "identity.yaml";
 const CONFIG: &str = "config.pb";
 /// How long a connection attempt waits for the controller's first answer.
 const HANDSHAKE_PATIENCE: Duration = Duration::from_millis(1000);
+/// A clock this far from the controller's is worth a warning in the log.
+const CLOCK_SKEW_WARNING: Duration = Duration::from_secs(1);
 
 /// What `enroll` records besides the credentials.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -247,6 +249,8 @@ pub struct Agent {
     held: Mutex<Option<ApplyConfig>>,
     boot_id: String,
     version: String,
+    /// The controller's clock relative to ours, from the latest handshake.
+    offset: Arc<std::sync::RwLock<Offset>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -269,6 +273,7 @@ impl Agent {
             held: Mutex::new(None),
             boot_id: b.iter().map(|x| format!("{x:02x}")).collect(),
             version: env!("CARGO_PKG_VERSION").into(),
+            offset: Arc::default(),
         })
     }
 
@@ -320,6 +325,11 @@ impl Agent {
         self.metrics.telemetry_dropped.inc_by(buffer.dropped_total().saturating_sub(counted));
     }
 
+    /// Now on the controller's clock, as far as the latest handshake measured it.
+    fn controller_time(&self) -> i64 {
+        self.offset.read().unwrap_or_else(|p| p.into_inner()).to_controller(self.executor.wall_clock().now_micros())
+    }
+
     /// Reads every equipment's properties at its reporting interval into the telemetry buffer.
     pub async fn poll_telemetry(self: Arc<Self>) {
         let mut due: std::collections::HashMap<String, Instant> = std::collections::HashMap::new();
@@ -339,7 +349,7 @@ impl Agent {
                             equipment: eq.config.name.clone(),
                             property: p.name.clone(),
                             value: Some(v),
-                            observed_unix_micros: now_micros(),
+                            observed_unix_micros: self.controller_time(),
                         }),
                         Err(e) => tracing::debug!(equipment = %eq.config.name, property = %p.name, "read failed: {e}"),
                     }
@@ -431,7 +441,9 @@ impl Agent {
             protocol_versions: PROTOCOL_VERSIONS.to_vec(),
             boot_id: self.boot_id.clone(),
             held_revision: held,
+            sent_unix_micros: self.executor.wall_clock().now_micros(),
         };
+        let t1 = hello.sent_unix_micros;
         tx.lock()
             .await
             .send(&AgentMessage { body: Some(agent_message::Body::Hello(hello)) })
@@ -449,7 +461,21 @@ impl Agent {
                     .unwrap_or_else(|| SessionError::Protocol("no Welcome from the controller".into())));
             }
         };
-        tracing::info!(controller = %id.controller, replica = %welcome.controller_replica, rtt = ?conn.rtt(), "connected");
+        let t4 = self.executor.wall_clock().now_micros();
+        let offset = Offset::measure(t1, welcome.hello_received_unix_micros, welcome.sent_unix_micros, t4);
+        if let Some(o) = offset {
+            *self.offset.write().unwrap_or_else(|p| p.into_inner()) = o;
+            if o.micros.abs() > CLOCK_SKEW_WARNING.as_micros() as i64 {
+                tracing::warn!(
+                    offset_ms = o.micros / 1000,
+                    "this host's clock is {} ms {} the controller's; deadlines do not depend on it, but timestamps                      in logs do: check NTP on this host",
+                    o.micros.abs() / 1000,
+                    if o.micros < 0 { "ahead of" } else { "behind" }
+                );
+            }
+        }
+        self.metrics.clock_offset_seconds.set(offset.map_or(0.0, |o| o.micros as f64 / 1e6));
+        tracing::info!(controller = %id.controller, replica = %welcome.controller_replica, rtt = ?conn.rtt(), clock_offset_us = offset.map(|o| o.micros), "connected");
         self.metrics.sessions.inc();
         self.metrics.connected.set(1);
         self.metrics.rtt_seconds.set(conn.rtt().as_secs_f64());
@@ -467,6 +493,7 @@ impl Agent {
             self.executor.clone(),
             self.metrics.clone(),
             self.tracer.clone(),
+            offset,
         ));
         let reports = tokio::spawn(send_reports(conn.clone(), self.telemetry.clone()));
         let renew_before = Duration::from_secs(welcome.renew_before_secs);
@@ -541,6 +568,7 @@ async fn serve_commands(
     executor: Arc<Executor>,
     metrics: Arc<Metrics>,
     tracer: Arc<std::sync::RwLock<Tracer>>,
+    offset: Option<Offset>,
 ) {
     while let Ok((send, recv)) = conn.accept_bi().await {
         let executor = executor.clone();
@@ -559,21 +587,28 @@ async fn serve_commands(
                     return;
                 }
             };
-            let received = now_micros();
+            let (received, wall) = (tokio::time::Instant::now(), executor.wall_clock().now_micros());
+            let arrival = Arrival {
+                received_unix_micros: offset.unwrap_or_default().to_controller(wall),
+                deadline: clock::deadline(&cmd, received, wall, offset, conn.rtt()),
+                offset: offset.unwrap_or_default(),
+            };
             let ack = CommandReply {
                 body: Some(command_reply::Body::Ack(proto::CommandAck {
                     id: cmd.id.clone(),
-                    received_unix_micros: received,
+                    received_unix_micros: arrival.received_unix_micros,
                 })),
             };
             let _ = tx.send(&ack).await;
-            let result = executor.execute(&cmd, received).await;
+            let result = executor.execute(&cmd, arrival).await;
             let label = CodeLabel { code: format!("{:?}", result.code()), replayed: result.replayed.to_string() };
             metrics.commands.get_or_create(&label).inc();
-            metrics.command_duration.observe((now_micros() - received).max(0) as f64 / 1e6);
+            metrics.command_duration.observe(received.elapsed().as_secs_f64());
             let tracer = tracer.read().unwrap_or_else(|p| p.into_inner()).clone();
-            for span in command_spans(&cmd, &result) {
-                tracer.record(span);
+            if tracer.enabled() {
+                for span in command_spans(&cmd, &result) {
+                    tracer.record(span);
+                }
             }
             tracing::info!(command = %cmd.id, equipment = %cmd.equipment, action = %cmd.action, code = ?result.code(), replayed = result.replayed, "command answered");
             let _ = tx.send(&CommandReply { body: Some(command_reply::Body::Result(result)) }).await;

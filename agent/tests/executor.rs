@@ -4,7 +4,8 @@ use std::{sync::Arc, time::Duration};
 
 use shopfloor_agent::{
     apply,
-    commands::Executor,
+    clock::WallClock,
+    commands::{Arrival, Executor},
     envelope::Envelope,
     journal::Journal,
     sim::{Device, Simulator},
@@ -132,6 +133,12 @@ fn cmd(id: &str, eq: &str, action: &str, params: &[(&str, parameter::Kind)]) -> 
     }
 }
 
+/// Received now, with the time its (same-host) deadline leaves.
+fn arrive(c: &Command) -> Arrival {
+    let left = Duration::from_micros((c.deadline_unix_micros - now_micros()).max(0).unsigned_abs());
+    Arrival::now(WallClock::system(), left)
+}
+
 fn num(x: f64) -> parameter::Kind {
     parameter::Kind::Value(value::float_value(x))
 }
@@ -144,20 +151,20 @@ fn code(r: &CommandResult) -> ResultCode {
 async fn an_action_writes_over_modbus_in_order_and_the_journal_answers_redeliveries() {
     let r = rig("").await;
     let c = cmd("c1", "conveyor", "start", &[("speed", num(1.5))]);
-    let first = r.exec.execute(&c, now_micros()).await;
+    let first = r.exec.execute(&c, arrive(&c)).await;
     assert_eq!(code(&first), ResultCode::Ok, "{}", first.message);
     assert_eq!(r.sim.device.writes_to("holding", 0), 1);
     assert_eq!(r.sim.device.writes_to("coil", 0), 1);
     assert_eq!(r.sim.device.regs.lock().expect("lock").holding.get(&0), Some(&150));
     // Redelivered: same result, replayed, no second write.
-    let again = r.exec.execute(&c, now_micros()).await;
+    let again = r.exec.execute(&c, arrive(&c)).await;
     assert!(again.replayed);
     assert_eq!(code(&again), ResultCode::Ok);
     assert_eq!(r.sim.device.writes_to("holding", 0), 1);
     // Across a restart: a new executor on the same state directory.
     let restarted = executor(&r.state, &r.envelope_path);
     restarted.install(&[conveyor(r.sim.addr), robot()], &Default::default());
-    let after = restarted.execute(&c, now_micros()).await;
+    let after = restarted.execute(&c, arrive(&c)).await;
     assert!(after.replayed && code(&after) == ResultCode::Ok);
     assert_eq!(r.sim.device.writes_to("holding", 0), 1, "exactly one write per command, restarts included");
 }
@@ -167,7 +174,7 @@ async fn a_late_command_never_touches_the_equipment() {
     let r = rig("").await;
     let mut c = cmd("late", "conveyor", "start", &[("speed", num(1.0))]);
     c.deadline_unix_micros = now_micros() - 1_000;
-    let res = r.exec.execute(&c, now_micros()).await;
+    let res = r.exec.execute(&c, arrive(&c)).await;
     assert_eq!(code(&res), ResultCode::DeadlineExceeded);
     assert_eq!(r.sim.device.writes_to("holding", 0) + r.sim.device.writes_to("coil", 0), 0);
 }
@@ -220,7 +227,7 @@ async fn limits_envelope_types_and_unknowns_are_refused_with_the_field() {
         ),
     ];
     for (c, want, needle) in cases {
-        let res = r.exec.execute(&c, now_micros()).await;
+        let res = r.exec.execute(&c, arrive(&c)).await;
         assert_eq!(code(&res), want, "{}: {}", c.id, res.message);
         assert!(res.message.contains(needle), "{}: `{}` lacks `{needle}`", c.id, res.message);
     }
@@ -241,14 +248,14 @@ async fn preconditions_read_fresh_and_dry_runs_write_nothing() {
         operator: Operator::Equal as i32,
         value: Some(value::bool_value(false)),
     }];
-    let res = r.exec.execute(&c, now_micros()).await;
+    let res = r.exec.execute(&c, arrive(&c)).await;
     assert_eq!(code(&res), ResultCode::PreconditionFailed);
     assert!(res.message.contains("jam read true"), "{}", res.message);
     r.sim.device.regs.lock().expect("lock").discrete.insert(0, false);
     let mut dry = c.clone();
     dry.id = "p2".into();
     dry.dry_run = true;
-    let res = r.exec.execute(&dry, now_micros()).await;
+    let res = r.exec.execute(&dry, arrive(&dry)).await;
     assert_eq!(code(&res), ResultCode::DryRunOk, "{}", res.message);
     assert!(res.message.contains("would write belt-speed=1"), "{}", res.message);
     assert_eq!(r.sim.device.writes_to("holding", 0), 0);
@@ -266,7 +273,7 @@ async fn commands_to_one_equipment_run_in_arrival_order_and_others_concurrently(
             "write",
             &[("property", parameter::Kind::Text("belt-speed".into())), ("value", num(1.0 + f64::from(i) / 10.0))],
         );
-        handles.push(tokio::spawn(async move { exec.execute(&c, now_micros()).await }));
+        handles.push(tokio::spawn(async move { exec.execute(&c, arrive(&c)).await }));
         tokio::task::yield_now().await;
     }
     for h in handles {

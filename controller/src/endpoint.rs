@@ -19,7 +19,7 @@ use shopfloor_wire::{
     identity::{self, AgentId, DEFAULT_TRUST_DOMAIN},
     pki::Ca,
     proto::{self, AgentMessage, ControllerMessage, agent_message, command_reply, controller_message},
-    time::from_micros,
+    time::{from_micros, now_micros},
     tls::{self, ServerCerts},
     transport::{self, Timing, close_code},
 };
@@ -262,6 +262,7 @@ impl<S: Store> Endpoint<S> {
                 return Err(e.to_string());
             }
         };
+        let hello_received = now_micros();
         let Some(version) =
             hello.protocol_versions.iter().copied().filter(|v| shopfloor_wire::PROTOCOL_VERSIONS.contains(v)).max()
         else {
@@ -281,6 +282,8 @@ impl<S: Store> Endpoint<S> {
                 .unwrap_or(5000),
             renew_before_secs: Duration::from(agent.spec.certificate.renew_before).as_secs(),
             controller_replica: self.core.replica.clone(),
+            hello_received_unix_micros: hello_received,
+            sent_unix_micros: now_micros(),
         };
         tx.lock()
             .await
@@ -440,7 +443,12 @@ impl AgentSession for QuicSession {
             let (send, recv) = self.conn.open_bi().await.map_err(|_| SessionError::Closed)?;
             let mut tx = FrameWriter::new(send, DEFAULT_MAX_FRAME);
             let deadline = d.deadline.as_microsecond();
-            tx.send(&planner::command(&d.id, &d.spec, deadline, &d.traceparent))
+            let mut cmd = planner::command(&d.id, &d.spec, deadline, &d.traceparent);
+            // Stamped as late as possible: the agent counts this down on its own monotonic clock.
+            // A command past its deadline still goes out (a redelivery the journal answers) with
+            // a budget of zero time, which the agent never executes.
+            cmd.budget_micros = (deadline - now_micros()).max(-1);
+            tx.send(&cmd)
                 .await
                 .map_err(|e| SessionError::Refused(e.to_string()))?;
             let (out, rx) = mpsc::channel(4);

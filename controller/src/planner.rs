@@ -333,6 +333,8 @@ pub fn command(id: &str, spec: &ControlCommandSpec, deadline_unix_micros: i64, t
             })
             .collect(),
         deadline_unix_micros,
+        // Stamped by the session at the moment it sends.
+        budget_micros: 0,
         dry_run: spec.dry_run,
         traceparent: traceparent.to_owned(),
         preconditions: spec

@@ -73,15 +73,33 @@ impl TraceContext {
     pub fn traceparent(&self) -> String {
         format!("00-{}-{}-01", hex::encode(self.trace_id), hex::encode(self.span_id))
     }
+
+    /// A new trace: a random trace id and a root span id.
+    pub fn root() -> Self {
+        Self { trace_id: random_id(), span_id: random_id() }
+    }
+}
+
+/// Random, non-zero ids (all-zero ids are invalid in W3C trace context). Falls back to the clock
+/// if the OS cannot give randomness: never seen in practice, and it must not stop a command.
+fn random_id<const N: usize>() -> [u8; N] {
+    let mut id = [0u8; N];
+    if getrandom::fill(&mut id).is_err() {
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let bytes = nanos.to_le_bytes();
+        for (i, x) in id.iter_mut().enumerate() {
+            *x = bytes[i % bytes.len()] ^ (i as u8);
+        }
+    }
+    if id == [0; N] {
+        id[N - 1] = 1;
+    }
+    id
 }
 
 /// A random, non-zero span id.
 pub fn random_span_id() -> [u8; 8] {
-    let mut id = [0u8; 8];
-    while id == [0; 8] {
-        let _ = getrandom::fill(&mut id);
-    }
-    id
+    random_id()
 }
 
 /// What a span stands for, as OpenTelemetry classifies it.
@@ -151,7 +169,10 @@ pub fn from_unix_micros(us: i64) -> SystemTime {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
-    #[error("cannot build the OTLP exporter for {endpoint}: {message}")]
+    #[error(
+        "cannot export spans to {endpoint}: {message}; check --otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT), \
+         the collector's base URL such as http://otel-collector:4318"
+    )]
     Exporter { endpoint: String, message: String },
 }
 
@@ -332,10 +353,15 @@ mod tests {
         assert_eq!(data.attributes, vec![KeyValue::new("shopfloor.result", "Ok")]);
     }
 
+    #[test]
+    fn new_traces_have_valid_distinct_ids() {
+        let (a, b) = (TraceContext::root(), TraceContext::root());
+        assert_ne!(a.trace_id, b.trace_id);
+        assert!(TraceContext::parse(&a.traceparent()).is_some(), "a root context is a valid traceparent");
+    }
+
     #[tokio::test]
-    async fn a_disabled_tracer_records_nothing_and_a_full_queue_drops_and_counts() {
-        let t = Tracer::disabled();
-        assert!(!t.enabled());
+    async fn a_full_queue_drops_and_counts_instead_of_waiting() {
         let span = Span {
             name: "x".into(),
             context: TraceContext { trace_id: [1; 16], span_id: [2; 8] },
@@ -347,8 +373,6 @@ mod tests {
             attributes: vec![],
             error: None,
         };
-        t.record(span.clone());
-        assert_eq!(t.dropped(), 0);
         // A tracer whose export loop never drains: the queue fills, then spans are counted.
         let (tx, _rx) = mpsc::channel(1);
         let full = Tracer {
@@ -359,6 +383,7 @@ mod tests {
             })),
         };
         full.record(span.clone());
+        assert_eq!(full.dropped(), 0);
         full.record(span);
         assert_eq!(full.dropped(), 1);
     }

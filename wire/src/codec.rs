@@ -150,6 +150,7 @@ mod tests {
             protocol_versions: vec![1],
             boot_id: "b".into(),
             held_revision: "r".into(),
+            sent_unix_micros: 1,
         };
         let bytes = encode_frame(&hello);
         for split in 0..bytes.len() {

@@ -72,19 +72,6 @@ struct Cmd {
     object: ControlCommand,
 }
 
-fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    // A trace id of zeros is invalid in W3C trace context; fall back to the clock if the OS
-    // cannot give randomness (never seen in practice, and it must not stop a command).
-    if getrandom::fill(&mut b).is_err() {
-        let nanos = Timestamp::now().as_nanosecond().to_le_bytes();
-        for (i, x) in b.iter_mut().enumerate() {
-            *x = nanos[i % nanos.len()] ^ (i as u8);
-        }
-    }
-    hex::encode(b)
-}
-
 impl<S: Store> Engine<S> {
     pub fn new(store: Arc<S>, registry: Arc<Registry>, metrics: Arc<Metrics>) -> Self {
         Self {
@@ -171,7 +158,7 @@ impl<S: Store> Engine<S> {
 
         let mut status = self.status_of(&cmd);
         if status.phase.is_none() {
-            let trace_id = random_hex(16);
+            let trace_id = hex::encode(TraceContext::root().trace_id);
             match self.transition(&cmd, Event::Admitted { trace_id }).await? {
                 Some((s, _)) => status = s,
                 None => return Ok(None),
@@ -226,9 +213,8 @@ impl<S: Store> Engine<S> {
                 .trace_id
                 .as_deref()
                 .and_then(TraceContext::in_trace)
-                .or_else(|| TraceContext::in_trace(&random_hex(16)))
-                .map(|c| c.traceparent())
-                .unwrap_or_default(),
+                .unwrap_or_else(TraceContext::root)
+                .traceparent(),
         };
         self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(cmd.uid.clone());
         let engine = self.clone();
@@ -242,8 +228,9 @@ impl<S: Store> Engine<S> {
     /// the command Dispatched/Acknowledged for a redelivery on the next connection.
     async fn deliver(&self, cmd: Cmd, session: Arc<dyn crate::registry::AgentSession>, dispatch: Dispatch) {
         let started = std::time::SystemTime::now();
-        let context = TraceContext::parse(&dispatch.traceparent);
-        let agent = self.status_of(&cmd).agent.unwrap_or_default();
+        // Span work only when spans go somewhere: this is every command's path.
+        let tracer = self.tracer();
+        let context = tracer.enabled().then(|| TraceContext::parse(&dispatch.traceparent)).flatten();
         let mut code = None;
         let mut answered = None;
         let result = session.dispatch(dispatch).await;
@@ -269,7 +256,8 @@ impl<S: Store> Engine<S> {
         if let Some(context) = context {
             let result = code.as_deref().ok_or("no result on this delivery; redelivered on the next connection");
             let end = answered.unwrap_or_else(std::time::SystemTime::now);
-            self.tracer().record(spans::delivery(&cmd.uid, context, &agent, (started, end), result));
+            let agent = self.status_of(&cmd).agent.unwrap_or_default();
+            tracer.record(spans::delivery(&cmd.uid, context, &agent, (started, end), result));
         }
         self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&cmd.uid);
     }
