@@ -62,7 +62,13 @@ impl Offset {
 
 /// When `cmd`, received at `received` (monotonic) and `received_wall` (agent wall clock), must
 /// have stopped touching the equipment, on the monotonic clock.
-pub fn deadline(cmd: &Command, received: Instant, received_wall: i64, offset: Option<Offset>, rtt: Duration) -> Instant {
+pub fn deadline(
+    cmd: &Command,
+    received: Instant,
+    received_wall: i64,
+    offset: Option<Offset>,
+    rtt: Duration,
+) -> Instant {
     let left = match cmd.budget_micros {
         // Spent before it was sent: a redelivery the journal may answer, never a new execution.
         b if b < 0 => 0,
@@ -102,7 +108,8 @@ mod tests {
     fn a_deadline_is_the_budget_less_the_round_trip_on_the_monotonic_clock() {
         let now = Instant::now();
         let rtt = Duration::from_millis(20);
-        let cmd = |budget, deadline| Command { budget_micros: budget, deadline_unix_micros: deadline, ..Default::default() };
+        let cmd =
+            |budget, deadline| Command { budget_micros: budget, deadline_unix_micros: deadline, ..Default::default() };
         // The wall clocks do not enter: any received_wall gives the same answer.
         for wall in [0, 1_700_000_000 * S, i64::MAX / 2] {
             assert_eq!(deadline(&cmd(5 * S, 1), now, wall, None, rtt), now + Duration::from_millis(4980));
@@ -112,7 +119,10 @@ mod tests {
         // Without a budget, the absolute deadline through the measured offset, less its uncertainty.
         let o = Offset { micros: -60 * S, uncertainty_micros: 5_000 };
         let wall = 1_000 * S + 60 * S; // the agent is 60 s ahead
-        assert_eq!(deadline(&cmd(0, 1_002 * S), now, wall, Some(o), rtt), now + Duration::from_micros(2 * S as u64 - 5_000));
+        assert_eq!(
+            deadline(&cmd(0, 1_002 * S), now, wall, Some(o), rtt),
+            now + Duration::from_micros(2 * S as u64 - 5_000)
+        );
         assert_eq!(deadline(&cmd(0, 1_002 * S), now, wall, None, rtt), now, "no offset: refuse rather than guess");
     }
 }

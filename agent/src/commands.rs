@@ -16,11 +16,9 @@ use std::{
     time::Duration,
 };
 
-use shopfloor_wire::{
-    proto::{
-        ActionConfig, Command, CommandResult, EquipmentConfig, NamedValue, Operator, PropertyConfig, ResultCode, Value,
-        ValueType, action_write, parameter,
-    },
+use shopfloor_wire::proto::{
+    ActionConfig, Command, CommandResult, EquipmentConfig, NamedValue, Operator, PropertyConfig, ResultCode, Value,
+    ValueType, action_write, parameter,
 };
 use tokio::{
     sync::{Mutex, watch},
@@ -265,8 +263,11 @@ impl Executor {
     }
 
     async fn execute_once(&self, cmd: &Command, arrival: Arrival) -> CommandResult {
-        let mut result =
-            CommandResult { id: cmd.id.clone(), received_unix_micros: arrival.received_unix_micros, ..Default::default() };
+        let mut result = CommandResult {
+            id: cmd.id.clone(),
+            received_unix_micros: arrival.received_unix_micros,
+            ..Default::default()
+        };
         match self.journal.lock().await.lookup(&cmd.id).cloned() {
             Some(Entry::Finished { result: recorded, .. }) => {
                 tracing::info!(command = %cmd.id, "redelivered: answering from the journal");

@@ -123,7 +123,9 @@ fn decode(raw: &[u8]) -> Option<(String, Entry)> {
     let line: Line = serde_json::from_slice(raw).ok()?;
     let entry = match line.result {
         None => Entry::Started { at: line.at },
-        Some(h) => Entry::Finished { at: line.at, result: CommandResult::decode(hex::decode(h).ok()?.as_slice()).ok()? },
+        Some(h) => {
+            Entry::Finished { at: line.at, result: CommandResult::decode(hex::decode(h).ok()?.as_slice()).ok()? }
+        }
     };
     Some((line.id, entry))
 }

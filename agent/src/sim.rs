@@ -6,7 +6,6 @@
 
 use std::{
     collections::HashMap,
-    future,
     io::Write,
     net::SocketAddr,
     path::PathBuf,
@@ -37,6 +36,8 @@ pub struct Registers {
     pub input: HashMap<u16, u16>,
     pub holding: HashMap<u16, u16>,
     pub writes: Vec<WriteRecord>,
+    /// How long each request takes to answer, like a slow PLC on a busy bus.
+    pub response_delay: Duration,
 }
 
 /// Shared state of a simulated device.
@@ -126,10 +127,17 @@ impl tokio_modbus::server::Service for Service {
     type Request = Request<'static>;
     type Response = Response;
     type Exception = ExceptionCode;
-    type Future = future::Ready<Result<Response, ExceptionCode>>;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response, ExceptionCode>> + Send>>;
 
     fn call(&self, req: Self::Request) -> Self::Future {
-        future::ready(self.0.handle(req))
+        let device = self.0.clone();
+        Box::pin(async move {
+            let delay = device.lock().response_delay;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            device.handle(req)
+        })
     }
 }
 

@@ -169,6 +169,39 @@ async fn an_action_writes_over_modbus_in_order_and_the_journal_answers_redeliver
     assert_eq!(r.sim.device.writes_to("holding", 0), 1, "exactly one write per command, restarts included");
 }
 
+/// The reported failure: a kill -9 tore the journal's last line, the next record was appended
+/// onto it, the following restart threw the journal away and a redelivered command ran twice.
+#[tokio::test]
+async fn a_torn_journal_never_lets_a_redelivered_command_run_twice() {
+    let r = rig("").await;
+    let a = cmd("a", "conveyor", "start", &[("speed", num(1.5))]);
+    assert_eq!(code(&r.exec.execute(&a, arrive(&a)).await), ResultCode::Ok);
+    // A crash in the middle of appending the next record.
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(r.state.path("journal.log"))
+        .expect("journal")
+        .write_all(b"{\"id\":\"x\",\"at\":17")
+        .expect("tear");
+    let restarted = executor(&r.state, &r.envelope_path);
+    restarted.install(&[conveyor(r.sim.addr), robot()], &Default::default());
+    let b = cmd("b", "conveyor", "start", &[("speed", num(2.0))]);
+    assert_eq!(code(&restarted.execute(&b, arrive(&b)).await), ResultCode::Ok);
+    let again = executor(&r.state, &r.envelope_path);
+    again.install(&[conveyor(r.sim.addr), robot()], &Default::default());
+    for c in [&a, &b] {
+        let res = again.execute(c, arrive(c)).await;
+        assert!(res.replayed && code(&res) == ResultCode::Ok, "{}: {res:?}", c.id);
+    }
+    assert_eq!(r.sim.device.writes_to("holding", 0), 2, "one write per command, across two restarts");
+    let damaged = std::fs::read_dir(r.state.root())
+        .expect("ls")
+        .filter(|e| e.as_ref().expect("entry").file_name().to_string_lossy().contains("journal.log."))
+        .count();
+    assert_eq!(damaged, 0, "a torn tail is repaired, not quarantined");
+}
+
 #[tokio::test]
 async fn a_late_command_never_touches_the_equipment() {
     let r = rig("").await;
@@ -177,6 +210,95 @@ async fn a_late_command_never_touches_the_equipment() {
     let res = r.exec.execute(&c, arrive(&c)).await;
     assert_eq!(code(&res), ResultCode::DeadlineExceeded);
     assert_eq!(r.sim.device.writes_to("holding", 0) + r.sim.device.writes_to("coil", 0), 0);
+}
+
+/// A command whose deadline passes part-way through an action stops there and says which writes
+/// happened; one whose deadline passes during its precondition reads writes nothing.
+#[tokio::test]
+async fn the_deadline_is_checked_after_preconditions_and_before_every_write() {
+    let r = rig("").await;
+    r.sim.device.regs.lock().expect("lock").response_delay = Duration::from_millis(300);
+    let c = cmd("slow", "conveyor", "start", &[("speed", num(1.5))]);
+    let res = r.exec.execute(&c, Arrival::now(WallClock::system(), Duration::from_millis(150))).await;
+    assert_eq!(code(&res), ResultCode::DeadlineExceeded, "{}", res.message);
+    assert!(res.message.contains("after 1 of 2 writes (belt-speed=1.5)"), "{}", res.message);
+    assert!(res.message.contains("running and later were not written"), "{}", res.message);
+    assert_eq!(res.outputs.len(), 1, "the write that happened is reported");
+    assert_eq!(r.sim.device.writes_to("holding", 0), 1);
+    assert_eq!(r.sim.device.writes_to("coil", 0), 0, "nothing written after the deadline");
+
+    let mut pre = cmd("pre", "conveyor", "start", &[("speed", num(1.0))]);
+    pre.preconditions = vec![Precondition {
+        property: "jam".into(),
+        operator: Operator::Equal as i32,
+        value: Some(value::bool_value(false)),
+    }];
+    let res = r.exec.execute(&pre, Arrival::now(WallClock::system(), Duration::from_millis(150))).await;
+    assert_eq!(code(&res), ResultCode::DeadlineExceeded, "{}", res.message);
+    assert!(res.message.contains("preconditions; nothing was written"), "{}", res.message);
+    assert_eq!(r.sim.device.writes_to("holding", 0), 1);
+}
+
+/// The agent's wall clock plays no part in the deadline: whatever its skew, a command with time
+/// left runs, and one whose budget ran out while it waited for the equipment never does.
+#[tokio::test]
+async fn deadlines_hold_whatever_the_agent_wall_clock_says() {
+    const HOUR: i64 = 3_600_000_000;
+    for skew in [-HOUR, -60_000_000, 60_000_000, HOUR] {
+        let r = rig("").await;
+        let exec = Arc::new(
+            Executor::new(
+                Journal::open(&r.state, Duration::from_secs(86400), 1000).expect("journal"),
+                Envelope::default(),
+            )
+            .with_wall_clock(WallClock::skewed(skew)),
+        );
+        exec.install(&[conveyor(r.sim.addr), robot()], &Default::default());
+        // As the controller sends it: a budget, and an absolute deadline on the controller's clock.
+        let mut on_time = cmd(&format!("ok{skew}"), "conveyor", "start", &[("speed", num(1.1))]);
+        on_time.budget_micros = 2_000_000;
+        let received = tokio::time::Instant::now();
+        let deadline =
+            shopfloor_agent::clock::deadline(&on_time, received, exec.wall_clock().now_micros(), None, Duration::ZERO);
+        let arrival = Arrival { received_unix_micros: 0, deadline, offset: Default::default() };
+        let res = exec.execute(&on_time, arrival).await;
+        assert_eq!(code(&res), ResultCode::Ok, "skew {skew} µs: {}", res.message);
+
+        // A slow device holds the equipment past a 200 ms budget: never executed late.
+        r.sim.device.regs.lock().expect("lock").response_delay = Duration::from_millis(400);
+        let first = cmd(&format!("busy{skew}"), "conveyor", "start", &[("speed", num(1.2))]);
+        let busy = {
+            let e = exec.clone();
+            tokio::spawn(
+                async move { e.execute(&first, Arrival::now(WallClock::system(), Duration::from_secs(5))).await },
+            )
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut late = cmd(&format!("late{skew}"), "conveyor", "start", &[("speed", num(1.3))]);
+        late.budget_micros = 200_000;
+        let deadline = shopfloor_agent::clock::deadline(
+            &late,
+            tokio::time::Instant::now(),
+            exec.wall_clock().now_micros(),
+            None,
+            Duration::ZERO,
+        );
+        let res = exec.execute(&late, Arrival { received_unix_micros: 0, deadline, offset: Default::default() }).await;
+        assert_eq!(code(&res), ResultCode::DeadlineExceeded, "skew {skew} µs: {}", res.message);
+        busy.await.expect("busy");
+        let holding: Vec<u16> = r
+            .sim
+            .device
+            .regs
+            .lock()
+            .expect("lock")
+            .writes
+            .iter()
+            .filter(|w| w.table == "holding")
+            .map(|w| w.values[0])
+            .collect();
+        assert!(!holding.contains(&130), "skew {skew} µs: the late command wrote {holding:?}");
+    }
 }
 
 #[tokio::test]

@@ -448,9 +448,7 @@ impl AgentSession for QuicSession {
             // A command past its deadline still goes out (a redelivery the journal answers) with
             // a budget of zero time, which the agent never executes.
             cmd.budget_micros = (deadline - now_micros()).max(-1);
-            tx.send(&cmd)
-                .await
-                .map_err(|e| SessionError::Refused(e.to_string()))?;
+            tx.send(&cmd).await.map_err(|e| SessionError::Refused(e.to_string()))?;
             let (out, rx) = mpsc::channel(4);
             tokio::spawn(async move {
                 let mut reader = FrameReader::new(recv, DEFAULT_MAX_FRAME);
