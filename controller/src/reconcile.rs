@@ -62,8 +62,10 @@ impl<S: Store> Core<S> {
     pub fn new(store: Arc<S>, replica: impl Into<String>, status_interval: Duration) -> Arc<Self> {
         let registry = Arc::new(Registry::default());
         let metrics = Arc::new(Metrics::default());
+        let engine = Engine::new(store.clone(), registry.clone(), metrics.clone());
+        engine.follow_connections();
         Arc::new(Self {
-            engine: Engine::new(store.clone(), registry.clone(), metrics.clone()),
+            engine,
             statuses: StatusWriter::start(store.clone(), status_interval),
             store,
             registry,

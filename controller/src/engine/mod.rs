@@ -4,13 +4,18 @@
 //! command), so a controller that dies at any point resumes from the last recorded phase: a
 //! command recorded Dispatched or Acknowledged is re-sent with the same id, and the agent's
 //! journal turns the redelivery into the recorded result instead of a second execution.
+//!
+//! The engine also follows the registry itself, in both modes: when an agent connects, every
+//! unfinished command routed to it is reconciled at once — Pending ones are sent, and ones whose
+//! delivery died with an earlier connection are re-sent with the same id. Neither store's event
+//! source has to know that a connection came up.
 
 pub mod lifecycle;
 pub mod spans;
 
 use std::{
-    collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    collections::HashMap,
+    sync::{Arc, Mutex, Weak},
     time::Duration,
 };
 
@@ -24,7 +29,7 @@ use shopfloor_api::{
 use self::lifecycle::{Effect, Event};
 use crate::{
     metrics::{Metrics, PhaseLabel},
-    registry::{Dispatch, Registry, Reply},
+    registry::{Change, Dispatch, Registry, Reply},
     store::{ObjectKey, StatusUpdate, Store, StoreError},
 };
 use shopfloor_trace::{TraceContext, Tracer};
@@ -55,8 +60,15 @@ struct Inner<S> {
     metrics: Arc<Metrics>,
     /// Latest persisted status per command uid; the store's view may lag behind.
     statuses: Mutex<HashMap<String, ControlCommandStatus>>,
-    /// Commands with a live stream to an agent.
-    in_flight: Mutex<HashSet<String>>,
+    /// Commands with a stream to an agent, by the connection that carries it: a command whose
+    /// connection is gone is not in flight any more, whatever its delivery task still believes.
+    in_flight: Mutex<HashMap<String, u64>>,
+    /// Unfinished commands by the agent they are routed to, as last reconciled: what a new
+    /// connection of that agent re-drives.
+    waiting: Mutex<HashMap<ObjectKey, HashMap<String, (ControlCommand, Option<Equipment>)>>>,
+    /// Commands to reconcile again, by uid (a delivery that ended without a result).
+    redrive: tokio::sync::mpsc::UnboundedSender<String>,
+    redrive_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
     /// Serialises the transitions of each command (its replies and reconciles race otherwise).
     transitions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Where command spans go (nowhere unless an OTLP collector is configured).
@@ -74,6 +86,7 @@ struct Cmd {
 
 impl<S: Store> Engine<S> {
     pub fn new(store: Arc<S>, registry: Arc<Registry>, metrics: Arc<Metrics>) -> Self {
+        let (redrive, redrive_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -81,10 +94,80 @@ impl<S: Store> Engine<S> {
                 metrics,
                 statuses: Mutex::default(),
                 in_flight: Mutex::default(),
+                waiting: Mutex::default(),
+                redrive,
+                redrive_rx: Mutex::new(Some(redrive_rx)),
                 transitions: Mutex::default(),
                 tracer: std::sync::RwLock::default(),
             }),
         }
+    }
+
+    /// Reconciles an agent's unfinished commands whenever it connects, until the registry goes
+    /// away. Started once per engine by whoever owns it (the controller's core).
+    pub fn follow_connections(&self) -> tokio::task::JoinHandle<()> {
+        let mut changes = self.inner.registry.subscribe();
+        let mut redrive = self.inner.redrive_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let weak: Weak<Inner<S>> = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                let change = tokio::select! {
+                    c = changes.recv() => c,
+                    Some(uid) = async { match redrive.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
+                        let Some(inner) = weak.upgrade() else { return };
+                        let engine = Engine { inner };
+                        if let Some((cmd, eq)) = engine.waiting_command(&uid) {
+                            tokio::spawn(async move {
+                                if let Err(e) = engine.reconcile(&cmd, eq.as_ref()).await {
+                                    tracing::warn!(command = %ObjectKey::of(&cmd.metadata), "reconcile after a lost delivery failed: {e}");
+                                }
+                            });
+                        }
+                        continue;
+                    }
+                };
+                let agents = match change {
+                    Ok(Change::Connected(agent)) => vec![agent],
+                    Ok(Change::Disconnected(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let Some(inner) = weak.upgrade() else { return };
+                        inner.waiting.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(inner) = weak.upgrade() else { return };
+                let engine = Engine { inner };
+                for agent in agents {
+                    let commands: Vec<(ControlCommand, Option<Equipment>)> = engine
+                        .inner
+                        .waiting
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&agent)
+                        .map(|m| m.values().cloned().collect())
+                        .unwrap_or_default();
+                    if !commands.is_empty() {
+                        tracing::info!(agent = %agent, commands = commands.len(), "agent connected: sending its unfinished commands");
+                    }
+                    for (cmd, eq) in commands {
+                        let engine = engine.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = engine.reconcile(&cmd, eq.as_ref()).await {
+                                tracing::warn!(command = %ObjectKey::of(&cmd.metadata), "reconcile after connect failed: {e}");
+                            }
+                        });
+                    }
+                }
+            }
+        })
+    }
+
+    fn settle(&self, uid: &str) {
+        let mut waiting = self.inner.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.retain(|_, m| {
+            m.remove(uid);
+            !m.is_empty()
+        });
     }
 
     /// Exports each command's spans through `tracer` from now on.
@@ -120,6 +203,7 @@ impl<S: Store> Engine<S> {
         self.inner.store.write_status(StatusUpdate::ControlCommand(cmd.key.clone(), next.clone())).await?;
         self.inner.metrics.status_writes.inc();
         if let Some(phase) = next.phase.filter(|p| p.is_terminal()) {
+            self.settle(&cmd.uid);
             self.inner.metrics.commands_finished.get_or_create(&PhaseLabel { phase: format!("{phase:?}") }).inc();
             if let Some(total) = next.latency.total_micros {
                 self.inner.metrics.command_latency.observe(total as f64 / 1e6);
@@ -180,10 +264,13 @@ impl<S: Store> Engine<S> {
             return Ok(Some(Duration::from_secs(1)));
         };
         let agent = ObjectKey::new(cmd.key.namespace.clone(), equipment.spec.agent_ref.name.clone());
-        if self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).contains(&cmd.uid) {
-            self.transition(&cmd, Event::Tick).await?;
-            return Ok(until(deadline.checked_add(lifecycle::RESULT_GRACE).unwrap_or(deadline)));
-        }
+        self.inner
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(agent.clone())
+            .or_default()
+            .insert(cmd.uid.clone(), (cmd.object.clone(), Some(equipment.clone())));
         let Some(connected) = self.inner.registry.get(&agent) else {
             if let Some((s, _)) = self.transition(&cmd, Event::AgentOffline).await?
                 && s.phase.is_some_and(CommandPhase::is_terminal)
@@ -198,9 +285,24 @@ impl<S: Store> Engine<S> {
                 _ => Ok(until(deadline.checked_add(lifecycle::RESULT_GRACE).unwrap_or(deadline))),
             };
         };
-        let Some((status, Effect::Send)) =
-            self.transition(&cmd, Event::Dispatched { agent: agent.name.clone() }).await?
-        else {
+        // Claimed before the transition, in one step: a reconcile from the watch and one from
+        // the connection may race, and only one of them may send.
+        let claimed = {
+            let mut in_flight = self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            let carried = in_flight.get(&cmd.uid) == Some(&connected.connection_id);
+            if !carried {
+                in_flight.insert(cmd.uid.clone(), connected.connection_id);
+            }
+            !carried
+        };
+        if !claimed {
+            self.transition(&cmd, Event::Tick).await?;
+            return Ok(until(deadline.checked_add(lifecycle::RESULT_GRACE).unwrap_or(deadline)));
+        }
+        let sent = self.transition(&cmd, Event::Dispatched { agent: agent.name.clone() }).await;
+        let Ok(Some((status, Effect::Send))) = sent else {
+            self.release(&cmd.uid, connected.connection_id);
+            sent?;
             return self.ttl(&cmd, &self.status_of(&cmd)).await;
         };
         let dispatch = Dispatch {
@@ -216,17 +318,22 @@ impl<S: Store> Engine<S> {
                 .unwrap_or_else(TraceContext::root)
                 .traceparent(),
         };
-        self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(cmd.uid.clone());
         let engine = self.clone();
         tokio::spawn(async move {
-            engine.deliver(cmd, connected.session, dispatch).await;
+            engine.deliver(cmd, connected.session, dispatch, connected.connection_id).await;
         });
         Ok(until(deadline.checked_add(lifecycle::RESULT_GRACE).unwrap_or(deadline)))
     }
 
     /// Sends one command and records what comes back; the stream ending without a result leaves
     /// the command Dispatched/Acknowledged for a redelivery on the next connection.
-    async fn deliver(&self, cmd: Cmd, session: Arc<dyn crate::registry::AgentSession>, dispatch: Dispatch) {
+    async fn deliver(
+        &self,
+        cmd: Cmd,
+        session: Arc<dyn crate::registry::AgentSession>,
+        dispatch: Dispatch,
+        connection_id: u64,
+    ) {
         let started = std::time::SystemTime::now();
         // Span work only when spans go somewhere: this is every command's path.
         let tracer = self.tracer();
@@ -259,7 +366,33 @@ impl<S: Store> Engine<S> {
             let agent = self.status_of(&cmd).agent.unwrap_or_default();
             tracer.record(spans::delivery(&cmd.uid, context, &agent, (started, end), result));
         }
-        self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&cmd.uid);
+        self.release(&cmd.uid, connection_id);
+        if code.is_none() {
+            // The stream ended without a result. If the connection is gone, its successor's
+            // connect re-drives the command; if it is somehow still up, nothing else would, so
+            // look again shortly (a redelivery is answered from the agent's journal).
+            let agent = self.status_of(&cmd).agent.map(|a| ObjectKey::new(cmd.key.namespace.clone(), a));
+            if agent.and_then(|a| self.inner.registry.get(&a)).is_some_and(|c| c.connection_id == connection_id) {
+                let redrive = self.inner.redrive.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let _ = redrive.send(cmd.uid);
+                });
+            }
+        }
+    }
+
+    fn waiting_command(&self, uid: &str) -> Option<(ControlCommand, Option<Equipment>)> {
+        let waiting = self.inner.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.values().find_map(|m| m.get(uid)).cloned()
+    }
+
+    /// Ends `connection_id`'s claim on a command; a newer connection's claim stays.
+    fn release(&self, uid: &str, connection_id: u64) {
+        let mut in_flight = self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if in_flight.get(uid) == Some(&connection_id) {
+            in_flight.remove(uid);
+        }
     }
 
     async fn persist_retrying(&self, cmd: &Cmd, event: Event) -> Result<(), StoreError> {
@@ -303,6 +436,7 @@ impl<S: Store> Engine<S> {
     pub fn forget(&self, uid: &str) {
         self.inner.statuses.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
         self.inner.transitions.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+        self.settle(uid);
     }
 }
 
