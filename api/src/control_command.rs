@@ -46,8 +46,6 @@ pub const MAX_PRECONDITIONS: usize = 8;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self == oldSelf", "message": "a ControlCommand's spec is immutable: create a new command instead"},
-    {"rule": "self.action != 'write' || (has(self.parameters) && 'property' in self.parameters && 'value' in self.parameters)", "message": "the write action needs parameters property and value", "fieldPath": ".parameters"},
-    {"rule": "self.action != 'read' || (has(self.parameters) && 'property' in self.parameters)", "message": "the read action needs parameter property", "fieldPath": ".parameters"},
     {"rule": "duration(self.timeout) >= duration('100ms') && duration(self.timeout) <= duration('24h')", "message": "timeout must be between 100ms and 24h", "fieldPath": ".timeout"}
 ]))]
 pub struct ControlCommandSpec {

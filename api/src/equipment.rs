@@ -50,8 +50,7 @@ pub const MAX_WRITES: usize = 8;
     {"rule": "!has(self.modbusTcp) || self.properties.all(p, has(p.modbus))", "message": "every property of modbusTcp equipment needs a modbus mapping", "fieldPath": ".properties"},
     {"rule": "self.properties.all(p, self.properties.exists_one(q, q.name == p.name))", "message": "property names must be unique", "fieldPath": ".properties"},
     {"rule": "self.actions.all(a, self.actions.exists_one(b, b.name == a.name))", "message": "action names must be unique", "fieldPath": ".actions"},
-    {"rule": "self.actions.all(a, a.writes.all(w, self.properties.exists(p, p.name == w.property && p.access == 'ReadWrite')))", "message": "every action write must name a ReadWrite property of this equipment", "fieldPath": ".actions"},
-    {"rule": "!has(self.simulated) || !has(self.simulated.initial) || self.simulated.initial.all(k, self.properties.exists(p, p.name == k))", "message": "simulated.initial may only name declared properties", "fieldPath": ".simulated.initial"}
+    {"rule": "self.actions.all(a, a.writes.all(w, self.properties.exists(p, p.name == w.property && p.access == 'ReadWrite')))", "message": "every action write must name a ReadWrite property of this equipment", "fieldPath": ".actions"}
 ]))]
 pub struct EquipmentSpec {
     /// The EdgeAgent that drives this equipment.
@@ -134,9 +133,6 @@ pub enum Access {
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "!has(self.min) || !has(self.max) || self.min <= self.max", "message": "min must not exceed max", "fieldPath": ".min"},
     {"rule": "self.type != 'Bool' || (!has(self.min) && !has(self.max))", "message": "min and max apply to Int and Float properties only", "fieldPath": ".min"},
-    {"rule": "!has(self.desired) || self.access == 'ReadWrite'", "message": "desired can only be set on a ReadWrite property", "fieldPath": ".desired"},
-    {"rule": "!has(self.desired) || self.type == 'Bool' || !has(self.min) || double(self.desired) >= self.min", "message": "desired is below min", "fieldPath": ".desired"},
-    {"rule": "!has(self.desired) || self.type == 'Bool' || !has(self.max) || double(self.desired) <= self.max", "message": "desired is above max", "fieldPath": ".desired"},
     {"rule": "!has(self.modbus) || self.access == 'ReadOnly' || self.modbus.table == 'Coil' || self.modbus.table == 'HoldingRegister'", "message": "a ReadWrite property must map to a Coil or a HoldingRegister", "fieldPath": ".modbus.table"},
     {"rule": "!has(self.modbus) || (self.type == 'Bool') == (self.modbus.table == 'Coil' || self.modbus.table == 'DiscreteInput')", "message": "Bool properties map to Coil or DiscreteInput, Int and Float properties to registers", "fieldPath": ".modbus.table"}
 ]))]
@@ -261,11 +257,11 @@ pub struct Parameter {
 }
 
 /// One property write of an action: the value comes from a parameter or is a constant.
+///
+/// "Exactly one of parameter or value" is checked by the controller, not by a CEL rule: `value`
+/// is an untyped scalar, which the API server's CEL type-checker cannot see.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "has(self.parameter) != has(self.value)", "message": "set exactly one of parameter or value"}
-]))]
 pub struct ActionWrite {
     /// The ReadWrite property to write.
     #[schemars(length(min = 1, max = 63))]

@@ -3,6 +3,11 @@
 
 use std::path::PathBuf;
 
+mod support {
+    pub mod apiserver_cel;
+}
+use support::apiserver_cel::{self as apiserver, CRD_LIMIT, RULE_LIMIT};
+
 use kube::core::cel::compile_schema;
 use serde_json::Value;
 use shopfloor_api::crds;
@@ -200,7 +205,9 @@ fn cel_rules_compile_and_everything_they_reach_is_bounded() {
             unbounded(node, &path, &mut problems);
         }
     }
-    assert!(count >= 25, "expected the cross-field rules to be in the schemas, found {count}");
+    // 24 since the rules reading untyped values (desired, simulated.initial, an action write's
+    // value, a command's parameters) moved to the controller: CEL cannot see those fields.
+    assert!(count >= 24, "expected the cross-field rules to be in the schemas, found {count}");
     problems.sort();
     problems.dedup();
     assert!(problems.is_empty(), "CEL problems:\n{}", problems.join("\n"));
@@ -223,4 +230,85 @@ fn the_bound_check_catches_unbounded_nodes() {
             "spec.name: string without maxLength"
         ]
     );
+}
+
+/// The refusal a real API server gave these CRDs, now a `cargo test` failure: every rule is
+/// type-checked against the type the API server derives from the schema (untyped fields, maps
+/// with untyped values and lists of untyped items are invisible to CEL), and its estimated cost
+/// times its cardinality must fit the per-rule budget, the sum the per-CRD budget.
+#[test]
+fn the_api_server_type_checks_every_rule_and_each_fits_its_cost_budget() {
+    let mut problems = Vec::new();
+    let mut report = Vec::new();
+    for (file, crd) in crds::all() {
+        let mut total: u64 = 0;
+        for (path, rule, result) in apiserver::rules(&schema_of(&crd)) {
+            match result {
+                Err(e) => problems.push(format!("{file} {path}: `{rule}`: {e}")),
+                Ok(cost) if cost > RULE_LIMIT => problems.push(format!(
+                    "{file} {path}: `{rule}`: estimated cost {cost} exceeds the per-rule budget {RULE_LIMIT} by {:.1}x",
+                    cost as f64 / RULE_LIMIT as f64
+                )),
+                Ok(cost) => {
+                    total = total.saturating_add(cost);
+                    report.push(format!("{cost:>10}  {file} {path}: {rule}"));
+                }
+            }
+        }
+        if total > CRD_LIMIT {
+            problems.push(format!("{file}: total estimated cost {total} exceeds the per-CRD budget {CRD_LIMIT}"));
+        }
+        report.push(format!("{total:>10}  {file}: total (budget {CRD_LIMIT})"));
+    }
+    println!("estimated cost × cardinality per rule (per-rule budget {RULE_LIMIT}):\n{}", report.join("\n"));
+    assert!(problems.is_empty(), "the API server would refuse these CRDs:\n{}", problems.join("\n"));
+}
+
+/// The checker against what the API server is known to do: its refusals of untyped fields, and
+/// the cost figures of its own estimator tests (apiextensions-apiserver `TestCostEstimation`).
+#[test]
+fn the_checker_refuses_what_the_api_server_refuses_and_costs_as_it_does() {
+    use serde_json::json;
+    let ty = |schema: Value| apiserver::type_of(&schema).expect("typed");
+    let untyped = ty(json!({"type": "object", "properties": {
+        "anyval": {"x-kubernetes-preserve-unknown-fields": true},
+        "anymap": {"type": "object", "maxProperties": 4, "additionalProperties": {"x-kubernetes-preserve-unknown-fields": true}},
+        "anylist": {"type": "array", "maxItems": 4, "items": {"x-kubernetes-preserve-unknown-fields": true}},
+        "typed": {"type": "integer"},
+    }}));
+    for (rule, field) in [
+        ("has(self.anyval)", "anyval"),
+        ("double(self.anyval) > 1.0", "anyval"),
+        ("'k' in self.anymap", "anymap"),
+        ("self.anylist.all(x, true)", "anylist"),
+    ] {
+        let err = apiserver::check(rule, &untyped).expect_err(rule);
+        assert_eq!(err, format!("undefined field '{field}'"), "{rule}");
+    }
+    assert!(apiserver::check("self.typed > 1", &untyped).is_ok());
+
+    let ints = |max: Option<u64>| {
+        let mut s = json!({"type": "array", "items": {"type": "integer"}});
+        if let Some(m) = max {
+            s["maxItems"] = m.into();
+        }
+        ty(s)
+    };
+    assert_eq!(apiserver::check("self.all(x, true)", &ints(Some(10))), Ok(32));
+    assert_eq!(apiserver::check("self.all(x, self.all(y, true))", &ints(Some(10))), Ok(352));
+    assert_eq!(apiserver::check("self.all(x, true)", &ints(None)), Ok(4_718_591));
+    let strings = ty(json!({"type": "object", "properties": {
+        "bounded": {"type": "string", "maxLength": 10},
+        "unbounded": {"type": "string"},
+        "kind": {"type": "string", "enum": ["Coil", "HoldingRegister"]},
+    }}));
+    // String equality costs a tenth of the smaller side's largest size in bytes (maxLength × 4).
+    assert_eq!(apiserver::check("self.bounded == self.bounded", &strings), Ok(4 + 4));
+    assert_eq!(apiserver::check("self.unbounded == self.unbounded", &strings), Ok(4 + 314_573));
+    assert_eq!(apiserver::check("self.kind == 'Coil'", &strings), Ok(2 + 1));
+    // A rule on the items of an unbounded list runs as often as items fit in a request.
+    let list = json!({"type": "array", "items": {"type": "object", "properties": {}}});
+    assert_eq!(apiserver::cardinality(&[&list], &ty(json!({"type": "object"}))), 1_048_576);
+    let bounded = json!({"type": "array", "maxItems": 64, "items": {"type": "object"}});
+    assert_eq!(apiserver::cardinality(&[&bounded, &bounded], &ty(json!({"type": "object"}))), 4096);
 }
