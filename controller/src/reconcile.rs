@@ -288,7 +288,9 @@ impl<S: Store> Core<S> {
         let applied = self.observed.applied(&agent);
         let readings = self.observed.readings(&key);
         let connected = self.registry.get(&agent).is_some();
-        let status = status::equipment(eq, &problems, connected, applied.as_ref(), &readings, Timestamp::now());
+        let desired = plans.agents.get(&agent).filter(|p| p.equipment.contains_key(&key.name)).map(|p| p.revision());
+        let status =
+            status::equipment(eq, &problems, connected, desired, applied.as_ref(), &readings, Timestamp::now());
         if eq.status.as_ref() != Some(&status) {
             self.statuses.submit(StatusUpdate::Equipment(key, status));
         }
@@ -300,8 +302,11 @@ impl<S: Store> Core<S> {
         let key = ObjectKey::of(&slice.metadata);
         let problems: Vec<_> = plans.problems_of("NetworkSlice", &key).collect();
         let selected = plans.slice_agents.get(&key).cloned().unwrap_or_default();
-        let reports: BTreeMap<ObjectKey, _> =
-            selected.iter().filter_map(|a| self.observed.applied(a).map(|r| (a.clone(), r))).collect();
+        let reports: BTreeMap<ObjectKey, _> = selected
+            .iter()
+            .filter_map(|a| self.observed.applied(a).map(|r| (a.clone(), r)))
+            .filter(|(a, r)| plans.agents.get(a).is_some_and(|p| p.revision() == r.revision))
+            .collect();
         let status = status::network_slice(slice, &problems, &selected, |a| reports.get(a), Timestamp::now());
         if slice.status.as_ref() != Some(&status) {
             self.statuses.submit(StatusUpdate::NetworkSlice(key, status));

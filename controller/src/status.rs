@@ -110,12 +110,15 @@ pub fn edge_agent(agent: &EdgeAgent, facts: &AgentFacts<'_>, now: Timestamp) -> 
     }
 }
 
-/// The Equipment's status from the problems the planner found, its agent's last ConfigApplied
-/// and the last readings.
+/// The Equipment's status from the problems the planner found, the revision its agent should
+/// hold (`None` when no plan includes it), its agent's last ConfigApplied and the last readings.
+/// `Applied` is `True` only when the agent applied exactly the desired revision, every setpoint
+/// read back — never for an older revision the agent happens to hold.
 pub fn equipment(
     eq: &Equipment,
     problems: &[&Problem],
     agent_connected: bool,
+    desired_revision: Option<&str>,
     applied: Option<&AppliedReport>,
     readings: &std::collections::BTreeMap<String, Reading>,
     now: Timestamp,
@@ -146,28 +149,8 @@ pub fn equipment(
     let failed: Vec<&PropertyApplyStatus> = results.iter().filter(|r| r.result != ApplyResult::Applied).collect();
     let applied_revision =
         applied.filter(|a| a.equipment.contains_key(&name)).map(|a| a.revision.clone()).or(prev.applied_revision);
-    if applied_revision.is_none() {
-        conditions::set(
-            &mut conds,
-            APPLIED,
-            State::Unknown,
-            "Pending",
-            "the agent has not applied a configuration with this equipment yet",
-            generation,
-            now,
-        );
-    } else if failed.is_empty() {
-        conditions::set(
-            &mut conds,
-            APPLIED,
-            State::True,
-            "Applied",
-            "every desired setpoint is applied and read back",
-            generation,
-            now,
-        );
-    } else {
-        let msg = failed
+    let failures = || {
+        failed
             .iter()
             .map(|r| {
                 format!(
@@ -178,9 +161,31 @@ pub fn equipment(
                 )
             })
             .collect::<Vec<_>>()
-            .join("; ");
-        conditions::set(&mut conds, APPLIED, State::False, "SetpointsNotApplied", msg, generation, now);
-    }
+            .join("; ")
+    };
+    let held = applied_revision.as_deref().unwrap_or("none");
+    let in_sync = desired_revision.is_some() && desired_revision == applied_revision.as_deref();
+    let (state, reason, message) = match desired_revision {
+        None => (
+            State::False,
+            "NotPlanned",
+            "no agent configuration includes this equipment: see the Valid condition".to_owned(),
+        ),
+        Some(want) if !in_sync && !agent_connected => (
+            State::False,
+            "AgentOffline",
+            format!(
+                "revision {want} waits for EdgeAgent {} to connect; the agent holds {held}",
+                eq.spec.agent_ref.name
+            ),
+        ),
+        Some(want) if !in_sync => {
+            (State::False, "Pending", format!("the agent is applying revision {want}; it holds {held}"))
+        }
+        Some(_) if !failed.is_empty() => (State::False, "Failed", failures()),
+        Some(want) => (State::True, "Applied", format!("revision {want} applied; every desired setpoint read back")),
+    };
+    conditions::set(&mut conds, APPLIED, state, reason, message, generation, now);
     let slice_problem = problems.iter().find(|p| p.reason == "SliceNotSelected");
     let (state, reason, message) = if let Some(p) = invalid {
         (State::False, p.reason, p.message.clone())
@@ -193,12 +198,12 @@ pub fn equipment(
                 eq.spec.agent_ref.name
             ),
         )
+    } else if !in_sync {
+        (State::False, "Pending", "waiting for the agent to apply the desired configuration: see Applied".to_owned())
     } else if !failed.is_empty() {
         (State::False, "SetpointsNotApplied", "see the Applied condition".to_owned())
     } else if let Some(p) = slice_problem {
         (State::False, p.reason, p.message.clone())
-    } else if applied_revision.is_none() {
-        (State::False, "Pending", "waiting for the agent to apply its configuration".to_owned())
     } else {
         (State::True, "Ready", "connected, configured, reporting".to_owned())
     };
@@ -215,7 +220,9 @@ pub fn equipment(
     EquipmentStatus { observed_generation: generation, conditions: conds, applied_revision, applied: results, reported }
 }
 
-/// The NetworkSlice's status: how many agents it selects, and how many applied it.
+/// The NetworkSlice's status: how many agents it selects, and how many applied it. `applied`
+/// must return an agent's report only if it is for the revision the agent should hold: a
+/// report of an older revision says nothing about this slice as it is now.
 pub fn network_slice<'a>(
     slice: &NetworkSlice,
     problems: &[&Problem],
@@ -257,5 +264,59 @@ pub fn network_slice<'a>(
         selected_agents: count(selected.len()),
         applied_agents: count(ok),
         failed_agents: count(failed.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn oven(generation: i64, applied_revision: Option<&str>) -> Equipment {
+        let mut eq: Equipment = serde_yaml::from_str(
+            "apiVersion: shopfloor.io/v1alpha1\nkind: Equipment\nmetadata: {name: oven, namespace: plant-a}\n\
+             spec:\n  agentRef: {name: line-2}\n  simulated: {}\n  properties:\n  \
+             - {name: setpoint, type: Float, access: ReadWrite, desired: 180}\n",
+        )
+        .expect("equipment");
+        eq.metadata.generation = Some(generation);
+        eq.status =
+            Some(EquipmentStatus { applied_revision: applied_revision.map(str::to_owned), ..Default::default() });
+        eq
+    }
+
+    fn applied_condition(s: &EquipmentStatus) -> (String, String, Option<i64>) {
+        let c = s.conditions.iter().find(|c| c.type_ == APPLIED).expect("Applied condition");
+        (c.status.clone(), c.reason.clone(), c.observed_generation)
+    }
+
+    /// The reported lie: an Equipment edited while its agent was offline kept the old
+    /// appliedRevision and still read Applied=True for the new generation.
+    #[test]
+    fn applied_is_true_only_for_the_desired_revision() {
+        let now = Timestamp::now();
+        let none = BTreeMap::new();
+        let edited = oven(2, Some("rev-old"));
+        let offline = equipment(&edited, &[], false, Some("rev-new"), None, &none, now);
+        assert_eq!(applied_condition(&offline), ("False".into(), "AgentOffline".into(), Some(2)));
+        assert_eq!(offline.applied_revision.as_deref(), Some("rev-old"), "what the agent holds, unchanged");
+        let ready = offline.conditions.iter().find(|c| c.type_ == READY).expect("Ready");
+        assert_eq!(ready.status, "False");
+
+        let connected = equipment(&edited, &[], true, Some("rev-new"), None, &none, now);
+        assert_eq!(applied_condition(&connected), ("False".into(), "Pending".into(), Some(2)));
+
+        let report = AppliedReport {
+            revision: "rev-new".into(),
+            equipment: [("oven".to_owned(), vec![])].into(),
+            ..Default::default()
+        };
+        let done = equipment(&edited, &[], true, Some("rev-new"), Some(&report), &none, now);
+        assert_eq!(applied_condition(&done), ("True".into(), "Applied".into(), Some(2)));
+        assert_eq!(done.applied_revision.as_deref(), Some("rev-new"));
+
+        let unplanned = equipment(&edited, &[], true, None, None, &none, now);
+        assert_eq!(applied_condition(&unplanned).1, "NotPlanned");
     }
 }

@@ -101,7 +101,9 @@ pub fn type_of(node: &Value) -> Option<Ty> {
             Some("date") | Some("date-time") => Ty::Timestamp,
             _ => Ty::Str(match (max("maxLength"), node.get("enum").and_then(Value::as_array)) {
                 (Some(n), _) => n * 4,
-                (None, Some(values)) => values.iter().filter_map(Value::as_str).map(|s| s.len() as u64).max().unwrap_or(0),
+                (None, Some(values)) => {
+                    values.iter().filter_map(Value::as_str).map(|s| s.len() as u64).max().unwrap_or(0)
+                }
                 (None, None) => MAX_REQUEST - 2,
             }),
         }),
