@@ -237,9 +237,16 @@ impl<S: Store> Endpoint<S> {
         if agent.spec.suspend {
             return Err(format!("EdgeAgent {key} is suspended"));
         }
-        // Single use: mark it used before issuing anything.
+        // Single use: mark it used before issuing anything, and only if nobody else did since we
+        // read it — of two enrollments racing for one token, exactly one gets a certificate.
+        let read = data.unwrap_or_default();
         token.used_at = Some(Timestamp::now());
-        store.write_secret(&name, token.to_secret()).await.map_err(|e| e.to_string())?;
+        if !store.replace_secret_if(&name, &read, token.to_secret()).await.map_err(|e| e.to_string())? {
+            return Err(format!(
+                "bootstrap token {} was redeemed by another enrollment at the same moment; tokens are single-use",
+                token.id
+            ));
+        }
         self.issue(key, &req.csr_der, true).await
     }
 

@@ -39,10 +39,14 @@ pub enum TokenError {
     #[error("no bootstrap token with id {0} exists: get a fresh one with `kubectl shopfloor enroll <agent>`")]
     Unknown(String),
     #[error(
-        "bootstrap token {0} was already used at {1}; tokens are single-use: issue a new one with `kubectl shopfloor enroll <agent> --renew`"
+        "bootstrap token {0} was already used at {1}; tokens are single-use. To enroll a replacement host, delete and \
+         re-create the EdgeAgent, then run `kubectl shopfloor enroll <agent>` for its new token"
     )]
     Reused(String, Timestamp),
-    #[error("bootstrap token {0} expired at {1}: issue a new one with `kubectl shopfloor enroll <agent> --renew`")]
+    #[error(
+        "bootstrap token {0} expired at {1}: the controller replaces it within seconds; run `kubectl shopfloor enroll \
+         <agent>` again for the new enroll line"
+    )]
     Expired(String, Timestamp),
     #[error("bootstrap token {id} belongs to EdgeAgent {bound}, not {asked}")]
     Foreign { id: String, bound: ObjectKey, asked: ObjectKey },

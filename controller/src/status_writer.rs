@@ -149,6 +149,9 @@ mod tests {
         async fn read_secret(&self, _: &str) -> Result<Option<SecretData>, StoreError> {
             Ok(None)
         }
+        async fn replace_secret_if(&self, _: &str, _: &SecretData, _: SecretData) -> Result<bool, StoreError> {
+            Ok(true)
+        }
         async fn write_secret(&self, _: &str, _: SecretData) -> Result<(), StoreError> {
             Ok(())
         }

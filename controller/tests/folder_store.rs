@@ -117,3 +117,33 @@ async fn corrupt_state_is_moved_aside_not_ignored() {
         .collect();
     assert_eq!(aside.len(), 1, "the corrupt file is kept for inspection");
 }
+
+/// A single-use token must be redeemed once when two enrollments race, in one controller or
+/// two processes on the same state directory: the secret is replaced by compare-and-swap.
+#[tokio::test]
+async fn a_secret_is_replaced_by_exactly_one_of_two_racing_writers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let manifests = dir.path().join("plant");
+    std::fs::create_dir(&manifests).expect("mkdir");
+    let a = FolderStore::open(&manifests, dir.path().join("state")).expect("open");
+    let b = FolderStore::open(&manifests, dir.path().join("state")).expect("open");
+    let mk = |v: String| -> std::collections::BTreeMap<String, Vec<u8>> {
+        [("token".to_owned(), v.into_bytes())].into_iter().collect()
+    };
+    for round in 0..20 {
+        let name = format!("token-{round}");
+        let unused = mk(format!("{round}.unused"));
+        a.write_secret(&name, unused.clone()).await.expect("write");
+        let (ra, rb) = tokio::join!(
+            a.replace_secret_if(&name, &unused, mk(format!("{round}.used-by-a"))),
+            b.replace_secret_if(&name, &unused, mk(format!("{round}.used-by-b")))
+        );
+        let (ra, rb) = (ra.expect("a"), rb.expect("b"));
+        assert!(ra ^ rb, "round {round}: exactly one writer wins (a {ra}, b {rb})");
+        let stored = a.read_secret(&name).await.expect("read").expect("exists");
+        let winner = if ra { "a" } else { "b" };
+        assert_eq!(stored, mk(format!("{round}.used-by-{winner}")));
+        // A writer holding a stale copy loses too.
+        assert!(!b.replace_secret_if(&name, &unused, mk("late".into())).await.expect("stale"));
+    }
+}

@@ -126,3 +126,36 @@ async fn finished_commands_are_deleted_and_a_missing_one_is_fine() {
     store.delete_command(&ObjectKey::new("plant-a", "old")).await.expect("idempotent");
     server.await.expect("server");
 }
+
+/// Redeeming a token replaces its Secret with the resourceVersion just read, so a concurrent
+/// redemption makes the API server answer 409 and this one loses instead of redeeming twice.
+#[tokio::test]
+async fn a_secret_is_replaced_only_at_the_resource_version_read() {
+    let (store, mut handle) = store();
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.expect("read");
+        assert_eq!(req.method(), http::Method::GET);
+        assert_eq!(req.uri().path(), "/api/v1/namespaces/shopfloor-system/secrets/shopfloor-token-a");
+        respond(
+            send,
+            StatusCode::OK,
+            json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "shopfloor-token-a", "namespace": "shopfloor-system", "resourceVersion": "41"},
+                "data": {"token": "dW51c2Vk"}, // "unused"
+            }),
+        );
+        let (req, send) = handle.next_request().await.expect("replace");
+        assert_eq!(req.method(), http::Method::PUT);
+        assert_eq!(req.uri().path(), "/api/v1/namespaces/shopfloor-system/secrets/shopfloor-token-a");
+        let body = body_json(req).await;
+        assert_eq!(body["metadata"]["resourceVersion"], "41", "the precondition the API server enforces");
+        assert_eq!(body["data"]["token"], "dXNlZA=="); // "used"
+        respond(send, StatusCode::CONFLICT, api_status(409, "Conflict"));
+    });
+    let unused = [("token".to_owned(), b"unused".to_vec())].into_iter().collect();
+    let used = [("token".to_owned(), b"used".to_vec())].into_iter().collect();
+    let won = store.replace_secret_if("shopfloor-token-a", &unused, used).await.expect("answered");
+    assert!(!won, "a 409 means another writer was first");
+    server.await.expect("server");
+}

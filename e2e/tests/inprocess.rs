@@ -164,6 +164,42 @@ async fn enrollment_refuses_a_used_and_an_expired_token_and_writes_nothing() {
     assert!(empty(&dir.path().join("expired")), "nothing written after a refused enrollment");
 }
 
+/// Two enrollments racing for one fresh token over real QUIC: exactly one gets a certificate,
+/// every round (the token was redeemed twice in 2 rounds of 20 before redemption became a
+/// compare-and-swap on the Secret).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_raced_by_two_enrollments_is_redeemed_once() {
+    use k8s_openapi::jiff::Timestamp;
+    use shopfloor_agent::{session, state::StateDir};
+    use shopfloor_controller::{
+        enrollment::{self, BootstrapToken},
+        store::{ObjectKey, Store},
+    };
+    let plant = Plant::start(objects(&fixtures::robot_cell_with_template("30s"))).await;
+    let key = ObjectKey::new("plant-a", "line-1");
+    let secret_name = enrollment::token_secret_name(&key);
+    let fingerprint = endpoint::ensure_ca(&*plant.core.store).await.expect("ca").fingerprint();
+    let addr = plant.addr.to_string();
+    let id = AgentId::new("plant-a", "line-1");
+    let dir = tempfile::tempdir().expect("tmp");
+    for round in 0..20 {
+        let fresh = BootstrapToken::generate(key.clone(), Timestamp::now(), Duration::from_secs(3600)).expect("token");
+        plant.core.store.write_secret(&secret_name, fresh.to_secret()).await.expect("write");
+        let token = fresh.token();
+        let (a, b) = (
+            StateDir::open(dir.path().join(format!("{round}-a"))).expect("state"),
+            StateDir::open(dir.path().join(format!("{round}-b"))).expect("state"),
+        );
+        let (ra, rb) = tokio::join!(
+            session::enroll(&a, &addr, None, &token, &fingerprint, &id),
+            session::enroll(&b, &addr, None, &token, &fingerprint, &id)
+        );
+        let refused = [&ra, &rb].iter().filter_map(|r| r.as_ref().err().map(ToString::to_string)).collect::<Vec<_>>();
+        assert_eq!(refused.len(), 1, "round {round}: exactly one enrollment wins, refused: {refused:?}");
+        assert!(refused[0].contains("single-use"), "round {round}: {}", refused[0]);
+    }
+}
+
 /// A connection without a client certificate (the enrollment path) can do nothing but enroll.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_without_a_certificate_may_only_enroll() {

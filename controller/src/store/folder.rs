@@ -354,6 +354,23 @@ impl Store for FolderStore {
         Ok(file.map(|f| f.data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect()))
     }
 
+    async fn replace_secret_if(&self, name: &str, expected: &SecretData, data: SecretData) -> Result<bool, StoreError> {
+        // One claim per version of the secret, made with O_EXCL: of two writers replacing the
+        // same version — in this process or another — exactly one creates the claim.
+        let version = hex::encode(&Sha256::digest(secret_to_file(expected)?)[..16]);
+        let claim = self.state.join("secrets").join(format!(".{name}.cas-{version}"));
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&claim) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(StoreError::Io { what: claim.display().to_string(), source: e }),
+        }
+        if self.read_secret(name).await?.as_ref() != Some(expected) {
+            return Ok(false);
+        }
+        self.write_secret(name, data).await?;
+        Ok(true)
+    }
+
     async fn write_secret(&self, name: &str, data: SecretData) -> Result<(), StoreError> {
         let path = self.secret_path(name);
         write_atomic(&path, &secret_to_file(&data)?, 0o600).map_err(io(path.display().to_string()))

@@ -138,6 +138,21 @@ impl Store for KubeStore {
         self.secrets().get_opt(name).await.map(|s| s.map(from_secret)).map_err(api_error)
     }
 
+    async fn replace_secret_if(&self, name: &str, expected: &SecretData, data: SecretData) -> Result<bool, StoreError> {
+        let Some(mut secret) = self.secrets().get_opt(name).await.map_err(api_error)? else { return Ok(false) };
+        if &from_secret(secret.clone()) != expected {
+            return Ok(false);
+        }
+        // The PUT carries the resourceVersion just read: the API server refuses it with 409
+        // Conflict if anyone wrote the Secret in between.
+        secret.data = Some(to_secret_data(&data));
+        match self.secrets().replace(name, &PostParams::default(), &secret).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_status(&e, 409) => Ok(false),
+            Err(e) => Err(api_error(e)),
+        }
+    }
+
     async fn write_secret(&self, name: &str, data: SecretData) -> Result<(), StoreError> {
         let patch = json!({
             "apiVersion": "v1",

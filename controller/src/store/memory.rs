@@ -37,6 +37,15 @@ impl Store for MemoryStore {
         Ok(self.secrets.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned())
     }
 
+    async fn replace_secret_if(&self, name: &str, expected: &SecretData, data: SecretData) -> Result<bool, StoreError> {
+        let mut secrets = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+        if secrets.get(name) != Some(expected) {
+            return Ok(false);
+        }
+        secrets.insert(name.to_owned(), data);
+        Ok(true)
+    }
+
     async fn write_secret(&self, name: &str, data: SecretData) -> Result<(), StoreError> {
         self.secrets.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), data);
         Ok(())

@@ -122,6 +122,16 @@ pub trait Store: Send + Sync + 'static {
 
     fn read_secret(&self, name: &str) -> impl Future<Output = Result<Option<SecretData>, StoreError>> + Send;
 
+    /// Replaces a secret only if it still holds `expected` — a compare-and-swap. `Ok(false)` when
+    /// another writer changed or removed it first. Single-use bootstrap tokens rest on this: two
+    /// enrollments racing for one token must not both redeem it, on one replica or two.
+    fn replace_secret_if(
+        &self,
+        name: &str,
+        expected: &SecretData,
+        data: SecretData,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Replaces (or creates) a secret.
     fn write_secret(&self, name: &str, data: SecretData) -> impl Future<Output = Result<(), StoreError>> + Send;
 
