@@ -315,6 +315,11 @@ impl Executor {
             );
         };
         let (plan, reads, timeout) = self.plan(&eq, cmd)?;
+        if let Some(why) = self.envelope.refusal()
+            && !plan.is_empty()
+        {
+            return refuse(ResultCode::OutOfEnvelope, why);
+        }
         let _turn = eq.lock.lock().await;
         if past() {
             return refuse(

@@ -9,6 +9,12 @@
 //!       belt-speed: {min: 0.0, max: 2.0}
 //!     deniedActions: [start]
 //! ```
+//!
+//! An envelope the agent is configured with fails closed: if the file is missing, unreadable or
+//! invalid, the agent still runs (it reports, and holds what the equipment does now) but refuses
+//! every command that writes and every setpoint change, naming the file, until the file is back
+//! and the agent restarted. Deleting the file never silently removes the envelope. The SHA-256
+//! of the envelope in force goes to the controller, which shows it on the EdgeAgent.
 
 use std::{
     collections::BTreeMap,
@@ -41,6 +47,12 @@ pub struct Envelope {
     /// Where it was read from, for messages.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// SHA-256 of the file in force, hex.
+    #[serde(skip)]
+    pub sha256: Option<String>,
+    /// Why every write is refused: the configured file could not be used.
+    #[serde(skip)]
+    pub refusing: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,13 +64,34 @@ pub enum EnvelopeError {
 }
 
 impl Envelope {
-    /// Loads the envelope; a missing file is an empty envelope (the controller's limits apply).
+    /// No envelope: only the controller's limits apply (`--envelope none`).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// The configured envelope, or one that refuses every write because the file cannot be used.
+    pub fn load_or_refuse(path: &Path) -> Self {
+        match Self::load(path) {
+            Ok(env) => env,
+            Err(e) => {
+                tracing::error!(
+                    "{e}; every command that writes and every setpoint change is refused until it is fixed"
+                );
+                Self {
+                    source: Some(path.to_owned()),
+                    refusing: Some(format!(
+                        "{e}; the agent refuses writes until the plant's safety envelope is restored (then restart \
+                         the agent)"
+                    )),
+                    ..Self::default()
+                }
+            }
+        }
+    }
+
+    /// Loads the envelope at `path`; a missing file is an error (fail closed).
     pub fn load(path: &Path) -> Result<Self, EnvelopeError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => return Err(EnvelopeError::Io(path.to_owned(), e)),
-        };
+        let text = std::fs::read_to_string(path).map_err(|e| EnvelopeError::Io(path.to_owned(), e))?;
         let mut env: Envelope =
             serde_yaml::from_str(&text).map_err(|e| EnvelopeError::Invalid(path.to_owned(), e.to_string()))?;
         for (eq, e) in &env.equipment {
@@ -74,7 +107,13 @@ impl Envelope {
             }
         }
         env.source = Some(path.to_owned());
+        env.sha256 = Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())));
         Ok(env)
+    }
+
+    /// Why every write is refused, if it is.
+    pub fn refusal(&self) -> Option<&str> {
+        self.refusing.as_deref()
     }
 
     fn source(&self) -> String {
@@ -83,6 +122,9 @@ impl Envelope {
 
     /// `Err(reason)` when writing `x` to `property` of `equipment` leaves the envelope.
     pub fn check(&self, equipment: &str, property: &str, x: f64) -> Result<(), String> {
+        if let Some(why) = &self.refusing {
+            return Err(why.clone());
+        }
         let Some(l) = self.equipment.get(equipment).and_then(|e| e.properties.get(property)) else { return Ok(()) };
         if l.min.is_some_and(|lo| x < lo) || l.max.is_some_and(|hi| x > hi) {
             return Err(format!(
@@ -123,6 +165,29 @@ mod tests {
         assert!(env.check("press", "speed", 99.0).is_ok(), "no entry, no narrowing");
         std::fs::write(&path, "equipment: {x: {properties: {p: {min: 5, max: 1}}}}").expect("write");
         assert!(matches!(Envelope::load(&path), Err(EnvelopeError::Invalid(..))));
-        assert!(Envelope::load(&dir.path().join("missing.yaml")).expect("empty").equipment.is_empty());
+    }
+
+    /// The reported failure: deleting the envelope file silently removed the envelope.
+    #[test]
+    fn a_configured_envelope_that_is_missing_or_broken_refuses_every_write() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("envelope.yaml");
+        std::fs::write(&path, "equipment: {}\n").expect("write");
+        let ok = Envelope::load_or_refuse(&path);
+        assert_eq!(ok.refusal(), None);
+        assert_eq!(ok.sha256.as_deref().map(str::len), Some(64));
+        for broken in ["missing", "invalid"] {
+            if broken == "missing" {
+                std::fs::remove_file(&path).expect("rm");
+            } else {
+                std::fs::write(&path, "equipment: [").expect("write");
+            }
+            let env = Envelope::load_or_refuse(&path);
+            let why = env.refusal().expect("refusing");
+            assert!(why.contains("envelope.yaml") && why.contains("refuses writes"), "{broken}: {why}");
+            assert!(env.check("press", "speed", 1.0).is_err(), "{broken}: even where it set no limit");
+            assert_eq!(env.sha256, None);
+        }
+        assert_eq!(Envelope::none().refusal(), None);
     }
 }

@@ -442,6 +442,10 @@ impl Agent {
             boot_id: self.boot_id.clone(),
             held_revision: held,
             sent_unix_micros: self.executor.wall_clock().now_micros(),
+            envelope: Some(proto::Envelope {
+                sha256: self.executor.envelope().sha256.clone().unwrap_or_default(),
+                problem: self.executor.envelope().refusal().unwrap_or_default().to_owned(),
+            }),
         };
         let t1 = hello.sent_unix_micros;
         tx.lock()

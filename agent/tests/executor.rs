@@ -202,6 +202,42 @@ async fn a_torn_journal_never_lets_a_redelivered_command_run_twice() {
     assert_eq!(damaged, 0, "a torn tail is repaired, not quarantined");
 }
 
+/// The reported failure: after the envelope file was deleted, a restart ran without it and a
+/// value the envelope refused was written. A configured envelope that is missing now refuses
+/// every write, commands and setpoints alike, and says which file.
+#[tokio::test]
+async fn a_deleted_envelope_fails_closed() {
+    let r = rig("equipment:\n  conveyor:\n    properties:\n      belt-speed: {max: 2.0}\n").await;
+    std::fs::remove_file(&r.envelope_path).expect("delete the envelope");
+    let journal = Journal::open(&r.state, Duration::from_secs(86400), 1000).expect("journal");
+    let restarted = Arc::new(Executor::new(journal, Envelope::load_or_refuse(&r.envelope_path)));
+    restarted.install(&[conveyor(r.sim.addr), robot()], &Default::default());
+    let c = cmd("after-delete", "conveyor", "start", &[("speed", num(2.2))]);
+    let res = restarted.execute(&c, arrive(&c)).await;
+    assert_eq!(code(&res), ResultCode::OutOfEnvelope, "{}", res.message);
+    assert!(res.message.contains("envelope.yaml"), "{}", res.message);
+    let bool_write = cmd(
+        "bool",
+        "conveyor",
+        "write",
+        &[
+            ("property", parameter::Kind::Text("running".into())),
+            ("value", parameter::Kind::Value(value::bool_value(true))),
+        ],
+    );
+    assert_eq!(code(&restarted.execute(&bool_write, arrive(&bool_write)).await), ResultCode::OutOfEnvelope);
+    let read = cmd("read", "conveyor", "read", &[("property", parameter::Kind::Text("belt-speed".into()))]);
+    assert_eq!(code(&restarted.execute(&read, arrive(&read)).await), ResultCode::Ok, "reads stay possible");
+    let applied = apply::apply(
+        &restarted,
+        &ApplyConfig { revision: "r1".into(), equipment: vec![conveyor(r.sim.addr)], ..Default::default() },
+    )
+    .await;
+    let speed = &applied.equipment[0].properties[0];
+    assert_eq!(speed.result, ApplyResult::Rejected as i32, "{speed:?}");
+    assert_eq!(r.sim.device.writes_to("holding", 0) + r.sim.device.writes_to("coil", 0), 0, "nothing written");
+}
+
 #[tokio::test]
 async fn a_late_command_never_touches_the_equipment() {
     let r = rig("").await;

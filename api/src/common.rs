@@ -62,6 +62,8 @@ pub mod condition_type {
     pub const VALID: &str = "Valid";
     /// The desired configuration has been applied by the agent.
     pub const APPLIED: &str = "Applied";
+    /// The agent's clock is within a second of the controller's.
+    pub const CLOCK_SYNCHRONIZED: &str = "ClockSynchronized";
 }
 
 /// Keeps `conditions` a list-map keyed by `type`, so server-side apply merges one condition at a

@@ -194,6 +194,14 @@ pub struct ConnectionStatus {
     pub agent_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol_version: Option<i32>,
+    /// The agent's wall clock minus the controller's, in milliseconds, estimated at the
+    /// handshake. Deadlines do not depend on it; timestamps in the agent's logs do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_millis: Option<i64>,
+    /// SHA-256 of the plant's safety envelope the agent enforces; absent when it runs without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub envelope_sha256: Option<String>,
 }
 
 /// The client certificate the controller issued and will accept.

@@ -309,6 +309,12 @@ impl<S: Store> Endpoint<S> {
                 agent_version: hello.agent_version.clone(),
                 protocol_version: version,
                 held_revision: Some(hello.held_revision.clone()).filter(|r| !r.is_empty()),
+                // The Hello left the agent half a round trip before it arrived.
+                clock_offset_micros: (hello.sent_unix_micros != 0).then(|| {
+                    hello.sent_unix_micros + i64::try_from(conn.rtt().as_micros() / 2).unwrap_or(0) - hello_received
+                }),
+                envelope_sha256: hello.envelope.as_ref().map(|e| e.sha256.clone()).filter(|s| !s.is_empty()),
+                envelope_problem: hello.envelope.as_ref().map(|e| e.problem.clone()).filter(|s| !s.is_empty()),
             },
         );
         self.core.metrics.agents_connected.set(i64::try_from(self.core.registry.len()).unwrap_or(i64::MAX));

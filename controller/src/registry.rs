@@ -68,6 +68,12 @@ pub struct Connected {
     pub protocol_version: u32,
     /// The configuration revision the agent holds (from Hello, then from each ConfigApplied).
     pub held_revision: Option<String>,
+    /// The agent's wall clock minus ours, estimated from its Hello and the round-trip time.
+    pub clock_offset_micros: Option<i64>,
+    /// SHA-256 of the safety envelope the agent enforces; `None` without one.
+    pub envelope_sha256: Option<String>,
+    /// Why the agent's configured envelope cannot be used (it refuses every write then).
+    pub envelope_problem: Option<String>,
 }
 
 impl std::fmt::Debug for Connected {

@@ -6,7 +6,7 @@
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use shopfloor_api::{
     EdgeAgent, Equipment, NetworkSlice,
-    common::condition_type::{APPLIED, READY, VALID},
+    common::condition_type::{APPLIED, CLOCK_SYNCHRONIZED, READY, VALID},
     edge_agent::{AgentPhase, ConfigStatus, ConnectionStatus, EdgeAgentStatus},
     equipment::{ApplyResult, EquipmentStatus, PropertyApplyStatus, ReportedValue},
     network_slice::NetworkSliceStatus,
@@ -18,6 +18,9 @@ use crate::{
     planner::Problem,
     registry::Connected,
 };
+
+/// A clock further than this from the controller's is reported (`ClockSynchronized=False`).
+pub const CLOCK_SKEW_LIMIT_MICROS: i64 = 1_000_000;
 
 fn second(t: Timestamp) -> Time {
     Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
@@ -59,6 +62,8 @@ pub fn edge_agent(agent: &EdgeAgent, facts: &AgentFacts<'_>, now: Timestamp) -> 
             replica: Some(facts.replica.to_owned()),
             agent_version: Some(c.agent_version.clone()),
             protocol_version: i32::try_from(c.protocol_version).ok(),
+            clock_offset_millis: c.clock_offset_micros.map(|us| us / 1000),
+            envelope_sha256: c.envelope_sha256.clone(),
         }),
         // Keep when it was last seen; a round-trip time of a closed connection means nothing.
         None => prev.connection.map(|c| ConnectionStatus { last_seen: c.last_seen, ..Default::default() }),
@@ -87,6 +92,11 @@ pub fn edge_agent(agent: &EdgeAgent, facts: &AgentFacts<'_>, now: Timestamp) -> 
         ),
         AgentPhase::Enrolled => (State::False, "NotConnected", "enrolled; the agent has not connected yet".to_owned()),
         AgentPhase::Disconnected => (State::False, "Disconnected", "the agent's connection is gone; it reconnects with backoff".to_owned()),
+        AgentPhase::Connected if facts.connected.and_then(|c| c.envelope_problem.as_ref()).is_some() => (
+            State::False,
+            "EnvelopeUnusable",
+            facts.connected.and_then(|c| c.envelope_problem.clone()).unwrap_or_default(),
+        ),
         AgentPhase::Connected if !in_sync => (
             State::False,
             "ConfigPending",
@@ -99,6 +109,21 @@ pub fn edge_agent(agent: &EdgeAgent, facts: &AgentFacts<'_>, now: Timestamp) -> 
         AgentPhase::Connected => (State::True, "Connected", "connected and holding the desired configuration".to_owned()),
     };
     conditions::set(&mut conds, READY, state, reason, message, generation, now);
+    if let Some(offset) = facts.connected.and_then(|c| c.clock_offset_micros) {
+        let (state, reason) = if offset.abs() > CLOCK_SKEW_LIMIT_MICROS {
+            (State::False, "ClockSkewed")
+        } else {
+            (State::True, "WithinLimit")
+        };
+        let message = format!(
+            "the agent's clock is {} ms {} the controller's (limit ±{} ms); deadlines do not depend on it, log timestamps do: \
+             check NTP on the plant host",
+            offset.abs() / 1000,
+            if offset >= 0 { "ahead of" } else { "behind" },
+            CLOCK_SKEW_LIMIT_MICROS / 1000
+        );
+        conditions::set(&mut conds, CLOCK_SYNCHRONIZED, state, reason, message, generation, now);
+    }
     EdgeAgentStatus {
         observed_generation: generation,
         phase: Some(phase),
@@ -318,5 +343,80 @@ mod tests {
 
         let unplanned = equipment(&edited, &[], true, None, None, &none, now);
         assert_eq!(applied_condition(&unplanned).1, "NotPlanned");
+    }
+
+    #[derive(Debug)]
+    struct Quiet;
+    impl crate::registry::AgentSession for Quiet {
+        fn rtt(&self) -> std::time::Duration {
+            std::time::Duration::from_millis(2)
+        }
+        fn push_config(
+            &self,
+            _: std::sync::Arc<crate::planner::AgentPlan>,
+        ) -> futures::future::BoxFuture<'_, Result<(), crate::registry::SessionError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn dispatch(
+            &self,
+            _: crate::registry::Dispatch,
+        ) -> futures::future::BoxFuture<
+            '_,
+            Result<tokio::sync::mpsc::Receiver<crate::registry::Reply>, crate::registry::SessionError>,
+        > {
+            Box::pin(async { Err(crate::registry::SessionError::Closed) })
+        }
+        fn close(&self, _: &str) {}
+    }
+
+    fn connected(offset: i64, problem: Option<&str>) -> Connected {
+        Connected {
+            session: std::sync::Arc::new(Quiet),
+            connection_id: 1,
+            connected_since: Timestamp::now(),
+            remote: ([127, 0, 0, 1], 1).into(),
+            agent_version: "t".into(),
+            protocol_version: 1,
+            held_revision: Some("r".into()),
+            clock_offset_micros: Some(offset),
+            envelope_sha256: problem.is_none().then(|| "ab".repeat(32)),
+            envelope_problem: problem.map(str::to_owned),
+        }
+    }
+
+    fn agent() -> EdgeAgent {
+        serde_yaml::from_str(
+            "apiVersion: shopfloor.io/v1alpha1\nkind: EdgeAgent\nmetadata: {name: line-1, namespace: plant-a, generation: 3}\n\
+             spec: {site: plant-a/line-1}\n",
+        )
+        .expect("agent")
+    }
+
+    fn condition<'a>(s: &'a EdgeAgentStatus, t: &str) -> Option<&'a shopfloor_api::common::Condition> {
+        s.conditions.iter().find(|c| c.type_ == t)
+    }
+
+    /// The skew an agent's Hello reveals is on its EdgeAgent, and a condition past a second;
+    /// an envelope the agent cannot use makes it not Ready, with the agent's reason.
+    #[test]
+    fn clock_skew_and_the_envelope_in_force_are_shown_on_the_agent() {
+        let now = Timestamp::now();
+        let facts = |c| AgentFacts { connected: Some(c), desired_revision: Some("r"), applied: None, replica: "x" };
+        let fine = connected(-40_000, None);
+        let s = edge_agent(&agent(), &facts(&fine), now);
+        let conn = s.connection.as_ref().expect("connection");
+        assert_eq!(conn.clock_offset_millis, Some(-40));
+        assert_eq!(conn.envelope_sha256.as_deref().map(str::len), Some(64));
+        assert_eq!(condition(&s, CLOCK_SYNCHRONIZED).map(|c| c.status.as_str()), Some("True"));
+        let skewed = connected(60_000_000, None);
+        let s = edge_agent(&agent(), &facts(&skewed), now);
+        let c = condition(&s, CLOCK_SYNCHRONIZED).expect("condition");
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "ClockSkewed"));
+        assert!(c.message.contains("60000 ms ahead"), "{}", c.message);
+        let refusing = connected(0, Some("cannot read the safety envelope /etc/shopfloor/envelope.yaml"));
+        let s = edge_agent(&agent(), &facts(&refusing), now);
+        let ready = condition(&s, READY).expect("Ready");
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "EnvelopeUnusable"));
+        assert!(ready.message.contains("/etc/shopfloor/envelope.yaml"));
     }
 }

@@ -125,6 +125,9 @@ fn connect(rig: &Rig, agent: &str, script: Script) -> Arc<FakeSession> {
             agent_version: "test".into(),
             protocol_version: 1,
             held_revision: None,
+            clock_offset_micros: None,
+            envelope_sha256: None,
+            envelope_problem: None,
         },
     );
     session

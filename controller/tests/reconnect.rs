@@ -98,6 +98,9 @@ fn connect(registry: &Registry, agent: &ObjectKey, connection_id: u64, answer: A
             agent_version: "test".into(),
             protocol_version: 1,
             held_revision: None,
+            clock_offset_micros: None,
+            envelope_sha256: None,
+            envelope_problem: None,
         },
     );
     session

@@ -222,6 +222,11 @@ impl Scenario {
     pub fn agent(&self, name: &str) {
         let state = format!("agent-{name}");
         let envelope = format!("envelope-{name}.yaml");
+        // Agents refuse every write without their configured envelope: give each one, empty
+        // unless the test wrote its own.
+        if !self.path(&envelope).exists() {
+            std::fs::write(self.path(&envelope), "equipment: {}\n").expect("envelope");
+        }
         self.spawn(
             &format!("agent-{name}"),
             "shopfloor-agent",

@@ -4,7 +4,9 @@
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use shopfloor_agent::{commands::Executor, envelope::Envelope, journal::Journal, session, state::StateDir};
+use shopfloor_agent::{
+    clock::WallClock, commands::Executor, envelope::Envelope, journal::Journal, session, state::StateDir,
+};
 use shopfloor_api::{
     ControlCommand, EdgeAgent, Equipment,
     control_command::{CommandPhase, ControlCommandStatus},
@@ -57,7 +59,13 @@ pub fn objects(yaml: &str) -> World {
 impl Plant {
     /// Starts the controller on `world`, enrolls agent `plant-a/line-1` and waits until it holds
     /// its configuration.
-    pub async fn start(mut world: World) -> Self {
+    pub async fn start(world: World) -> Self {
+        Self::start_with_agent_clock(world, WallClock::system()).await
+    }
+
+    /// As [`Plant::start`], with the agent's wall clock at `wall` (skewed to play a host whose
+    /// clock is wrong).
+    pub async fn start_with_agent_clock(mut world: World, wall: WallClock) -> Self {
         let dir = tempfile::tempdir().expect("tmp");
         let core = Core::new(Arc::new(MemoryStore::default()), "in-process", Duration::from_millis(200));
         let ca = endpoint::ensure_ca(&*core.store).await.expect("ca");
@@ -93,7 +101,8 @@ impl Plant {
         world.agents = vec![recorded];
         let identity = session::load_identity(&state).expect("identity");
         let journal = Journal::open(&state, Duration::from_secs(86400), 1_000_000).expect("journal");
-        let agent = session::Agent::new(state, identity, Arc::new(Executor::new(journal, Envelope::default())), 10_000);
+        let executor = Executor::new(journal, Envelope::none()).with_wall_clock(wall);
+        let agent = session::Agent::new(state, identity, Arc::new(executor), 10_000);
         tokio::spawn(agent.clone().run(Timing::default()));
         let c2 = core.clone();
         let w2 = world.clone();

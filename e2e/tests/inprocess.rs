@@ -56,6 +56,43 @@ async fn many_commands_each_end_once_with_timestamps_and_latencies() {
     );
 }
 
+/// An agent whose wall clock is off by ±60 s or ±1 h: commands still run (not Expired at once,
+/// not late), the latency breakdown is not thrown off by the skew (the agent reports its stamps on
+/// the controller's clock), and the controller measures the skew for the EdgeAgent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_run_on_time_whatever_the_agent_clock_says() {
+    use shopfloor_agent::clock::WallClock;
+    const SECOND: i64 = 1_000_000;
+    for skew in [-3600 * SECOND, -60 * SECOND, 60 * SECOND, 3600 * SECOND] {
+        let world = objects(&fixtures::robot_cell_with_template("5s"));
+        let template = world.commands[0].clone();
+        let plant = Plant::start_with_agent_clock(world, WallClock::skewed(skew)).await;
+        let key = shopfloor_controller::store::ObjectKey::new("plant-a", "line-1");
+        let offset = plant.core.registry.get(&key).and_then(|c| c.clock_offset_micros).expect("offset measured");
+        assert!((offset - skew).abs() < SECOND, "skew {skew} µs measured as {offset} µs");
+        let eq = plant.equipment("robot").clone();
+        for i in 0..3 {
+            plant.core.reconcile_command(&Plant::command(&template, i), Some(&eq)).await.expect("reconcile");
+        }
+        for i in 0..3 {
+            let mut status = None;
+            for _ in 0..300 {
+                status = plant.finished(i);
+                if status.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let s = status.unwrap_or_else(|| panic!("skew {skew}: command {i} never finished: {:?}", plant.status(i)));
+            assert_eq!(s.result.as_ref().map(|r| r.code), Some(ResultCode::Ok), "skew {skew}: {s:?}");
+            let network = s.latency.network_micros.expect("network latency");
+            assert!((0..SECOND).contains(&network), "skew {skew}: network latency {network} µs");
+            let execution = s.latency.execution_micros.expect("execution");
+            assert!((0..SECOND).contains(&execution), "skew {skew}: execution {execution} µs");
+        }
+    }
+}
+
 /// A QUIC connection to the plant's controller with `cfg`.
 async fn connect(plant: &Plant, cfg: quinn::ClientConfig) -> quinn::Connection {
     let client = transport::client_endpoint(plant.addr).expect("endpoint");

@@ -151,6 +151,7 @@ mod tests {
             boot_id: "b".into(),
             held_revision: "r".into(),
             sent_unix_micros: 1,
+            envelope: None,
         };
         let bytes = encode_frame(&hello);
         for split in 0..bytes.len() {

@@ -62,7 +62,9 @@ enum Command {
     },
     /// Run the agent.
     Run {
-        /// The local safety envelope; limits in it can only narrow the controller's.
+        /// The local safety envelope; limits in it can only narrow the controller's. The file must
+        /// exist: a missing or broken one makes the agent refuse every write (fail closed). `none`
+        /// runs without an envelope. Default: /etc/shopfloor/envelope.yaml.
         #[arg(long, env = "SHOPFLOOR_ENVELOPE")]
         envelope: Option<PathBuf>,
         /// Readings kept while the controller is unreachable (oldest dropped beyond).
@@ -150,7 +152,15 @@ async fn main() -> anyhow::Result<()> {
             }
             let envelope_path =
                 envelope.or(file.envelope).unwrap_or_else(|| PathBuf::from("/etc/shopfloor/envelope.yaml"));
-            let envelope = Envelope::load(&envelope_path)?;
+            let envelope = if envelope_path.as_os_str() == "none" {
+                tracing::info!("no safety envelope (--envelope none): the controller's limits apply");
+                Envelope::none()
+            } else {
+                Envelope::load_or_refuse(&envelope_path)
+            };
+            if let Some(sha) = &envelope.sha256 {
+                tracing::info!(file = %envelope_path.display(), sha256 = %sha, "safety envelope in force");
+            }
             let journal = Journal::open(&state, Duration::from_secs(24 * 3600), 100_000)?;
             let slice_backend =
                 slice_backend.or(file.slice_backend).unwrap_or_else(|| slices::DEFAULT_BACKEND.to_string());
