@@ -92,6 +92,75 @@ pub enum ManifestError {
     Invalid(Box<InvalidAt>),
     #[error("cannot read {path}: {error}")]
     Io { path: PathBuf, error: std::io::Error },
+    #[error("{file}: {message}; the file is not read (split it, or flatten the YAML)")]
+    TooComplex { file: PathBuf, message: String },
+}
+
+impl ManifestError {
+    /// The file the error is about.
+    pub fn file(&self) -> &Path {
+        match self {
+            ManifestError::Yaml { source_, .. } => &source_.file,
+            ManifestError::Field(f) => &f.source.file,
+            ManifestError::Invalid(i) => &i.source.file,
+            ManifestError::Io { path, .. } => path,
+            ManifestError::TooComplex { file, .. } => file,
+        }
+    }
+}
+
+/// Largest manifest file read. Kubernetes stores objects of at most 1.5 MiB; a plant's folder
+/// of them stays far below this.
+pub const MAX_FILE_BYTES: usize = 4 << 20;
+/// Deepest flow-collection nesting (`[`, `{`) read. Shopfloor objects need under ten levels;
+/// the YAML parser takes time quadratic in the depth of an unclosed nest, so one crafted file
+/// of brackets would otherwise stall every reload for minutes.
+pub const MAX_DEPTH: usize = 64;
+
+/// Refuses text the YAML parser should not be given: too large, or nested too deep. Linear in
+/// the text; quoted scalars and comments are skipped so brackets inside them do not count.
+fn check_shape(text: &str) -> Result<(), String> {
+    if text.len() > MAX_FILE_BYTES {
+        return Err(format!("{} bytes, over the {MAX_FILE_BYTES}-byte limit for a manifest file", text.len()));
+    }
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut chars = text.chars().peekable();
+    let mut prev = '\n';
+    while let Some(c) = chars.next() {
+        match c {
+            '#' if prev.is_whitespace() => while chars.next_if(|&n| n != '\n').is_some() {},
+            '"' => {
+                while let Some(n) = chars.next() {
+                    match n {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            '\'' if !prev.is_alphanumeric() => {
+                // '' is an escaped quote inside a single-quoted scalar.
+                while let Some(n) = chars.next() {
+                    if n == '\'' && chars.next_if_eq(&'\'').is_none() {
+                        break;
+                    }
+                }
+            }
+            '[' | '{' => {
+                depth += 1;
+                max = max.max(depth);
+                if max > MAX_DEPTH {
+                    return Err(format!("collections nested deeper than {MAX_DEPTH} levels"));
+                }
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        prev = c;
+    }
+    Ok(())
 }
 
 /// A document whose fields cannot be read into the object's type.
@@ -151,6 +220,9 @@ struct HeadMeta {
 /// Reads every Shopfloor object in a YAML text of one or more documents, without validating
 /// them. Documents of other kinds and empty documents are skipped.
 pub fn parse(file: &Path, text: &str) -> Vec<Loaded> {
+    if let Err(message) = check_shape(text) {
+        return vec![Err(ManifestError::TooComplex { file: file.to_owned(), message })];
+    }
     let mut out = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let source = Source { file: file.to_owned(), document: i + 1 };
@@ -274,4 +346,40 @@ pub fn load_valid(path: &Path) -> Result<Vec<Loaded>, ManifestError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reported stall: 400 KB of nested brackets kept the parser busy for 30+ s (67 s for
+    /// `{a: ` repeated, measured). Such files are refused before the parser sees them.
+    #[test]
+    fn deeply_nested_or_huge_files_are_refused_before_parsing() {
+        for text in ["[".repeat(400_000), "{a: ".repeat(100_000), format!("a: {}", "[".repeat(65))] {
+            let out = parse(Path::new("bomb.yaml"), &text);
+            assert!(
+                matches!(&out[..], [Err(ManifestError::TooComplex { message, .. })] if message.contains("nested deeper than 64")),
+                "{out:?}"
+            );
+        }
+        let big = format!("# {}\n", "x".repeat(MAX_FILE_BYTES));
+        let out = parse(Path::new("big.yaml"), &big);
+        assert!(matches!(&out[..], [Err(ManifestError::TooComplex { .. })]), "{out:?}");
+        let err = out.into_iter().next().and_then(Result::err).expect("error").to_string();
+        assert!(err.starts_with("big.yaml: ") && err.contains("limit"), "{err}");
+    }
+
+    #[test]
+    fn brackets_in_quotes_and_comments_do_not_count() {
+        let deep = "[".repeat(100);
+        for text in [
+            format!("a: \"{deep}\"\n"),
+            format!("a: '{deep} it''s'\n"),
+            format!("a: 1 # {deep}\n"),
+            "a: {b: [1, {c: [2]}]}\n".to_owned(),
+        ] {
+            assert_eq!(check_shape(&text), Ok(()), "{text}");
+        }
+    }
 }

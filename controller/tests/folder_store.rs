@@ -147,3 +147,71 @@ async fn a_secret_is_replaced_by_exactly_one_of_two_racing_writers() {
         assert!(!b.replace_secret_if(&name, &unused, mk("late".into())).await.expect("stale"));
     }
 }
+
+fn host_of(world: &shopfloor_controller::store::World, name: &str) -> Option<String> {
+    world
+        .equipment
+        .iter()
+        .find(|e| e.metadata.name.as_deref() == Some(name))
+        .map(|e| e.spec.modbus_tcp.as_ref().map(|m| m.host.clone()).unwrap_or_default())
+}
+
+/// The reported failure: a second file defining an Equipment with an existing name silently
+/// replaced the real one, and the error blamed the legitimate file. Now both definitions are
+/// refused, naming both files, and the last good one stays in force.
+#[tokio::test]
+async fn an_object_defined_twice_is_refused_naming_both_files_and_the_good_one_stays() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (manifests, state) = (dir.path().join("plant"), dir.path().join("state"));
+    std::fs::create_dir(&manifests).expect("mkdir");
+    copy_plant(&manifests);
+    let store = FolderStore::open(&manifests, &state).expect("open");
+    let before = store.load();
+    let real = host_of(&before, "infeed-conveyor").expect("the real conveyor");
+    // The intruder sorts first, as in the report.
+    let line1 = std::fs::read_to_string(manifests.join("line-1.yaml")).expect("read");
+    let intruder = line1.replace(&format!("host: {real}"), "host: 10.66.66.66");
+    assert_ne!(intruder, line1, "the fixture names the conveyor's host");
+    std::fs::write(manifests.join("aa-copy.yaml"), intruder).expect("write");
+    let world = store.load();
+    assert_eq!(host_of(&world, "infeed-conveyor"), Some(real), "the last good definition stays in force");
+    let refusal = world.refused.iter().find(|r| r.contains("infeed-conveyor")).expect("refused");
+    assert!(refusal.contains("aa-copy.yaml") && refusal.contains("line-1.yaml"), "names both files: {refusal}");
+    assert!(refusal.contains("stays in force"), "{refusal}");
+    assert_eq!(world.equipment.len(), before.equipment.len(), "nothing else changes");
+    // Removing the copy ends the refusal.
+    std::fs::remove_file(manifests.join("aa-copy.yaml")).expect("rm");
+    assert!(store.load().refused.is_empty());
+}
+
+/// A typo in a file does not unconfigure its equipment: its objects keep their last good
+/// definition until the file reads again; an object deleted from a file that reads is gone.
+#[tokio::test]
+async fn a_broken_file_keeps_its_objects_last_good_definition() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (manifests, state) = (dir.path().join("plant"), dir.path().join("state"));
+    std::fs::create_dir(&manifests).expect("mkdir");
+    copy_plant(&manifests);
+    let store = FolderStore::open(&manifests, &state).expect("open");
+    let before = store.load();
+    let path = manifests.join("line-1.yaml");
+    let good = std::fs::read_to_string(&path).expect("read");
+    std::fs::write(&path, format!("{good}\n  oops: [unclosed\n")).expect("break");
+    let world = store.load();
+    assert_eq!(world.equipment.len(), before.equipment.len(), "{:?}", world.refused);
+    assert!(world.refused.iter().any(|r| r.contains("line-1.yaml") && r.contains("last good definition")));
+    // A file of nested brackets is refused at once and stalls nothing.
+    std::fs::write(manifests.join("bomb.yaml"), "{a: ".repeat(100_000)).expect("bomb");
+    let started = std::time::Instant::now();
+    let world = store.load();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "liveness: {:?}", started.elapsed());
+    assert!(
+        world.refused.iter().any(|r| r.contains("bomb.yaml") && r.contains("nested deeper")),
+        "{:?}",
+        world.refused
+    );
+    assert_eq!(world.equipment.len(), before.equipment.len());
+    std::fs::remove_file(manifests.join("bomb.yaml")).expect("rm");
+    std::fs::write(&path, good).expect("fix");
+    assert!(store.load().refused.is_empty());
+}

@@ -48,6 +48,8 @@ pub struct FolderStore {
     state: PathBuf,
     // One writer at a time: status writes are read-modify-write of one file.
     lock: Mutex<()>,
+    /// The last definition read without fault of every object, with its file.
+    last_good: Mutex<BTreeMap<(&'static str, ObjectKey), (PathBuf, Object)>>,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -112,7 +114,7 @@ impl FolderStore {
         for sub in ["objects", "secrets"] {
             std::fs::create_dir_all(state.join(sub)).map_err(io(format!("state directory {}", state.display())))?;
         }
-        Ok(Self { manifests, state, lock: Mutex::new(()) })
+        Ok(Self { manifests, state, lock: Mutex::new(()), last_good: Mutex::default() })
     }
 
     pub fn manifests(&self) -> &Path {
@@ -134,41 +136,88 @@ impl FolderStore {
     /// Reads every manifest, validates it, and merges in the state the store keeps: the world
     /// as the controller must see it now. Never fails as a whole: unreadable or invalid
     /// documents are listed in [`World::refused`] and the rest of the plant carries on.
+    ///
+    /// No file can take an object away by mistake: an object defined in two places is refused,
+    /// naming both files, and an object whose file stopped reading (bad YAML, an invalid edit)
+    /// keeps its last good definition until the file is fixed — the agents keep their
+    /// configuration meanwhile. Removing an object from a file that reads fine removes it.
     pub fn load(&self) -> World {
         let mut world = World::default();
-        let loaded = match manifest::load_valid(&self.manifests) {
-            Ok(l) => l,
+        let files = match manifest::manifest_files(&self.manifests) {
+            Ok(f) => f,
             Err(e) => {
                 world.refused.push(e.to_string());
                 return world;
             }
         };
-        let now = Timestamp::now();
-        let mut seen = std::collections::BTreeSet::new();
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        for item in loaded {
-            let (source, mut object) = match item {
-                Ok(x) => x,
-                Err(e) => {
-                    world.refused.push(e.to_string());
-                    continue;
-                }
+        let mut broken: std::collections::BTreeSet<PathBuf> = Default::default();
+        let mut defs: BTreeMap<(&'static str, ObjectKey), Vec<(manifest::Source, Object)>> = BTreeMap::new();
+        for file in files {
+            let loaded = match std::fs::read_to_string(&file) {
+                Ok(text) => manifest::parse_valid(&file, &text),
+                Err(error) => vec![Err(manifest::ManifestError::Io { path: file.clone(), error })],
             };
-            let meta = metadata_mut(&mut object);
-            meta.namespace.get_or_insert_with(|| DEFAULT_NAMESPACE.to_owned());
-            let key = ObjectKey::of(meta);
-            if !seen.insert((object.kind(), key.clone())) {
-                world.refused.push(format!(
-                    "{source}: {} {key} is defined more than once; the first definition is used",
-                    object.kind()
-                ));
+            for item in loaded {
+                match item {
+                    Ok((source, mut object)) => {
+                        let meta = metadata_mut(&mut object);
+                        meta.namespace.get_or_insert_with(|| DEFAULT_NAMESPACE.to_owned());
+                        let key = ObjectKey::of(meta);
+                        defs.entry((object.kind(), key)).or_default().push((source, object));
+                    }
+                    Err(e) => {
+                        broken.insert(e.file().to_owned());
+                        world.refused.push(e.to_string());
+                    }
+                }
+            }
+        }
+        let mut last_good = self.last_good.lock().unwrap_or_else(|p| p.into_inner());
+        let mut in_force: Vec<((&'static str, ObjectKey), Object)> = Vec::new();
+        for ((kind, key), found) in &defs {
+            if let [(source, object)] = &found[..] {
+                last_good.insert((kind, key.clone()), (source.file.clone(), object.clone()));
+                in_force.push(((kind, key.clone()), object.clone()));
                 continue;
             }
+            let places: Vec<String> = found.iter().map(|(s, _)| s.to_string()).collect();
+            let kept = last_good.get(&(*kind, key.clone())).cloned();
+            world.refused.push(format!(
+                "{kind} {key} is defined more than once ({}): every definition is refused; keep one. {}",
+                places.join(" and "),
+                match &kept {
+                    Some((file, _)) => format!("The last good definition, from {}, stays in force", file.display()),
+                    None => "Until then the object is not in force".to_owned(),
+                }
+            ));
+            if let Some((_, object)) = kept {
+                in_force.push(((kind, key.clone()), object));
+            }
+        }
+        // Objects missing now because their file stopped reading: keep the last good definition.
+        last_good.retain(|(kind, key), (file, object)| {
+            if defs.contains_key(&(*kind, key.clone())) {
+                return true;
+            }
+            if broken.contains(file) {
+                world.refused.push(format!(
+                    "{}: {kind} {key} could not be read from it; its last good definition stays in force until the file is fixed",
+                    file.display()
+                ));
+                in_force.push(((*kind, key.clone()), object.clone()));
+                return true;
+            }
+            false
+        });
+        drop(last_good);
+        let now = Timestamp::now();
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        for ((kind, key), mut object) in in_force {
             match self.merge_state(&mut object, &key, now) {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
-                    world.refused.push(format!("{source}: {} {key}: {e}", object.kind()));
+                    world.refused.push(format!("{kind} {key}: {e}"));
                     continue;
                 }
             }
