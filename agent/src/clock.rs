@@ -51,6 +51,9 @@ impl Offset {
         }
         let micros = ((t2 - t1) + (t3 - t4)) / 2;
         let uncertainty_micros = ((t4 - t1) - (t3 - t2)).max(0) / 2;
+        // An offset within the measurement's own error cannot be told from none (two processes
+        // on one host measure a few hundred µs either way): shifting by it would only add noise.
+        let micros = if micros.abs() <= uncertainty_micros { 0 } else { micros };
         Some(Self { micros, uncertainty_micros })
     }
 
@@ -102,6 +105,9 @@ mod tests {
             assert_eq!(o.to_controller(t4), c + 21_000);
         }
         assert_eq!(Offset::measure(1, 0, 0, 2), None);
+        // One host, asymmetric processing: within the error bound, no shift.
+        let o = Offset::measure(1_000, 1_900, 2_000, 2_700).expect("stamped");
+        assert_eq!((o.micros, o.uncertainty_micros), (0, 800));
     }
 
     #[test]
