@@ -69,6 +69,7 @@ pub struct Endpoint<S: Store> {
     pub certs: Arc<ServerCerts>,
     endpoint: quinn::Endpoint,
     next_id: AtomicU64,
+    failure_log: crate::log_limit::LogLimit,
 }
 
 impl<S: Store> std::fmt::Debug for Endpoint<S> {
@@ -76,6 +77,32 @@ impl<S: Store> std::fmt::Debug for Endpoint<S> {
         f.debug_struct("Endpoint").finish_non_exhaustive()
     }
 }
+
+/// Handshakes and enrollments in progress at once.
+pub const MAX_HANDSHAKES: usize = 256;
+
+/// One handshake's place among [`MAX_HANDSHAKES`], shown in a gauge while held.
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Slot {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self { _permit: permit, gauge }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+/// A handshake not complete by then is abandoned (agents give up after 1 s and retry).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// An enrollment connection must send its request within this.
+const ENROLL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Server certificate lifetime; replaced (without dropping connections) well before it ends.
 const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -93,7 +120,14 @@ impl<S: Store> Endpoint<S> {
         let certs = ServerCerts::new(vec![cert, ca.cert_der().clone()], key).map_err(std::io::Error::other)?;
         let config = tls::server_config(ca.cert_der(), certs.clone()).map_err(std::io::Error::other)?;
         let endpoint = transport::server_endpoint(addr, config, timing)?;
-        Ok(Arc::new(Self { core, ca: Arc::new(ca), certs, endpoint, next_id: AtomicU64::new(1) }))
+        Ok(Arc::new(Self {
+            core,
+            ca: Arc::new(ca),
+            certs,
+            endpoint,
+            next_id: AtomicU64::new(1),
+            failure_log: crate::log_limit::LogLimit::new(10, Duration::from_secs(10)),
+        }))
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -106,26 +140,62 @@ impl<S: Store> Endpoint<S> {
         self.certs.replace(vec![cert, self.ca.cert_der().clone()], key).map_err(|e| e.to_string())
     }
 
-    /// Accepts connections until the endpoint closes.
+    /// Accepts connections until the endpoint closes. At most [`MAX_HANDSHAKES`] handshakes and
+    /// enrollments are in progress at once; beyond that new attempts are refused (agents retry
+    /// with backoff), and past half of it a peer must first prove its address with a Retry, so
+    /// spoofed floods cost nothing. A handshake or an enrollment request that does not complete
+    /// in time is abandoned. Failures are counted in a metric; their log lines are rate-limited.
     pub async fn run(self: Arc<Self>) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         while let Some(incoming) = self.endpoint.accept().await {
+            let busy = MAX_HANDSHAKES - slots.available_permits();
+            if busy >= MAX_HANDSHAKES / 2 && !incoming.remote_address_validated() && incoming.may_retry() {
+                let _ = incoming.retry();
+                continue;
+            }
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                self.core.metrics.handshakes_refused.inc();
+                self.note_failure(incoming.remote_address(), "refused: too many handshakes in progress");
+                incoming.refuse();
+                continue;
+            };
+            let slot = Slot::new(permit, self.core.metrics.handshakes_in_progress.clone());
             let this = self.clone();
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
-                match incoming.await {
-                    Ok(conn) => this.serve(conn).await,
-                    Err(e) => tracing::info!(%remote, "handshake failed: {e}"),
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+                    Ok(Ok(conn)) => this.serve(conn, slot).await,
+                    Ok(Err(e)) => this.note_failure(remote, &format!("handshake failed: {e}")),
+                    Err(_) => this.note_failure(remote, "handshake abandoned: not completed within 5 s"),
                 }
             });
         }
     }
 
-    async fn serve(self: Arc<Self>, conn: quinn::Connection) {
+    /// Counts a failed handshake and logs it within the log budget.
+    fn note_failure(&self, remote: SocketAddr, what: &str) {
+        self.core.metrics.handshakes_failed.inc();
+        let (log, suppressed) = self.failure_log.admit(std::time::Instant::now());
+        if let Some(n) = suppressed {
+            tracing::warn!(
+                suppressed = n,
+                "{n} more failed handshakes in the last 10 s (see shopfloor_handshakes_failed_total)"
+            );
+        }
+        if log {
+            tracing::info!(%remote, "{what}");
+        }
+    }
+
+    async fn serve(self: Arc<Self>, conn: quinn::Connection, slot: Slot) {
         let remote = conn.remote_address();
         let Some(cert) = transport::peer_certificate(&conn) else {
+            // An enrollment holds its slot until it is answered: enrollments count as handshakes.
             self.enroll(conn).await;
+            drop(slot);
             return;
         };
+        drop(slot);
         let id = match identity::agent_id(&cert, DEFAULT_TRUST_DOMAIN) {
             Ok(id) => id,
             Err(e) => {
@@ -184,10 +254,23 @@ impl<S: Store> Endpoint<S> {
 
     async fn enroll(&self, conn: quinn::Connection) {
         let remote = conn.remote_address();
-        let Ok((send, recv)) = conn.accept_bi().await else { return };
-        let mut rx = FrameReader::new(recv, DEFAULT_MAX_FRAME);
-        let mut tx = FrameWriter::new(send, DEFAULT_MAX_FRAME);
-        let req = match rx.next::<AgentMessage>().await {
+        // A connection that opens no stream or sends no request is not waited for.
+        let request = async {
+            let (send, recv) = conn.accept_bi().await.ok()?;
+            let mut rx = FrameReader::new(recv, DEFAULT_MAX_FRAME);
+            let req = rx.next::<AgentMessage>().await;
+            Some((FrameWriter::new(send, DEFAULT_MAX_FRAME), req))
+        };
+        let (mut tx, req) = match tokio::time::timeout(ENROLL_TIMEOUT, request).await {
+            Ok(Some(x)) => x,
+            Ok(None) => return,
+            Err(_) => {
+                self.note_failure(remote, "enrollment abandoned: no request within 10 s");
+                transport::close(&conn, close_code::PROTOCOL_VIOLATION, "no enrollment request in time");
+                return;
+            }
+        };
+        let req = match req {
             Ok(Some(AgentMessage { body: Some(agent_message::Body::Enroll(r)) })) => r,
             Ok(_) => {
                 transport::close(
@@ -319,6 +402,12 @@ impl<S: Store> Endpoint<S> {
         );
         self.core.metrics.agents_connected.set(i64::try_from(self.core.registry.len()).unwrap_or(i64::MAX));
         tracing::info!(agent = %key, peer = %conn.remote_address(), held = %hello.held_revision, version = %hello.agent_version, "agent connected");
+        self.core.agent_event(
+            &key,
+            false,
+            "Connected",
+            format!("connected from {} (agent {})", conn.remote_address(), hello.agent_version),
+        );
         self.core.kick.notify_one();
         let reports = tokio::spawn(receive_reports(conn.clone(), key.clone(), self.core.clone()));
         let result = loop {
@@ -328,6 +417,17 @@ impl<S: Store> Endpoint<S> {
                         self.core.registry.set_held_revision(&key, Some(applied.revision.clone()));
                         self.core.observed.record_applied(key.clone(), applied_report(&applied));
                         tracing::info!(agent = %key, revision = %applied.revision, "configuration applied");
+                        let failures: Vec<String> = applied
+                            .equipment
+                            .iter()
+                            .flat_map(|e| e.properties.iter().filter(|p| p.result != proto::ApplyResult::Applied as i32).map(move |p| format!("{}.{}: {}", e.equipment, p.property, p.message)))
+                            .chain(applied.slices.iter().filter(|s| !s.ok).map(|s| format!("slice {}: {}", s.slice, s.message)))
+                            .collect();
+                        if failures.is_empty() {
+                            self.core.agent_event(&key, false, "ConfigurationApplied", format!("revision {} applied", applied.revision));
+                        } else {
+                            self.core.agent_event(&key, true, "ConfigurationFailed", format!("revision {}: {}", applied.revision, failures.join("; ")));
+                        }
                         self.core.kick.notify_one();
                     }
                     Ok(Some(AgentMessage { body: Some(agent_message::Body::Renew(r)) })) => {
@@ -355,7 +455,12 @@ impl<S: Store> Endpoint<S> {
         reports.abort();
         self.core.registry.disconnect(&key, connection_id);
         self.core.metrics.agents_connected.set(i64::try_from(self.core.registry.len()).unwrap_or(i64::MAX));
-        tracing::info!(agent = %key, "agent disconnected: {}", result.as_deref().unwrap_or_else(|e| e));
+        let why = result.as_deref().unwrap_or_else(|e| e).to_owned();
+        tracing::info!(agent = %key, "agent disconnected: {why}");
+        // A newer connection of the same agent replaced this one: that is not a disconnection.
+        if self.core.registry.get(&key).is_none() {
+            self.core.agent_event(&key, true, "Disconnected", format!("disconnected: {why}"));
+        }
         self.core.kick.notify_one();
         result.map(|_| ())
     }

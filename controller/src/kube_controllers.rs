@@ -111,7 +111,9 @@ impl Context {
     async fn event<R: Resource<DynamicType = ()>>(&self, obj: &R, type_: EventType, reason: &str, note: String) {
         let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
         if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
-            tracing::debug!("event not recorded: {e}");
+            tracing::warn!(
+                "cannot publish the {reason} event: {e} (does the controller's RBAC allow creating events.k8s.io Events?)"
+            );
         }
     }
 }

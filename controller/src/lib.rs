@@ -16,6 +16,7 @@ pub mod engine;
 pub mod enrollment;
 pub mod kube_controllers;
 pub mod leader;
+pub mod log_limit;
 pub mod metrics;
 pub mod observed;
 pub mod planner;

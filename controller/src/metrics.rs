@@ -37,6 +37,12 @@ pub struct Metrics {
     pub agents_connected: Gauge,
     pub plans_pushed: Counter,
     pub status_writes: Counter,
+    /// Handshakes that failed or timed out (a flood shows here, not in the log).
+    pub handshakes_failed: Counter,
+    /// Handshakes refused because too many were in progress.
+    pub handshakes_refused: Counter,
+    /// Handshakes and enrollments in progress.
+    pub handshakes_in_progress: Gauge,
 }
 
 impl Default for Metrics {
@@ -53,6 +59,9 @@ impl Default for Metrics {
             agents_connected: Gauge::default(),
             plans_pushed: Counter::default(),
             status_writes: Counter::default(),
+            handshakes_failed: Counter::default(),
+            handshakes_refused: Counter::default(),
+            handshakes_in_progress: Gauge::default(),
         };
         registry.register("reconciliations", "Reconciliations by kind", m.reconciliations.clone());
         registry.register("reconcile_errors", "Failed reconciliations by kind", m.reconcile_errors.clone());
@@ -69,6 +78,21 @@ impl Default for Metrics {
         registry.register("agents_connected", "Agents with a live session", m.agents_connected.clone());
         registry.register("plans_pushed", "Configuration revisions pushed to agents", m.plans_pushed.clone());
         registry.register("status_writes", "Status writes to the store", m.status_writes.clone());
+        registry.register(
+            "handshakes_failed",
+            "QUIC handshakes and enrollments that failed or timed out",
+            m.handshakes_failed.clone(),
+        );
+        registry.register(
+            "handshakes_refused",
+            "QUIC handshakes refused because too many were in progress",
+            m.handshakes_refused.clone(),
+        );
+        registry.register(
+            "handshakes_in_progress",
+            "QUIC handshakes and enrollments in progress",
+            m.handshakes_in_progress.clone(),
+        );
         *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = registry;
         m
     }

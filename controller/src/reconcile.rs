@@ -102,6 +102,20 @@ impl<S: Store> Core<S> {
         self.metrics.reconciliations.get_or_create(&KindLabel { kind: kind.to_owned() }).inc();
     }
 
+    /// Publishes an event on EdgeAgent `key`, without waiting for it.
+    pub fn agent_event(&self, key: &ObjectKey, warning: bool, reason: &'static str, note: String) {
+        let event = crate::store::ObjectEvent {
+            kind: "EdgeAgent",
+            key: key.clone(),
+            uid: self.agent(key).and_then(|a| a.metadata.uid),
+            warning,
+            reason,
+            note,
+        };
+        let store = self.store.clone();
+        tokio::spawn(async move { store.publish_event(event).await });
+    }
+
     /// Everything, once: what the standalone loop runs after each change of the folder.
     pub async fn reconcile_world(&self, version: u64, world: &World) -> Requeue {
         let plans = self.plans(version, world);

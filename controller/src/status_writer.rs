@@ -158,6 +158,7 @@ mod tests {
         async fn delete_secret(&self, _: &str) -> Result<(), StoreError> {
             Ok(())
         }
+        async fn publish_event(&self, _: crate::store::ObjectEvent) {}
     }
 
     fn update(name: &str, rev: &str) -> StatusUpdate {

@@ -217,18 +217,39 @@ impl Backend for Folder {
 struct Kube {
     store: Arc<KubeStore>,
     requests: Arc<Mutex<Vec<(http::Method, String, ControlCommandStatus)>>>,
+    /// Events posted: (path, regarding name, reason, type).
+    events: Arc<Mutex<Vec<(String, String, String, String)>>>,
 }
 
 impl Kube {
     fn new() -> Self {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let requests: Arc<Mutex<Vec<(http::Method, String, ControlCommandStatus)>>> = Arc::default();
+        let events: Arc<Mutex<Vec<(String, String, String, String)>>> = Arc::default();
         let log = requests.clone();
+        let event_log = events.clone();
         tokio::spawn(async move {
             while let Some((req, send)) = handle.next_request().await {
                 let (method, path) = (req.method().clone(), req.uri().path().to_owned());
                 let body: serde_json::Value =
                     serde_json::from_slice(&req.into_body().collect_bytes().await.expect("body")).expect("json");
+                if path.starts_with("/apis/events.k8s.io/v1/") {
+                    assert_eq!(method, http::Method::POST, "{path}");
+                    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+                    event_log.lock().expect("lock").push((
+                        path,
+                        text(&body["regarding"]["name"]),
+                        text(&body["reason"]),
+                        text(&body["type"]),
+                    ));
+                    send.send_response(
+                        Response::builder()
+                            .status(StatusCode::CREATED)
+                            .body(Body::from(serde_json::to_vec(&body).expect("json")))
+                            .expect("response"),
+                    );
+                    continue;
+                }
                 let status: ControlCommandStatus =
                     serde_json::from_value(body["status"].clone()).expect("a command status");
                 log.lock().expect("lock").push((method, path.clone(), status));
@@ -245,7 +266,7 @@ impl Kube {
             }
         });
         let client = Client::new(service, "shopfloor-system");
-        Self { store: Arc::new(KubeStore::new(client, "shopfloor-system")), requests }
+        Self { store: Arc::new(KubeStore::new(client, "shopfloor-system")), requests, events }
     }
 }
 
@@ -371,7 +392,32 @@ async fn run<B: Backend>(backend: B, scenario: Scenario) {
 #[tokio::test]
 async fn kubernetes_store_reconnect_scenarios() {
     for scenario in SCENARIOS {
-        run(Kube::new(), scenario).await;
+        let kube = Kube::new();
+        let events = kube.events.clone();
+        run(kube, scenario).await;
+        // The lifecycle an operator follows, as Events on the command in its namespace.
+        let want = match scenario {
+            Scenario::AgentRestartedMidExecution => ("Failed", "Warning"),
+            _ => ("Succeeded", "Normal"),
+        };
+        let start = Instant::now();
+        loop {
+            let got: Vec<(String, String)> = events
+                .lock()
+                .expect("lock")
+                .iter()
+                .map(|(_, _, reason, kind)| (reason.clone(), kind.clone()))
+                .collect();
+            if got.contains(&("Accepted".into(), "Normal".into())) && got.contains(&(want.0.into(), want.1.into())) {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(2), "{scenario:?}: events {got:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for (path, name, _, _) in events.lock().expect("lock").iter() {
+            assert_eq!(path, "/apis/events.k8s.io/v1/namespaces/plant-a/events");
+            assert_eq!(name, "start-infeed");
+        }
     }
 }
 

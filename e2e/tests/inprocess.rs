@@ -337,3 +337,51 @@ async fn the_server_certificate_is_replaced_without_dropping_live_connections() 
     let after = plant.core.registry.get(&key).expect("still connected").connection_id;
     assert_eq!(before, after, "the live connection was not dropped");
 }
+
+/// A flood of half-open handshakes: at most the cap is ever in progress, the abandoned ones are
+/// counted (not logged one by one), the connected agent keeps working through it, and an
+/// enrollment connection that never sends its request is closed instead of held forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_flood_stays_bounded_and_the_plant_keeps_working() {
+    let world = objects(&fixtures::robot_cell_with_template("30s"));
+    let template = world.commands[0].clone();
+    let plant = Plant::start(world).await;
+    let metrics = plant.core.metrics.clone();
+    let idle_enrollment = connect(&plant, certificate_less(&plant).await).await;
+    let sent = shopfloor_e2e::flood::half_open_handshakes(plant.addr, 3_000).await.expect("flood");
+    assert_eq!(sent, 3_000);
+    let mut peak = 0;
+    for i in 0..20 {
+        peak = peak.max(metrics.handshakes_in_progress.get());
+        plant
+            .core
+            .reconcile_command(&Plant::command(&template, i), Some(&plant.equipment("robot").clone()))
+            .await
+            .expect("reconcile");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(peak <= endpoint::MAX_HANDSHAKES as i64, "{peak} handshakes in progress");
+    for i in 0..20 {
+        let mut done = None;
+        for _ in 0..500 {
+            done = plant.finished(i);
+            if done.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let s = done.unwrap_or_else(|| panic!("command {i} during the flood: {:?}", plant.status(i)));
+        assert_eq!(s.result.map(|r| r.code), Some(ResultCode::Ok), "command {i} during the flood");
+    }
+    // The enrollment connection that never asked anything is closed by the controller.
+    let closed = tokio::time::timeout(Duration::from_secs(15), idle_enrollment.closed()).await;
+    let reason = closed.expect("closed within the enrollment timeout");
+    assert!(reason.to_string().contains("no enrollment request in time"), "{reason}");
+    let failed = metrics.handshakes_failed.get();
+    assert!(failed >= peak as u64, "abandoned handshakes and the idle enrollment are counted: {failed}");
+    println!(
+        "flood of {sent}: peak {peak} handshakes in progress (cap {}), {failed} failed, {} refused",
+        endpoint::MAX_HANDSHAKES,
+        metrics.handshakes_refused.get()
+    );
+}

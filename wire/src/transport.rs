@@ -81,6 +81,10 @@ pub fn client_transport_config(timing: Timing) -> TransportConfig {
     transport_config(timing, (COMMAND_STREAMS, 0))
 }
 
+/// Connection attempts a server endpoint queues before the application takes them up; beyond
+/// it, attempts are refused at once.
+pub const MAX_INCOMING: usize = 1024;
+
 /// A server endpoint on `addr`.
 pub fn server_endpoint(
     addr: SocketAddr,
@@ -93,6 +97,11 @@ pub fn server_endpoint(
     // Address validation costs a round trip per handshake; agents are known hosts and the
     // handshake requires a certificate anyway.
     config.retry_token_lifetime(Duration::from_secs(15));
+    // Bound what connection attempts not yet taken up by the application can hold: a flood of
+    // Initial packets must not grow the process (quinn's defaults allow 65,536 and 100 MiB).
+    config.max_incoming(MAX_INCOMING);
+    config.incoming_buffer_size(64 * 1024);
+    config.incoming_buffer_size_total(8 * 1024 * 1024);
     quinn::Endpoint::server(config, addr)
 }
 

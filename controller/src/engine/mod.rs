@@ -30,7 +30,7 @@ use self::lifecycle::{Effect, Event};
 use crate::{
     metrics::{Metrics, PhaseLabel},
     registry::{Change, Dispatch, Registry, Reply},
-    store::{ObjectKey, StatusUpdate, Store, StoreError},
+    store::{ObjectEvent, ObjectKey, StatusUpdate, Store, StoreError},
 };
 use shopfloor_trace::{TraceContext, Tracer};
 
@@ -222,6 +222,10 @@ impl<S: Store> Engine<S> {
             }
         }
         self.inner.statuses.lock().unwrap_or_else(|p| p.into_inner()).insert(cmd.uid.clone(), next.clone());
+        if let Some(event) = lifecycle_event(cmd, current.phase, &next) {
+            let store = self.inner.store.clone();
+            tokio::spawn(async move { store.publish_event(event).await });
+        }
         Ok(Some((next, effect)))
     }
 
@@ -438,6 +442,36 @@ impl<S: Store> Engine<S> {
         self.inner.transitions.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
         self.settle(uid);
     }
+}
+
+/// The event an operator follows for a command that moved from `before` to `next.phase`:
+/// accepted, and how it ended. Intermediate phases are in the status, not in events.
+fn lifecycle_event(cmd: &Cmd, before: Option<CommandPhase>, next: &ControlCommandStatus) -> Option<ObjectEvent> {
+    let phase = next.phase?;
+    if before == Some(phase) {
+        return None;
+    }
+    let spec = &cmd.object.spec;
+    let what = format!("{} on {}", spec.action, spec.equipment_ref.name);
+    let result = next.result.as_ref().map(|r| format!("{:?}: {}", r.code, r.message)).unwrap_or_default();
+    let (warning, reason, note) = match phase {
+        CommandPhase::Pending => (false, "Accepted", format!("{what} accepted; deadline in {}", spec.timeout)),
+        CommandPhase::Succeeded => {
+            (false, "Succeeded", format!("{what} succeeded in {} µs", next.latency.total_micros.unwrap_or_default()))
+        }
+        CommandPhase::Failed => (true, "Failed", format!("{what} failed: {result}")),
+        CommandPhase::Rejected => (true, "Rejected", format!("{what} rejected: {result}")),
+        CommandPhase::Expired => (true, "Expired", format!("{what} expired: {result}")),
+        CommandPhase::Dispatched | CommandPhase::Acknowledged => return None,
+    };
+    Some(ObjectEvent {
+        kind: "ControlCommand",
+        key: cmd.key.clone(),
+        uid: cmd.object.metadata.uid.clone(),
+        warning,
+        reason,
+        note,
+    })
 }
 
 /// The refusal event for a command that cannot be sent to its equipment, if it cannot.

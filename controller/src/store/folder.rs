@@ -362,6 +362,15 @@ fn secret_to_file(data: &SecretData) -> Result<Vec<u8>, StoreError> {
 }
 
 impl Store for FolderStore {
+    /// Standalone mode has no event API: events go to the log, where `journalctl` finds them.
+    async fn publish_event(&self, e: super::ObjectEvent) {
+        if e.warning {
+            tracing::warn!(kind = e.kind, object = %e.key, reason = e.reason, "{}", e.note);
+        } else {
+            tracing::info!(kind = e.kind, object = %e.key, reason = e.reason, "{}", e.note);
+        }
+    }
+
     async fn write_status(&self, update: StatusUpdate) -> Result<(), StoreError> {
         let value = match &update {
             StatusUpdate::EdgeAgent(_, s) => serde_json::to_value(s),

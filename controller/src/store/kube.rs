@@ -23,6 +23,7 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "shopfloor
 pub struct KubeStore {
     client: Client,
     namespace: String,
+    recorder: kube::runtime::events::Recorder,
 }
 
 impl std::fmt::Debug for KubeStore {
@@ -41,7 +42,14 @@ fn is_status(e: &kube::Error, code: u16) -> bool {
 
 impl KubeStore {
     pub fn new(client: Client, namespace: impl Into<String>) -> Self {
-        Self { client, namespace: namespace.into() }
+        Self::with_instance(client, namespace, None)
+    }
+
+    /// A store whose Events name this controller replica as their reporting instance.
+    pub fn with_instance(client: Client, namespace: impl Into<String>, instance: Option<String>) -> Self {
+        let reporter = kube::runtime::events::Reporter { controller: "shopfloor-controller".into(), instance };
+        let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
+        Self { client, namespace: namespace.into(), recorder }
     }
 
     pub fn client(&self) -> &Client {
@@ -86,6 +94,35 @@ fn from_secret(secret: Secret) -> SecretData {
 }
 
 impl Store for KubeStore {
+    async fn publish_event(&self, e: super::ObjectEvent) {
+        use kube::runtime::events::{Event, EventType};
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(API_VERSION.to_owned()),
+            kind: Some(e.kind.to_owned()),
+            namespace: Some(e.key.namespace.clone()),
+            name: Some(e.key.name.clone()),
+            uid: e.uid.clone(),
+            ..Default::default()
+        };
+        let event = Event {
+            type_: if e.warning { EventType::Warning } else { EventType::Normal },
+            reason: e.reason.to_owned(),
+            note: Some(e.note.clone()),
+            action: e.reason.to_owned(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, &reference).await {
+            tracing::warn!(
+                object = %e.key,
+                reason = e.reason,
+                "cannot publish the {} event on {} {}: {err} (does the controller's RBAC allow creating events.k8s.io Events in that namespace?)",
+                e.reason,
+                e.kind,
+                e.key
+            );
+        }
+    }
+
     async fn write_status(&self, update: StatusUpdate) -> Result<(), StoreError> {
         let to_json = |v: Result<serde_json::Value, serde_json::Error>| v.expect("status always serializes");
         match &update {

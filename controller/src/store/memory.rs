@@ -9,6 +9,7 @@ pub struct MemoryStore {
     pub statuses: Mutex<Vec<StatusUpdate>>,
     pub deleted: Mutex<Vec<ObjectKey>>,
     pub secrets: Mutex<std::collections::BTreeMap<String, SecretData>>,
+    pub events: Mutex<Vec<super::ObjectEvent>>,
 }
 
 impl MemoryStore {
@@ -19,6 +20,10 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
+    async fn publish_event(&self, event: super::ObjectEvent) {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).push(event);
+    }
+
     async fn write_status(&self, update: StatusUpdate) -> Result<(), StoreError> {
         self.statuses.lock().unwrap_or_else(|p| p.into_inner()).push(update);
         Ok(())

@@ -81,6 +81,21 @@ impl StatusUpdate {
     }
 }
 
+/// Something an operator follows, about one object: a Kubernetes Event in a cluster, a log line
+/// in standalone mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectEvent {
+    /// `EdgeAgent`, `Equipment`, `NetworkSlice` or `ControlCommand`.
+    pub kind: &'static str,
+    pub key: ObjectKey,
+    pub uid: Option<String>,
+    /// `Warning` rather than `Normal`.
+    pub warning: bool,
+    /// UpperCamelCase, e.g. `Succeeded`, `Disconnected`.
+    pub reason: &'static str,
+    pub note: String,
+}
+
 /// Secret data: key to bytes, as in a Kubernetes Secret.
 pub type SecretData = BTreeMap<String, Vec<u8>>;
 
@@ -136,4 +151,8 @@ pub trait Store: Send + Sync + 'static {
     fn write_secret(&self, name: &str, data: SecretData) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     fn delete_secret(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Records an event. Best effort: a failure is logged at warn by the store, never returned,
+    /// and never holds up the caller's work for long.
+    fn publish_event(&self, event: ObjectEvent) -> impl Future<Output = ()> + Send;
 }
