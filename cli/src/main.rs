@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod backend;
 mod exec;
+mod forbidden;
 mod inspect;
 mod table;
 mod validate;
@@ -177,7 +178,10 @@ async fn main() -> ExitCode {
     match run(Cli::parse()).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            match e.chain().find_map(|c| c.downcast_ref::<kube::Error>()) {
+                Some(kube::Error::Api(s)) if s.code == 403 => eprintln!("error: {}", forbidden::explain(&s.message)),
+                _ => eprintln!("error: {e:#}"),
+            }
             ExitCode::from(2)
         }
     }

@@ -34,14 +34,62 @@ use crate::{
 /// bootstrap token before the EdgeAgent disappears.
 pub const AGENT_FINALIZER: &str = "shopfloor.io/agent-connection";
 
+/// Which namespaces the controller watches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Every namespace (a ClusterRole).
+    #[default]
+    Cluster,
+    /// Only these (Roles in each; `--namespaces`).
+    Namespaces(Vec<String>),
+}
+
+impl Scope {
+    fn apis<K>(&self, client: &Client) -> Vec<Api<K>>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match self {
+            Scope::Cluster => vec![Api::all(client.clone())],
+            Scope::Namespaces(ns) => ns.iter().map(|n| Api::namespaced(client.clone(), n)).collect(),
+        }
+    }
+}
+
+/// The reflector stores of one kind, one per watched namespace (or one for the cluster).
+#[derive(Clone)]
+pub struct Readers<K: Resource<DynamicType = ()> + Clone + 'static>(Vec<Reader<K>>);
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> std::fmt::Debug for Readers<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readers").field("scopes", &self.0.len()).finish()
+    }
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> From<Reader<K>> for Readers<K> {
+    fn from(r: Reader<K>) -> Self {
+        Self(vec![r])
+    }
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> Readers<K> {
+    fn state(&self) -> Vec<Arc<K>> {
+        self.0.iter().flat_map(Reader::state).collect()
+    }
+
+    fn get(&self, r: &ObjectRef<K>) -> Option<Arc<K>> {
+        self.0.iter().find_map(|s| s.get(r))
+    }
+}
+
 /// Everything a reconcile needs.
 pub struct Context {
     pub core: Arc<Core<KubeStore>>,
     pub client: Client,
     pub recorder: Recorder,
-    agents: Reader<DeserializeGuard<EdgeAgent>>,
-    equipment: Reader<DeserializeGuard<Equipment>>,
-    slices: Reader<DeserializeGuard<NetworkSlice>>,
+    agents: Readers<DeserializeGuard<EdgeAgent>>,
+    equipment: Readers<DeserializeGuard<Equipment>>,
+    slices: Readers<DeserializeGuard<NetworkSlice>>,
     /// Consecutive failures per object, for error_policy's backoff.
     failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
@@ -66,17 +114,17 @@ impl Context {
     pub fn new(
         client: Client,
         core: Arc<Core<KubeStore>>,
-        agents: Reader<DeserializeGuard<EdgeAgent>>,
-        equipment: Reader<DeserializeGuard<Equipment>>,
-        slices: Reader<DeserializeGuard<NetworkSlice>>,
+        agents: impl Into<Readers<DeserializeGuard<EdgeAgent>>>,
+        equipment: impl Into<Readers<DeserializeGuard<Equipment>>>,
+        slices: impl Into<Readers<DeserializeGuard<NetworkSlice>>>,
     ) -> Arc<Self> {
         let reporter = Reporter { controller: "shopfloor-controller".into(), instance: Some(core.replica.clone()) };
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            agents,
-            equipment,
-            slices,
+            agents: agents.into(),
+            equipment: equipment.into(),
+            slices: slices.into(),
             core,
             failures: Default::default(),
         })
@@ -292,8 +340,14 @@ fn succeeded<K: Resource<DynamicType = ()>>(ctx: &Context, obj: &K) {
     ctx.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&failure_key(obj));
 }
 
-/// Runs the four controllers until `shutdown` resolves.
-pub async fn run(client: Client, core: Arc<Core<KubeStore>>, shutdown: tokio::sync::watch::Receiver<bool>) {
+/// Runs the four controllers over `scope` until `shutdown` resolves: one set per namespace when
+/// scoped, sharing one context so plans see every watched object.
+pub async fn run(
+    client: Client,
+    core: Arc<Core<KubeStore>>,
+    scope: Scope,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let on_shutdown = || {
         let mut rx = shutdown.clone();
         async move {
@@ -301,11 +355,27 @@ pub async fn run(client: Client, core: Arc<Core<KubeStore>>, shutdown: tokio::sy
         }
     };
     let wc = watcher::Config::default().any_semantic();
-    let agents = Controller::new(Api::<DeserializeGuard<EdgeAgent>>::all(client.clone()), wc.clone());
-    let equipment = Controller::new(Api::<DeserializeGuard<Equipment>>::all(client.clone()), wc.clone());
-    let slices = Controller::new(Api::<DeserializeGuard<NetworkSlice>>::all(client.clone()), wc.clone());
-    let commands = Controller::new(Api::<DeserializeGuard<ControlCommand>>::all(client.clone()), wc.clone());
-    let ctx = Context::new(client.clone(), core, agents.store(), equipment.store(), slices.store());
+    let agent_apis = scope.apis::<DeserializeGuard<EdgeAgent>>(&client);
+    let equipment_apis = scope.apis::<DeserializeGuard<Equipment>>(&client);
+    let agents: Vec<_> = agent_apis.iter().map(|api| Controller::new(api.clone(), wc.clone())).collect();
+    let equipment: Vec<_> = equipment_apis.iter().map(|api| Controller::new(api.clone(), wc.clone())).collect();
+    let slices: Vec<_> = scope
+        .apis::<DeserializeGuard<NetworkSlice>>(&client)
+        .into_iter()
+        .map(|api| Controller::new(api, wc.clone()))
+        .collect();
+    let commands: Vec<_> = scope
+        .apis::<DeserializeGuard<ControlCommand>>(&client)
+        .into_iter()
+        .map(|api| Controller::new(api, wc.clone()))
+        .collect();
+    let ctx = Context::new(
+        client.clone(),
+        core,
+        Readers(agents.iter().map(Controller::store).collect()),
+        Readers(equipment.iter().map(Controller::store).collect()),
+        Readers(slices.iter().map(Controller::store).collect()),
+    );
     // Agent reports (connections, applied configurations, readings) change statuses without any
     // API event: refresh them when the endpoint signals, at most twice a second.
     let refresh = {
@@ -324,7 +394,7 @@ pub async fn run(client: Client, core: Arc<Core<KubeStore>>, shutdown: tokio::sy
                     agents.iter().filter_map(|a| a.0.as_ref().ok()).filter(|a| a.metadata.deletion_timestamp.is_none())
                 {
                     if let Err(e) = ctx.core.reconcile_agent(a, &plans).await {
-                        tracing::debug!("agent refresh: {e}");
+                        tracing::warn!("agent refresh: {e}");
                     }
                 }
                 for e in ctx.equipment.state() {
@@ -340,30 +410,43 @@ pub async fn run(client: Client, core: Arc<Core<KubeStore>>, shutdown: tokio::sy
             }
         })
     };
-    // An Equipment change moves its agent's plan; a command waits on its equipment.
-    let agents = agents
-        .watches(
-            Api::<DeserializeGuard<Equipment>>::all(client.clone()),
-            wc.clone(),
-            |eq: DeserializeGuard<Equipment>| {
+    // An Equipment change moves its agent's plan. Commands need no such trigger: the engine
+    // re-drives them itself when their agent connects.
+    let mut runs: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
+    for (controller, eq_api) in agents.into_iter().zip(equipment_apis) {
+        let run = controller
+            .watches(eq_api, wc.clone(), |eq: DeserializeGuard<Equipment>| {
                 let eq = eq.0.ok()?;
                 let ns = eq.namespace().unwrap_or_default();
                 Some(ObjectRef::<DeserializeGuard<EdgeAgent>>::new(&eq.spec.agent_ref.name).within(&ns))
-            },
-        )
-        .graceful_shutdown_on(on_shutdown());
-    tokio::join!(
-        agents.run(reconcile_agent, error_policy, ctx.clone()).for_each(log),
-        equipment.graceful_shutdown_on(on_shutdown()).run(reconcile_equipment, error_policy, ctx.clone()).for_each(log),
-        slices.graceful_shutdown_on(on_shutdown()).run(reconcile_slice, error_policy, ctx.clone()).for_each(log),
-        commands.graceful_shutdown_on(on_shutdown()).run(reconcile_command, error_policy, ctx.clone()).for_each(log),
-    );
+            })
+            .graceful_shutdown_on(on_shutdown())
+            .run(reconcile_agent, error_policy, ctx.clone())
+            .for_each(log);
+        runs.push(Box::pin(run));
+    }
+    for c in equipment {
+        runs.push(Box::pin(
+            c.graceful_shutdown_on(on_shutdown()).run(reconcile_equipment, error_policy, ctx.clone()).for_each(log),
+        ));
+    }
+    for c in slices {
+        runs.push(Box::pin(
+            c.graceful_shutdown_on(on_shutdown()).run(reconcile_slice, error_policy, ctx.clone()).for_each(log),
+        ));
+    }
+    for c in commands {
+        runs.push(Box::pin(
+            c.graceful_shutdown_on(on_shutdown()).run(reconcile_command, error_policy, ctx.clone()).for_each(log),
+        ));
+    }
+    futures::future::join_all(runs).await;
     refresh.abort();
 }
 
 async fn log<T: std::fmt::Debug, E: std::fmt::Debug>(r: Result<T, E>) {
     if let Err(e) = r {
-        tracing::debug!("controller stream: {e:?}");
+        tracing::warn!("controller stream: {e:?}");
     }
 }
 

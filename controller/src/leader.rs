@@ -134,6 +134,23 @@ impl LeaderElector {
         }
     }
 
+    /// Gives the lease up, if this replica holds it, so a standby takes over at its next retry
+    /// instead of waiting for the lease to expire. Conditional on the resourceVersion read: a
+    /// lease someone else already took is left alone.
+    pub async fn release(&self) -> Result<bool, kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else { return Ok(false) };
+        let Some(spec) = lease.spec.as_mut().filter(|s| s.holder_identity.as_deref() == Some(self.me.as_str())) else {
+            return Ok(false);
+        };
+        spec.holder_identity = Some(String::new());
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Waits as a standby until this replica holds the lease.
     pub async fn acquire(&self) {
         loop {

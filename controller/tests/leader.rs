@@ -216,3 +216,45 @@ async fn a_standby_takes_over_when_the_leader_dies() {
     assert_eq!(api.lease.lock().unwrap().as_ref().unwrap()["spec"]["holderIdentity"], standby_name);
     standby_task.abort();
 }
+
+/// On SIGTERM the leader gives its lease up (holder emptied, at the resourceVersion it read), so
+/// a standby takes over at its next retry instead of waiting for the lease to expire.
+#[tokio::test]
+async fn the_leader_releases_its_lease_and_a_standby_takes_it_at_once() {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let leader =
+        LeaderElector::new(client.clone(), "shopfloor-system", "shopfloor-controller", "pod-a", LeaseTiming::default());
+    let standby =
+        LeaderElector::new(client, "shopfloor-system", "shopfloor-controller", "pod-b", LeaseTiming::default());
+    let server = tokio::spawn(async move {
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let held = json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "shopfloor-controller", "namespace": "shopfloor-system", "resourceVersion": "17"},
+            "spec": {"holderIdentity": "pod-a", "leaseDurationSeconds": 10, "renewTime": now, "leaseTransitions": 2},
+        });
+        let (req, send) = handle.next_request().await.expect("get");
+        assert_eq!((req.method().as_str(), req.uri().path()), ("GET", LEASE_PATH));
+        respond(send, StatusCode::OK, held);
+        let (req, send) = handle.next_request().await.expect("release");
+        assert_eq!((req.method().as_str(), req.uri().path()), ("PUT", LEASE_PATH));
+        let released: Value =
+            serde_json::from_slice(&req.into_body().collect_bytes().await.expect("body")).expect("json");
+        assert_eq!(released["metadata"]["resourceVersion"], "17", "conditional on what was read");
+        assert_eq!(released["spec"]["holderIdentity"], "");
+        respond(send, StatusCode::OK, released.clone());
+        // The standby reads the released lease and takes it in the same round.
+        let (_, send) = handle.next_request().await.expect("standby get");
+        respond(send, StatusCode::OK, released);
+        let (req, send) = handle.next_request().await.expect("takeover");
+        assert_eq!(req.method().as_str(), "PUT");
+        let taken: Value = serde_json::from_slice(&req.into_body().collect_bytes().await.expect("body")).expect("json");
+        assert_eq!(taken["spec"]["holderIdentity"], "pod-b");
+        assert_eq!(taken["spec"]["leaseTransitions"], 3);
+        respond(send, StatusCode::OK, taken);
+    });
+    assert!(leader.release().await.expect("release"));
+    assert!(standby.try_acquire_or_renew().await.expect("round"), "a released lease is taken without waiting");
+    server.await.expect("server");
+}

@@ -35,9 +35,15 @@ struct Args {
     /// Namespace of the CA and token Secrets and of the leader Lease (cluster mode).
     #[arg(long, env = "POD_NAMESPACE", default_value = "shopfloor-system")]
     namespace: String,
-    /// This replica's name, for the Lease and `status.connection.replica`.
-    #[arg(long, env = "POD_NAME", default_value = "shopfloor-controller")]
-    replica: String,
+    /// This replica's name, for the Lease and `status.connection.replica`. In a pod (the chart
+    /// sets POD_NAME from the downward API) it is the pod's name, and the leader labels that pod
+    /// for the agents' Service; outside a pod no pod is labelled.
+    #[arg(long, env = "POD_NAME")]
+    replica: Option<String>,
+    /// Watch only these namespaces (comma-separated), with Roles in each instead of a
+    /// ClusterRole. Every namespace when absent.
+    #[arg(long, value_delimiter = ',', env = "SHOPFLOOR_NAMESPACES")]
+    namespaces: Vec<String>,
     /// The QUIC endpoint agents dial.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7443", env = "SHOPFLOOR_LISTEN")]
     listen: SocketAddr,
@@ -65,6 +71,28 @@ fn trace_commands<S: shopfloor_controller::store::Store>(core: &Core<S>, args: &
 /// Label the leading replica's pod carries; the chart's QUIC Service selects on it.
 const LEADER_LABEL: &str = "shopfloor.io/leader";
 
+impl Args {
+    fn replica(&self) -> String {
+        self.replica.clone().unwrap_or_else(|| "shopfloor-controller".to_owned())
+    }
+}
+
+/// Resolves on SIGTERM (what Kubernetes sends a pod it stops) or SIGINT.
+async fn terminated() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot watch for SIGTERM ({e}); only Ctrl-C stops the controller cleanly");
+            let _ = tokio::signal::ctrl_c().await;
+            return "interrupted";
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => "terminated (SIGTERM)",
+        _ = tokio::signal::ctrl_c() => "interrupted",
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -84,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
 async fn run_standalone(args: &Args, dir: &PathBuf, health: Arc<metrics::Health>) -> anyhow::Result<()> {
     let store = FolderStore::open(dir, &args.state_dir)
         .with_context(|| format!("cannot use {} with state directory {}", dir.display(), args.state_dir.display()))?;
-    let core = Core::new(Arc::new(store), &args.replica, Duration::from_secs(1));
+    let core = Core::new(Arc::new(store), args.replica(), Duration::from_secs(1));
     trace_commands(&core, args)?;
     let (addr, _http) = metrics::serve(args.http, core.metrics.clone(), health.clone())
         .await
@@ -109,8 +137,8 @@ async fn run_standalone(args: &Args, dir: &PathBuf, health: Arc<metrics::Health>
     tracing::info!(manifests = %dir.display(), state = %args.state_dir.display(), http = %addr, "standalone controller started");
     tokio::select! {
         r = standalone::run(core) => r.context("standalone controller stopped"),
-        _ = tokio::signal::ctrl_c() => {
-            tracing::info!("interrupted, stopping");
+        why = terminated() => {
+            tracing::info!("{why}, stopping");
             Ok(())
         }
     }
@@ -120,46 +148,82 @@ async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Resul
     let client = kube::Client::try_default().await.context(
         "cannot reach a Kubernetes API server (no in-cluster config and no usable kubeconfig); use --standalone <dir> to run without a cluster",
     )?;
-    let store = KubeStore::new(client.clone(), &args.namespace);
-    let core = Core::new(Arc::new(store), &args.replica, Duration::from_secs(1));
+    let store = KubeStore::with_instance(client.clone(), &args.namespace, Some(args.replica()));
+    let core = Core::new(Arc::new(store), args.replica(), Duration::from_secs(1));
     trace_commands(&core, args)?;
     let (addr, _http) = metrics::serve(args.http, core.metrics.clone(), health.clone()).await?;
     let ca = endpoint::ensure_ca(&*core.store).await.context("cannot load or create the plant CA Secret")?;
-    tracing::info!(http = %addr, namespace = %args.namespace, replica = %args.replica, "controller started; electing a leader");
+    let scope = if args.namespaces.is_empty() {
+        kube_controllers::Scope::Cluster
+    } else {
+        kube_controllers::Scope::Namespaces(args.namespaces.clone())
+    };
+    tracing::info!(http = %addr, namespace = %args.namespace, replica = %args.replica(), ?scope, "controller started; electing a leader");
     health.ready.store(true, Ordering::Relaxed);
     let elector = LeaderElector::new(
         client.clone(),
         &args.namespace,
         "shopfloor-controller",
-        &args.replica,
+        &args.replica(),
         LeaseTiming::default(),
     );
     // Standby until we hold the lease; then reconcile until we lose it, and exit so that the
     // replacement pod starts clean as a standby.
-    elector.acquire().await;
+    tokio::select! {
+        () = elector.acquire() => {}
+        why = terminated() => {
+            tracing::info!("{why} while standing by");
+            return Ok(());
+        }
+    }
     health.leader.store(true, Ordering::Relaxed);
     tracing::info!("leading");
     // The agents' Service selects the leader's pod by this label, so agents always reach the
-    // replica that accepts them. Outside a pod (e.g. run by hand) there is nothing to label.
+    // replica that accepts them. Outside a pod (no POD_NAME) there is no pod to label.
     let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client.clone(), &args.namespace);
-    let label = serde_json::json!({ "metadata": { "labels": { LEADER_LABEL: "true" } } });
-    if let Err(e) =
-        pods.patch(&args.replica, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&label)).await
-    {
-        tracing::warn!("cannot label pod {} as the leader (agents' Service will not route to it): {e}", args.replica);
+    let set_label = |value: serde_json::Value| {
+        let pods = pods.clone();
+        let pod = args.replica.clone();
+        async move {
+            let Some(pod) = pod else { return };
+            let label = serde_json::json!({ "metadata": { "labels": { LEADER_LABEL: value } } });
+            if let Err(e) = pods.patch(&pod, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&label)).await
+            {
+                tracing::warn!("cannot set label {LEADER_LABEL} on pod {pod} (the agents' Service routes by it): {e}");
+            }
+        }
+    };
+    if args.replica.is_none() {
+        tracing::info!("not in a pod (no POD_NAME): no pod to label for the agents' Service");
     }
+    set_label(serde_json::json!("true")).await;
     // Only the leader accepts agents: a standby holds no sessions to lose at takeover.
     let quic = Endpoint::bind(core.clone(), ca, args.listen, &args.server_names, Default::default())
         .with_context(|| format!("cannot listen on {} for agents (QUIC/UDP)", args.listen))?;
     tokio::spawn(quic.run());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let controllers = tokio::spawn(kube_controllers::run(client, core, stop_rx));
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stepping down"),
-        why = elector.hold() => tracing::error!("{why}; stopping"),
-    }
+    let controllers = tokio::spawn(kube_controllers::run(client, core, scope, stop_rx));
+    let released = tokio::select! {
+        why = terminated() => {
+            tracing::info!("{why}; stepping down");
+            true
+        }
+        why = elector.hold() => {
+            tracing::error!("{why}; stopping");
+            false
+        }
+    };
     health.leader.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), controllers).await;
+    // Unlabelled first, so the Service stops sending agents here before a standby takes over.
+    set_label(serde_json::Value::Null).await;
+    if released {
+        match elector.release().await {
+            Ok(true) => tracing::info!("leader lease released: a standby takes over at once"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("cannot release the leader lease ({e}); a standby takes over when it expires"),
+        }
+    }
     Ok(())
 }
