@@ -212,20 +212,23 @@ impl Backend for Folder {
     }
 }
 
+/// An Event the fake API server received: (path, regarding name, reason, type).
+type PostedEvent = (String, String, String, String);
+
 /// The Kubernetes store over kube's mocked service: a fake API server answers every request and
 /// records it, so each scenario also checks the exact requests made.
 struct Kube {
     store: Arc<KubeStore>,
     requests: Arc<Mutex<Vec<(http::Method, String, ControlCommandStatus)>>>,
     /// Events posted: (path, regarding name, reason, type).
-    events: Arc<Mutex<Vec<(String, String, String, String)>>>,
+    events: Arc<Mutex<Vec<PostedEvent>>>,
 }
 
 impl Kube {
     fn new() -> Self {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let requests: Arc<Mutex<Vec<(http::Method, String, ControlCommandStatus)>>> = Arc::default();
-        let events: Arc<Mutex<Vec<(String, String, String, String)>>> = Arc::default();
+        let events: Arc<Mutex<Vec<PostedEvent>>> = Arc::default();
         let log = requests.clone();
         let event_log = events.clone();
         tokio::spawn(async move {

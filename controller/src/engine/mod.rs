@@ -65,7 +65,7 @@ struct Inner<S> {
     in_flight: Mutex<HashMap<String, u64>>,
     /// Unfinished commands by the agent they are routed to, as last reconciled: what a new
     /// connection of that agent re-drives.
-    waiting: Mutex<HashMap<ObjectKey, HashMap<String, (ControlCommand, Option<Equipment>)>>>,
+    waiting: Mutex<HashMap<ObjectKey, HashMap<String, Waiting>>>,
     /// Commands to reconcile again, by uid (a delivery that ended without a result).
     redrive: tokio::sync::mpsc::UnboundedSender<String>,
     redrive_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
@@ -74,6 +74,9 @@ struct Inner<S> {
     /// Where command spans go (nowhere unless an OTLP collector is configured).
     tracer: std::sync::RwLock<Tracer>,
 }
+
+/// An unfinished command as last reconciled, with its target Equipment if that exists.
+type Waiting = (ControlCommand, Option<Equipment>);
 
 /// A command and what the engine needs to know about it.
 #[derive(Clone, Debug)]

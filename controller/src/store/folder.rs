@@ -26,6 +26,9 @@ use super::{ObjectKey, SecretData, StatusUpdate, Store, StoreError, World};
 
 const DEFAULT_NAMESPACE: &str = "default";
 
+/// An object's kind and name: what makes two definitions the same object.
+type KindKey = (&'static str, ObjectKey);
+
 /// What the store keeps per object besides the manifest.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -49,7 +52,7 @@ pub struct FolderStore {
     // One writer at a time: status writes are read-modify-write of one file.
     lock: Mutex<()>,
     /// The last definition read without fault of every object, with its file.
-    last_good: Mutex<BTreeMap<(&'static str, ObjectKey), (PathBuf, Object)>>,
+    last_good: Mutex<BTreeMap<KindKey, (PathBuf, Object)>>,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -151,7 +154,7 @@ impl FolderStore {
             }
         };
         let mut broken: std::collections::BTreeSet<PathBuf> = Default::default();
-        let mut defs: BTreeMap<(&'static str, ObjectKey), Vec<(manifest::Source, Object)>> = BTreeMap::new();
+        let mut defs: BTreeMap<KindKey, Vec<(manifest::Source, Object)>> = BTreeMap::new();
         for file in files {
             let loaded = match std::fs::read_to_string(&file) {
                 Ok(text) => manifest::parse_valid(&file, &text),
@@ -173,7 +176,7 @@ impl FolderStore {
             }
         }
         let mut last_good = self.last_good.lock().unwrap_or_else(|p| p.into_inner());
-        let mut in_force: Vec<((&'static str, ObjectKey), Object)> = Vec::new();
+        let mut in_force: Vec<(KindKey, Object)> = Vec::new();
         for ((kind, key), found) in &defs {
             if let [(source, object)] = &found[..] {
                 last_good.insert((kind, key.clone()), (source.file.clone(), object.clone()));
