@@ -268,7 +268,11 @@ impl Executor {
             received_unix_micros: arrival.received_unix_micros,
             ..Default::default()
         };
-        match self.journal.lock().await.lookup(&cmd.id).cloned() {
+        // Bound first: a guard in the match scrutinee would live through the arms, and the
+        // outcome-unknown arm takes the journal's lock again (it deadlocked every restarted
+        // agent's answer to a command it had been killed in the middle of).
+        let recorded = self.journal.lock().await.lookup(&cmd.id).cloned();
+        match recorded {
             Some(Entry::Finished { result: recorded, .. }) => {
                 tracing::info!(command = %cmd.id, "redelivered: answering from the journal");
                 return CommandResult { replayed: true, ..recorded };

@@ -169,6 +169,28 @@ async fn an_action_writes_over_modbus_in_order_and_the_journal_answers_redeliver
     assert_eq!(r.sim.device.writes_to("holding", 0), 1, "exactly one write per command, restarts included");
 }
 
+/// A command the agent was killed in the middle of (journal: started, not finished) is answered
+/// "outcome unknown" at once when it is redelivered — it deadlocked before — and never re-run.
+#[tokio::test]
+async fn a_command_interrupted_by_a_restart_is_answered_outcome_unknown_at_once() {
+    let r = rig("").await;
+    {
+        let mut j = Journal::open(&r.state, Duration::from_secs(86400), 1000).expect("journal");
+        j.start("interrupted").expect("start");
+    }
+    let restarted = executor(&r.state, &r.envelope_path);
+    restarted.install(&[conveyor(r.sim.addr), robot()], &Default::default());
+    let c = cmd("interrupted", "conveyor", "start", &[("speed", num(1.5))]);
+    let res = tokio::time::timeout(Duration::from_secs(10), restarted.execute(&c, arrive(&c)))
+        .await
+        .expect("answered, not stuck on the journal's lock");
+    assert_eq!(code(&res), ResultCode::Internal);
+    assert!(res.message.contains("outcome is unknown") && res.replayed, "{res:?}");
+    let again = restarted.execute(&c, arrive(&c)).await;
+    assert!(again.replayed && again.message.contains("outcome is unknown"), "the answer is recorded: {again:?}");
+    assert_eq!(r.sim.device.writes_to("holding", 0) + r.sim.device.writes_to("coil", 0), 0, "never re-run");
+}
+
 /// The reported failure: a kill -9 tore the journal's last line, the next record was appended
 /// onto it, the following restart threw the journal away and a redelivered command ran twice.
 #[tokio::test]

@@ -27,6 +27,9 @@ pub struct Impairment {
     pub loss: f64,
     /// Drop everything.
     pub partitioned: bool,
+    /// Drop only what the client sends upstream: the client hears the server but cannot answer
+    /// (a result that never gets back, reconnect attempts that go nowhere).
+    pub upstream_cut: bool,
 }
 
 /// Datagram counters.
@@ -70,11 +73,11 @@ struct Shared {
 }
 
 impl Shared {
-    /// `None` to drop, else how long to hold the datagram.
-    fn verdict(&self) -> Option<Duration> {
+    /// `None` to drop, else how long to hold the datagram going `upstream` (or back down).
+    fn verdict(&self, upstream: bool) -> Option<Duration> {
         let imp = *self.impairment.lock().unwrap_or_else(|p| p.into_inner());
         let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-        if imp.partitioned || (imp.loss > 0.0 && rng.next_f64() < imp.loss) {
+        if imp.partitioned || (upstream && imp.upstream_cut) || (imp.loss > 0.0 && rng.next_f64() < imp.loss) {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             return None;
         }
@@ -130,7 +133,7 @@ impl UdpProxy {
                         tokio::spawn(async move {
                             let mut buf = vec![0u8; 65_536];
                             while let Ok((n, _)) = sock2.recv_from(&mut buf).await {
-                                if let Some(after) = shared.verdict() {
+                                if let Some(after) = shared.verdict(false) {
                                     forward(&front, &buf[..n], from, after).await;
                                 }
                             }
@@ -138,7 +141,7 @@ impl UdpProxy {
                         sock
                     }
                 };
-                if let Some(after) = shared.verdict() {
+                if let Some(after) = shared.verdict(true) {
                     forward(&back, &buf[..n], upstream, after).await;
                 }
             }
@@ -152,6 +155,11 @@ impl UdpProxy {
 
     pub fn partition(&self, on: bool) {
         self.impairment.lock().unwrap_or_else(|p| p.into_inner()).partitioned = on;
+    }
+
+    /// Drops (or stops dropping) only the client-to-upstream direction.
+    pub fn cut_upstream(&self, on: bool) {
+        self.impairment.lock().unwrap_or_else(|p| p.into_inner()).upstream_cut = on;
     }
 }
 

@@ -24,6 +24,19 @@ struct Args {
     /// Initial value of a discrete input or input register: `discrete:ADDR=0|1` or `input:ADDR=WORD`.
     #[arg(long = "set", value_name = "TABLE:ADDR=VALUE")]
     sets: Vec<String>,
+    /// Answer every request this late, like a slow PLC on a busy bus (e.g. `500ms`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_delay)]
+    response_delay: Option<std::time::Duration>,
+}
+
+fn parse_delay(s: &str) -> Result<std::time::Duration, String> {
+    let ms = s.strip_suffix("ms").map(str::parse::<u64>);
+    let secs = s.strip_suffix('s').map(str::parse::<u64>);
+    match (ms, secs) {
+        (Some(Ok(ms)), _) => Ok(std::time::Duration::from_millis(ms)),
+        (_, Some(Ok(s))) => Ok(std::time::Duration::from_secs(s)),
+        _ => Err(format!("`{s}` is not a delay like 500ms or 2s")),
+    }
 }
 
 fn parse_mirror(s: &str) -> anyhow::Result<Mirror> {
@@ -51,6 +64,9 @@ async fn main() -> anyhow::Result<()> {
             "input" => drop(regs.input.insert(addr, value)),
             other => anyhow::bail!("--set: unknown table `{other}` (discrete or input)"),
         }
+    }
+    if let Some(delay) = args.response_delay {
+        device.regs.lock().unwrap_or_else(|p| p.into_inner()).response_delay = delay;
     }
     let mirrors = args.mirrors.iter().map(|m| parse_mirror(m)).collect::<anyhow::Result<Vec<_>>>()?;
     let sim = Simulator::start(args.listen, device, mirrors)
