@@ -31,7 +31,20 @@ def kinds(docs, kind):
     return [d for d in docs if d["kind"] == kind]
 
 
+def emit_rbac(namespace):
+    """Prints the chart's RBAC for a release in `namespace` watching only that namespace: what the
+    real-cluster scenario installs to run the controller as the chart's ServiceAccount."""
+    chart = helm.Chart.load(CHART)
+    out = chart.render({"watchNamespaces": [namespace]}, name="shopfloor", namespace=namespace, is_install=True)
+    docs = [d for path, text in out.items() if not path.endswith("NOTES.txt") for d in yaml.safe_load_all(text) if d]
+    rbac = [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
+    print(yaml.safe_dump_all(rbac))
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "rbac":
+        emit_rbac(sys.argv[2])
+        return
     problems = []
     for values in ({}, {"watchNamespaces": ["plant-a", "plant-b"]}):
         report = helm.lint(CHART, values, strict=True, namespace="shopfloor-system")

@@ -37,7 +37,7 @@ struct Args {
     namespace: String,
     /// This replica's name, for the Lease and `status.connection.replica`. In a pod (the chart
     /// sets POD_NAME from the downward API) it is the pod's name, and the leader labels that pod
-    /// for the agents' Service; outside a pod no pod is labelled.
+    /// for the agents' Service; without POD_NAME no pod is labelled.
     #[arg(long, env = "POD_NAME")]
     replica: Option<String>,
     /// Watch only these namespaces (comma-separated), with Roles in each instead of a
@@ -183,7 +183,8 @@ async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Resul
     let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client.clone(), &args.namespace);
     let set_label = |value: serde_json::Value| {
         let pods = pods.clone();
-        let pod = args.replica.clone();
+        // Only a pod has a pod to label: the chart sets POD_NAME from the downward API.
+        let pod = std::env::var("POD_NAME").ok().filter(|p| !p.is_empty());
         async move {
             let Some(pod) = pod else { return };
             let label = serde_json::json!({ "metadata": { "labels": { LEADER_LABEL: value } } });
@@ -193,7 +194,7 @@ async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Resul
             }
         }
     };
-    if args.replica.is_none() {
+    if std::env::var_os("POD_NAME").is_none() {
         tracing::info!("not in a pod (no POD_NAME): no pod to label for the agents' Service");
     }
     set_label(serde_json::json!("true")).await;
