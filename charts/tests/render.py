@@ -46,12 +46,14 @@ def main():
         emit_rbac(sys.argv[2])
         return
     problems = []
-    for values in ({}, {"watchNamespaces": ["plant-a", "plant-b"]}):
-        report = helm.lint(CHART, values, strict=True, namespace="shopfloor-system")
-        for m in report.get("messages", []):
-            if m.get("severity", 0) >= 2:
-                problems.append(f"lint {values}: {m}")
-        problems.extend(f"lint {values}: {e}" for e in report.get("errors", []))
+    # Linted as for the oldest and the newest supported Kubernetes version.
+    for kube in ("v1.30.0", "v1.33.0"):
+        for values in ({}, {"watchNamespaces": ["plant-a", "plant-b"]}):
+            report = helm.lint(CHART, values, strict=True, namespace="shopfloor-system", kube_version=kube)
+            for m in report.get("messages", []):
+                if m.get("severity", 0) >= 2:
+                    problems.append(f"lint {kube} {values}: {m}")
+            problems.extend(f"lint {kube} {values}: {e}" for e in report.get("errors", []))
 
     default = render({})
     if [r["metadata"]["name"] for r in kinds(default, "ClusterRole")] != ["shopfloor-controller"]:
