@@ -13,13 +13,20 @@ fn copy_plant(to: &Path) {
     }
 }
 
-#[tokio::test]
-async fn loads_the_plant_with_stable_metadata_and_persisted_status() {
+/// The example plant in a temporary folder, with its store: (the folder, the manifests, the store).
+fn plant_store() -> (tempfile::TempDir, std::path::PathBuf, FolderStore) {
     let dir = tempfile::tempdir().expect("tmp");
     let (manifests, state) = (dir.path().join("plant"), dir.path().join("state"));
     std::fs::create_dir(&manifests).expect("mkdir");
     copy_plant(&manifests);
     let store = FolderStore::open(&manifests, &state).expect("open");
+    (dir, manifests, store)
+}
+
+#[tokio::test]
+async fn loads_the_plant_with_stable_metadata_and_persisted_status() {
+    let (dir, manifests, store) = plant_store();
+    let state = dir.path().join("state");
     let world = store.load();
     assert!(world.refused.is_empty(), "{:?}", world.refused);
     assert_eq!(world.agents.len(), 3);
@@ -41,11 +48,7 @@ async fn loads_the_plant_with_stable_metadata_and_persisted_status() {
 
 #[tokio::test]
 async fn spec_changes_bump_generation_and_invalid_documents_are_refused_alone() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let (manifests, state) = (dir.path().join("plant"), dir.path().join("state"));
-    std::fs::create_dir(&manifests).expect("mkdir");
-    copy_plant(&manifests);
-    let store = FolderStore::open(&manifests, &state).expect("open");
+    let (_dir, manifests, store) = plant_store();
     store.load();
     let path = manifests.join("line-1.yaml");
     let text = std::fs::read_to_string(&path).expect("read").replace("desired: 1.2", "desired: 1.4");
@@ -85,11 +88,7 @@ async fn secrets_are_created_once_even_when_two_writers_race() {
 
 #[tokio::test]
 async fn deleted_commands_stay_deleted_while_their_manifest_remains() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let (manifests, state) = (dir.path().join("plant"), dir.path().join("state"));
-    std::fs::create_dir(&manifests).expect("mkdir");
-    copy_plant(&manifests);
-    let store = FolderStore::open(&manifests, &state).expect("open");
+    let (_dir, _manifests, store) = plant_store();
     let world = store.load();
     let key = ObjectKey::of(&world.commands[0].metadata);
     store.delete_command(&key).await.expect("delete");
@@ -100,11 +99,8 @@ async fn deleted_commands_stay_deleted_while_their_manifest_remains() {
 
 #[tokio::test]
 async fn corrupt_state_is_moved_aside_not_ignored() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let (manifests, state) = (dir.path().join("plant"), dir.path().join("state"));
-    std::fs::create_dir(&manifests).expect("mkdir");
-    copy_plant(&manifests);
-    let store = FolderStore::open(&manifests, &state).expect("open");
+    let (dir, _manifests, store) = plant_store();
+    let state = dir.path().join("state");
     store.load();
     let file = state.join("objects/edgeagents/plant-a/line-1.yaml");
     std::fs::write(&file, "uid: [unclosed").expect("corrupt");
@@ -161,11 +157,7 @@ fn host_of(world: &shopfloor_controller::store::World, name: &str) -> Option<Str
 /// refused, naming both files, and the last good one stays in force.
 #[tokio::test]
 async fn an_object_defined_twice_is_refused_naming_both_files_and_the_good_one_stays() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let (manifests, state) = (dir.path().join("plant"), dir.path().join("state"));
-    std::fs::create_dir(&manifests).expect("mkdir");
-    copy_plant(&manifests);
-    let store = FolderStore::open(&manifests, &state).expect("open");
+    let (_dir, manifests, store) = plant_store();
     let before = store.load();
     let real = host_of(&before, "infeed-conveyor").expect("the real conveyor");
     // The intruder sorts first, as in the report.
@@ -188,11 +180,7 @@ async fn an_object_defined_twice_is_refused_naming_both_files_and_the_good_one_s
 /// definition until the file reads again; an object deleted from a file that reads is gone.
 #[tokio::test]
 async fn a_broken_file_keeps_its_objects_last_good_definition() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let (manifests, state) = (dir.path().join("plant"), dir.path().join("state"));
-    std::fs::create_dir(&manifests).expect("mkdir");
-    copy_plant(&manifests);
-    let store = FolderStore::open(&manifests, &state).expect("open");
+    let (_dir, manifests, store) = plant_store();
     let before = store.load();
     let path = manifests.join("line-1.yaml");
     let good = std::fs::read_to_string(&path).expect("read");

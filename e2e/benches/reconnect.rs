@@ -5,10 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use shopfloor_e2e::{
-    harness::{Scenario, eventually},
-    proxy::UdpProxy,
-};
+use shopfloor_e2e::harness::{Scenario, eventually};
 
 const PLANT: &str = "apiVersion: shopfloor.io/v1alpha1\nkind: EdgeAgent\nmetadata: {name: line-1, namespace: plant-a}\nspec: {site: plant-a/line-1}\n";
 
@@ -19,14 +16,7 @@ fn main() {
     std::fs::create_dir_all(s.path("plant")).expect("plant");
     std::fs::write(s.path("plant/agent.yaml"), PLANT).expect("plant");
     let endpoint = s.controller();
-    let proxy = rt
-        .block_on(UdpProxy::start("127.0.0.1:0".parse().expect("addr"), endpoint.parse().expect("endpoint"), 3))
-        .expect("proxy");
-    s.enroll("line-1");
-    let identity = s.path("agent-line-1/identity.yaml");
-    let text = std::fs::read_to_string(&identity).expect("identity");
-    std::fs::write(&identity, text.replace(&endpoint, &proxy.addr.to_string())).expect("via the proxy");
-    s.agent("line-1");
+    let proxy = s.agent_behind_proxy(&rt, "line-1", &endpoint, 3);
     let log = s.path("agent-line-1.log");
     let connects = || std::fs::read_to_string(&log).unwrap_or_default().matches(" connected ").count();
     eventually("connected", Duration::from_secs(30), || (connects() >= 1).then_some(()));

@@ -218,6 +218,30 @@ impl Scenario {
         );
     }
 
+    /// Enrolls agent `name` and runs it dialling the controller at `endpoint` only through a new
+    /// UDP impairment proxy (seeded with `seed`), which is returned.
+    pub fn agent_behind_proxy(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        name: &str,
+        endpoint: &str,
+        seed: u64,
+    ) -> crate::proxy::UdpProxy {
+        let proxy = rt
+            .block_on(crate::proxy::UdpProxy::start(
+                "127.0.0.1:0".parse().expect("addr"),
+                endpoint.parse().expect("endpoint"),
+                seed,
+            ))
+            .expect("proxy");
+        self.enroll(name);
+        let identity = self.path(&format!("agent-{name}/identity.yaml"));
+        let text = std::fs::read_to_string(&identity).expect("identity");
+        std::fs::write(&identity, text.replace(endpoint, &proxy.addr.to_string())).expect("dial the proxy");
+        self.agent(name);
+        proxy
+    }
+
     /// Runs enrolled agent `name`.
     pub fn agent(&self, name: &str) {
         let state = format!("agent-{name}");

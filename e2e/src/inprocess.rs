@@ -152,6 +152,18 @@ impl Plant {
         self.status(i).filter(|s| s.phase.is_some_and(CommandPhase::is_terminal))
     }
 
+    /// Waits up to `within` for command `i` to finish; panics with its last status otherwise.
+    pub async fn wait_finished(&self, i: usize, within: Duration) -> ControlCommandStatus {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(s) = self.finished(i) {
+                return s;
+            }
+            assert!(start.elapsed() < within, "command {i} did not finish within {within:?}: {:?}", self.status(i));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn agent(&self) -> &EdgeAgent {
         &self.world.agents[0]
     }

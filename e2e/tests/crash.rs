@@ -46,14 +46,7 @@ fn plant(s: &Scenario, rt: &tokio::runtime::Runtime, sim_args: &[&str]) -> UdpPr
     let port = modbus.rsplit(':').next().expect("port").to_owned();
     std::fs::write(s.path("plant/plant.yaml"), PLANT.replace("PORT", &port)).expect("plant");
     let endpoint = s.controller();
-    let proxy = rt
-        .block_on(UdpProxy::start("127.0.0.1:0".parse().expect("addr"), endpoint.parse().expect("endpoint"), 11))
-        .expect("proxy");
-    s.enroll("line-1");
-    let identity = s.path("agent-line-1/identity.yaml");
-    let text = std::fs::read_to_string(&identity).expect("identity");
-    std::fs::write(&identity, text.replace(&endpoint, &proxy.addr.to_string())).expect("via the proxy");
-    s.agent("line-1");
+    let proxy = s.agent_behind_proxy(rt, "line-1", &endpoint, 11);
     eventually("connected", Duration::from_secs(30), || {
         (s.status("edgeagents", "line-1")["phase"] == "Connected").then_some(())
     });

@@ -3,10 +3,7 @@
 
 use std::time::Duration;
 
-use shopfloor_e2e::{
-    harness::{Scenario, eventually},
-    proxy::UdpProxy,
-};
+use shopfloor_e2e::harness::{Scenario, eventually};
 
 const PLANT: &str = r#"apiVersion: shopfloor.io/v1alpha1
 kind: EdgeAgent
@@ -40,14 +37,7 @@ fn a_controller_killed_with_commands_dispatched_ends_each_with_exactly_one_execu
     std::fs::write(s.path("plant/plant.yaml"), PLANT.replace("PORT", &port)).expect("plant");
     let endpoint = s.controller();
     // The agent reaches the controller only through the proxy.
-    let proxy = rt
-        .block_on(UdpProxy::start("127.0.0.1:0".parse().expect("addr"), endpoint.parse().expect("endpoint"), 7))
-        .expect("proxy");
-    s.enroll("line-1");
-    let identity = s.path("agent-line-1/identity.yaml");
-    let text = std::fs::read_to_string(&identity).expect("identity");
-    std::fs::write(&identity, text.replace(&endpoint, &proxy.addr.to_string())).expect("point the agent at the proxy");
-    s.agent("line-1");
+    let proxy = s.agent_behind_proxy(&rt, "line-1", &endpoint, 7);
     eventually("connected", Duration::from_secs(30), || {
         (s.status("edgeagents", "line-1")["phase"] == "Connected").then_some(())
     });
@@ -354,14 +344,7 @@ fn loss_and_a_partition_do_not_lose_commands_or_telemetry() {
     let plant = PLANT.replace("PORT", &port).replace("  properties:", "  reporting: {interval: 200ms}\n  properties:");
     std::fs::write(s.path("plant/plant.yaml"), plant).expect("plant");
     let endpoint = s.controller();
-    let proxy = rt
-        .block_on(UdpProxy::start("127.0.0.1:0".parse().expect("addr"), endpoint.parse().expect("endpoint"), 11))
-        .expect("proxy");
-    s.enroll("line-1");
-    let identity = s.path("agent-line-1/identity.yaml");
-    let text = std::fs::read_to_string(&identity).expect("identity");
-    std::fs::write(&identity, text.replace(&endpoint, &proxy.addr.to_string())).expect("via the proxy");
-    s.agent("line-1");
+    let proxy = s.agent_behind_proxy(&rt, "line-1", &endpoint, 11);
     eventually("connected", Duration::from_secs(30), || {
         (s.status("edgeagents", "line-1")["phase"] == "Connected").then_some(())
     });

@@ -75,15 +75,7 @@ async fn commands_run_on_time_whatever_the_agent_clock_says() {
             plant.core.reconcile_command(&Plant::command(&template, i), Some(&eq)).await.expect("reconcile");
         }
         for i in 0..3 {
-            let mut status = None;
-            for _ in 0..300 {
-                status = plant.finished(i);
-                if status.is_some() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            let s = status.unwrap_or_else(|| panic!("skew {skew}: command {i} never finished: {:?}", plant.status(i)));
+            let s = plant.wait_finished(i, Duration::from_secs(3)).await;
             assert_eq!(s.result.as_ref().map(|r| r.code), Some(ResultCode::Ok), "skew {skew}: {s:?}");
             let network = s.latency.network_micros.expect("network latency");
             assert!((0..SECOND).contains(&network), "skew {skew}: network latency {network} µs");
@@ -362,15 +354,7 @@ async fn a_handshake_flood_stays_bounded_and_the_plant_keeps_working() {
     }
     assert!(peak <= endpoint::MAX_HANDSHAKES as i64, "{peak} handshakes in progress");
     for i in 0..20 {
-        let mut done = None;
-        for _ in 0..500 {
-            done = plant.finished(i);
-            if done.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let s = done.unwrap_or_else(|| panic!("command {i} during the flood: {:?}", plant.status(i)));
+        let s = plant.wait_finished(i, Duration::from_secs(5)).await;
         assert_eq!(s.result.map(|r| r.code), Some(ResultCode::Ok), "command {i} during the flood");
     }
     // The enrollment connection that never asked anything is closed by the controller.
