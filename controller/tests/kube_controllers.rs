@@ -277,3 +277,47 @@ async fn an_unreadable_agent_being_deleted_is_released_and_loses_only_our_finali
     tokio::time::timeout(Duration::from_secs(5), server).await.expect("all requests made").expect("server");
     drop(ctx);
 }
+
+/// With `--namespaces`, every list and watch the controllers make is in one of those namespaces:
+/// nothing cluster-wide, so Roles in those namespaces are all the controller needs.
+#[tokio::test]
+async fn a_namespace_scoped_controller_lists_and_watches_only_its_namespaces() {
+    use shopfloor_controller::kube_controllers::{Scope, run};
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let core = Core::new(Arc::new(KubeStore::new(client.clone(), "shopfloor-system")), "pod-a", Duration::from_secs(1));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let scope = Scope::Namespaces(vec!["plant-a".into(), "plant-b".into()]);
+    let controllers = tokio::spawn(run(client, core, scope, stopped));
+    let mut seen = std::collections::BTreeSet::new();
+    let mut pending = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.len() < 8 {
+        let next = tokio::time::timeout_at(deadline, handle.next_request()).await;
+        let Ok(Some((req, send))) = next else { break };
+        let path = req.uri().path().to_owned();
+        let watch = req.uri().query().unwrap_or_default().contains("watch=true");
+        seen.insert(path.clone());
+        if watch {
+            // Held open, as a watch is.
+            pending.push(send);
+            continue;
+        }
+        let kind = path.rsplit('/').next().unwrap_or_default().to_owned();
+        respond(
+            send,
+            StatusCode::OK,
+            json!({"apiVersion": "shopfloor.io/v1alpha1", "kind": format!("{kind}List"),
+            "metadata": {"resourceVersion": "1"}, "items": []}),
+        );
+    }
+    let _ = stop.send(true);
+    controllers.abort();
+    let mut want = std::collections::BTreeSet::new();
+    for ns in ["plant-a", "plant-b"] {
+        for kind in ["edgeagents", "equipment", "networkslices", "controlcommands"] {
+            want.insert(format!("/apis/shopfloor.io/v1alpha1/namespaces/{ns}/{kind}"));
+        }
+    }
+    assert_eq!(seen, want, "only the two namespaces, every kind in each");
+}

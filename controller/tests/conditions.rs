@@ -1,0 +1,70 @@
+//! Conditions that tell the truth, through the controller's core: a report of an older revision
+//! never makes a NetworkSlice Ready.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use shopfloor_api::manifest::{self, Object};
+use shopfloor_controller::{
+    observed::AppliedReport,
+    reconcile::Core,
+    store::{ObjectKey, StatusUpdate, World, memory::MemoryStore},
+};
+
+fn plant() -> World {
+    let mut w = World::default();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plant");
+    for (i, l) in manifest::load_valid(&dir).expect("plant").into_iter().enumerate() {
+        match l.expect("valid").1 {
+            Object::EdgeAgent(mut a) => {
+                a.metadata.generation = Some(1);
+                a.metadata.uid = Some(format!("uid-{i}"));
+                w.agents.push(a)
+            }
+            Object::Equipment(e) => w.equipment.push(e),
+            Object::NetworkSlice(s) => w.slices.push(s),
+            Object::ControlCommand(_) => {}
+        }
+    }
+    w
+}
+
+async fn slice_ready(store: &MemoryStore, key: &ObjectKey) -> (String, String) {
+    for _ in 0..200 {
+        if let Some(StatusUpdate::NetworkSlice(_, s)) = store.history(key).pop()
+            && let Some(c) = s.conditions.iter().find(|c| c.type_ == "Ready")
+        {
+            return (c.status.clone(), c.reason.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("no status for {key}");
+}
+
+#[tokio::test]
+async fn a_slice_is_ready_only_when_its_agents_applied_the_current_revision() {
+    let store = Arc::new(MemoryStore::default());
+    let core = Core::new(store.clone(), "test", Duration::from_millis(1));
+    let world = plant();
+    let plans = core.plans(1, &world);
+    let slice = world.slices.iter().find(|s| s.metadata.name.as_deref() == Some("control-urllc")).expect("slice");
+    let key = ObjectKey::of(&slice.metadata);
+    let selected = plans.slice_agents.get(&key).cloned().unwrap_or_default();
+    assert!(!selected.is_empty(), "the example slice selects agents");
+    let report = |revision: &str| AppliedReport {
+        revision: revision.to_owned(),
+        slices: [("control-urllc".to_owned(), Ok(()))].into(),
+        ..Default::default()
+    };
+    // Every selected agent steers the slice — as it was in an older revision.
+    for a in &selected {
+        core.observed.record_applied(a.clone(), report("an-older-revision"));
+    }
+    core.reconcile_slice(slice, &plans);
+    assert_eq!(slice_ready(&store, &key).await, ("False".into(), "Pending".into()));
+    for a in &selected {
+        core.observed.record_applied(a.clone(), report(plans.agents[a].revision()));
+    }
+    core.reconcile_slice(slice, &plans);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(slice_ready(&store, &key).await, ("True".into(), "Applied".into()));
+}
