@@ -144,6 +144,9 @@ impl<S: Store> Core<S> {
         for s in &world.slices {
             self.reconcile_slice(s, &plans);
         }
+        let present: std::collections::HashSet<String> =
+            world.commands.iter().filter_map(|c| c.metadata.uid.clone()).collect();
+        self.engine.retain(&present);
         for c in &world.commands {
             let eq = world.equipment.iter().find(|e| {
                 e.metadata.name.as_deref() == Some(c.spec.equipment_ref.name.as_str())

@@ -203,7 +203,16 @@ impl<S: Store> Engine<S> {
         else {
             return Ok(None);
         };
-        self.inner.store.write_status(StatusUpdate::ControlCommand(cmd.key.clone(), next.clone())).await?;
+        match self.inner.store.write_status(StatusUpdate::ControlCommand(cmd.key.clone(), next.clone())).await {
+            Ok(()) => {}
+            Err(e @ StoreError::Gone { .. }) => {
+                // Deleted: cancelled. Nothing about it is kept, and it is never sent again.
+                drop(_guard);
+                self.forget(&cmd.uid);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
         self.inner.metrics.status_writes.inc();
         if let Some(phase) = next.phase.filter(|p| p.is_terminal()) {
             self.settle(&cmd.uid);
@@ -436,6 +445,22 @@ impl<S: Store> Engine<S> {
             Ok(None)
         } else {
             Ok(Some(now.duration_until(expires).unsigned_abs()))
+        }
+    }
+
+    /// Forgets every command whose uid is not in `present` (the store's commands now): a deleted
+    /// command is cancelled and never re-driven by a connection.
+    pub fn retain(&self, present: &std::collections::HashSet<String>) {
+        let gone: Vec<String> = self
+            .inner
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .flat_map(|m| m.keys().filter(|uid| !present.contains(*uid)).cloned())
+            .collect();
+        for uid in gone {
+            self.forget(&uid);
         }
     }
 
