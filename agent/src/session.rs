@@ -173,7 +173,7 @@ pub async fn enroll(
     let cert = CertificateDer::from(resp.certificate_der);
     let ca = CertificateDer::from(resp.ca_der);
     store_credentials(state, &cert, &key.serialize_pem())?;
-    state.write(CA, pem("CERTIFICATE", &ca).as_bytes(), 0o644)?;
+    state.write(CA, pki::cert_pem(&ca).as_bytes(), 0o644)?;
     let id = Identity {
         namespace: agent.namespace.clone(),
         name: agent.name.clone(),
@@ -184,34 +184,9 @@ pub async fn enroll(
     Ok(id)
 }
 
-fn pem(label: &str, der: &[u8]) -> String {
-    use std::fmt::Write;
-    let b64 = base64(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        let _ = writeln!(out, "{}", String::from_utf8_lossy(chunk));
-    }
-    let _ = writeln!(out, "-----END {label}-----");
-    out
-}
-
-fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let n =
-            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
-        out.push(char::from(T[(n >> 18) as usize & 63]));
-        out.push(char::from(T[(n >> 12) as usize & 63]));
-        out.push(if c.len() > 1 { char::from(T[(n >> 6) as usize & 63]) } else { '=' });
-        out.push(if c.len() > 2 { char::from(T[n as usize & 63]) } else { '=' });
-    }
-    out
-}
-
 /// Certificate and key in one file, so they are replaced together atomically.
 fn store_credentials(state: &StateDir, cert: &CertificateDer<'_>, key_pem: &str) -> Result<(), SessionError> {
-    let text = format!("{}{}", pem("CERTIFICATE", cert), key_pem);
+    let text = format!("{}{}", pki::cert_pem(cert), key_pem);
     Ok(state.write(CREDENTIALS, text.as_bytes(), 0o600)?)
 }
 

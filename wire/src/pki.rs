@@ -26,6 +26,12 @@ pub enum PkiError {
 }
 
 /// SHA-256 of a DER certificate, lower-case hex: what agents pin and statuses record.
+/// A DER certificate as PEM text (`-----BEGIN CERTIFICATE-----`, 64-column lines, LF).
+pub fn cert_pem(der: &[u8]) -> String {
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new("CERTIFICATE", der.to_vec()), config)
+}
+
 pub fn sha256_fingerprint(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }
@@ -156,6 +162,17 @@ pub fn csr(key: &KeyPair) -> Result<Vec<u8>, PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificates_become_pem_that_reads_back_as_the_same_der() {
+        use rustls_pki_types::pem::PemObject;
+        let ca = Ca::generate("test", Duration::from_secs(3600)).expect("ca");
+        let text = cert_pem(ca.cert_der());
+        assert!(text.starts_with("-----BEGIN CERTIFICATE-----\n") && text.ends_with("-----END CERTIFICATE-----\n"));
+        assert!(text.lines().all(|l| l.len() <= 64), "64-column lines");
+        let back = CertificateDer::from_pem_slice(text.as_bytes()).expect("parses");
+        assert_eq!(&back, ca.cert_der());
+    }
     use crate::identity;
 
     #[test]
