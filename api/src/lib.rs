@@ -10,6 +10,7 @@
 
 pub mod bitrate;
 pub mod common;
+pub mod contract;
 pub mod control_command;
 pub mod crds;
 pub mod edge_agent;

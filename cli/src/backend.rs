@@ -9,13 +9,7 @@ use kube::{Api, Client, api::PostParams};
 use serde::Deserialize;
 use shopfloor_api::{ControlCommand, EdgeAgent, Equipment, manifest};
 
-/// The Secret holding the plant CA; `ca.crt` is its PEM certificate.
-pub const CA_SECRET: &str = "shopfloor-ca";
-
-/// The Secret holding an agent's bootstrap token.
-pub fn token_secret(namespace: &str, agent: &str) -> String {
-    format!("shopfloor-bootstrap-{namespace}-{agent}")
-}
+use shopfloor_api::contract::{CA_SECRET, state_dir, token_keys, token_secret_name as token_secret};
 
 pub enum Backend {
     Kube { client: Client, namespace: String, controller_namespace: String },
@@ -64,7 +58,7 @@ impl Backend {
                 manifest::Object::ControlCommand(o) => serde_json::to_value(o)?,
             };
             let name = json["metadata"]["name"].as_str().unwrap_or_default().to_owned();
-            let path = state.join("objects").join(plural).join(self.namespace()).join(format!("{name}.yaml"));
+            let path = state_dir::object(state, plural, self.namespace(), &name);
             if let Ok(text) = std::fs::read_to_string(&path) {
                 let st: ObjectState =
                     serde_yaml::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
@@ -144,7 +138,7 @@ impl Backend {
                 Ok(s.map(|s| s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect()))
             }
             Backend::Folder { state, .. } => {
-                let path = state.join("secrets").join(format!("{name}.yaml"));
+                let path = state_dir::secret(state, name);
                 match std::fs::read_to_string(&path) {
                     Ok(text) => {
                         let f: SecretFile =
@@ -162,7 +156,11 @@ impl Backend {
     pub async fn token(&self, agent: &str) -> anyhow::Result<Option<(String, String, bool)>> {
         let Some(data) = self.secret(&token_secret(self.namespace(), agent)).await? else { return Ok(None) };
         let s = |k: &str| data.get(k).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
-        Ok(Some((format!("{}.{}", s("token-id"), s("token-secret")), s("expires-at"), data.contains_key("used-at"))))
+        Ok(Some((
+            format!("{}.{}", s(token_keys::ID), s(token_keys::SECRET)),
+            s(token_keys::EXPIRES_AT),
+            data.contains_key(token_keys::USED_AT),
+        )))
     }
 
     /// SHA-256 of the plant CA certificate (DER), hex: what agents pin at enrollment.
@@ -179,7 +177,7 @@ impl Backend {
     pub fn recorded_endpoint(&self) -> Option<String> {
         match self {
             Backend::Folder { state, .. } => {
-                std::fs::read_to_string(state.join("endpoint")).ok().map(|s| s.trim().to_owned())
+                std::fs::read_to_string(state.join(state_dir::ENDPOINT)).ok().map(|s| s.trim().to_owned())
             }
             Backend::Kube { .. } => None,
         }

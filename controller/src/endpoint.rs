@@ -35,8 +35,7 @@ use crate::{
     store::{ObjectKey, Store, StoreError},
 };
 
-/// The Secret holding the plant CA (`ca.crt`, `ca.key`).
-pub const CA_SECRET: &str = "shopfloor-ca";
+pub use shopfloor_api::contract::CA_SECRET;
 
 /// Loads the plant CA, creating it if absent. Create-if-absent: two replicas starting together
 /// end up with the same CA, never overwrite each other's.

@@ -3,6 +3,7 @@
 //! plant host once (`kubectl shopfloor enroll <agent>` prints the whole command line); the
 //! agent redeems it with a CSR over the enrollment path and receives its certificate.
 
+use shopfloor_api::contract::token_keys;
 use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::jiff::Timestamp;
@@ -18,7 +19,7 @@ const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
 /// The Secret that holds `agent`'s bootstrap token.
 pub fn token_secret_name(agent: &ObjectKey) -> String {
-    format!("shopfloor-bootstrap-{}-{}", agent.namespace, agent.name)
+    shopfloor_api::contract::token_secret_name(&agent.namespace, &agent.name)
 }
 
 /// A bootstrap token and what it is bound to.
@@ -88,13 +89,13 @@ impl BootstrapToken {
 
     pub fn to_secret(&self) -> SecretData {
         let mut d = BTreeMap::new();
-        d.insert("token-id".to_owned(), self.id.clone().into_bytes());
-        d.insert("token-secret".to_owned(), self.secret.clone().into_bytes());
+        d.insert(token_keys::ID.to_owned(), self.id.clone().into_bytes());
+        d.insert(token_keys::SECRET.to_owned(), self.secret.clone().into_bytes());
         d.insert("agent-namespace".to_owned(), self.agent.namespace.clone().into_bytes());
         d.insert("agent-name".to_owned(), self.agent.name.clone().into_bytes());
-        d.insert("expires-at".to_owned(), self.expires_at.to_string().into_bytes());
+        d.insert(token_keys::EXPIRES_AT.to_owned(), self.expires_at.to_string().into_bytes());
         if let Some(used) = self.used_at {
-            d.insert("used-at".to_owned(), used.to_string().into_bytes());
+            d.insert(token_keys::USED_AT.to_owned(), used.to_string().into_bytes());
         }
         d
     }
@@ -103,11 +104,11 @@ impl BootstrapToken {
     pub fn from_secret(data: &SecretData) -> Option<Self> {
         let s = |k: &str| data.get(k).and_then(|v| String::from_utf8(v.clone()).ok());
         Some(Self {
-            id: s("token-id")?,
-            secret: s("token-secret")?,
+            id: s(token_keys::ID)?,
+            secret: s(token_keys::SECRET)?,
             agent: ObjectKey::new(s("agent-namespace")?, s("agent-name")?),
-            expires_at: s("expires-at")?.parse().ok()?,
-            used_at: s("used-at").and_then(|t| t.parse().ok()),
+            expires_at: s(token_keys::EXPIRES_AT)?.parse().ok()?,
+            used_at: s(token_keys::USED_AT).and_then(|t| t.parse().ok()),
         })
     }
 

@@ -128,7 +128,7 @@ async fn run_standalone(args: &Args, dir: &PathBuf, health: Arc<metrics::Health>
     } else {
         quic_addr.to_string()
     };
-    std::fs::write(args.state_dir.join("endpoint"), format!("{dial}\n"))
+    std::fs::write(args.state_dir.join(shopfloor_api::contract::state_dir::ENDPOINT), format!("{dial}\n"))
         .context("cannot record the endpoint address")?;
     tokio::spawn(quic.run());
     tracing::info!(quic = %quic_addr, ca_sha256 = %fingerprint, "agents can connect");

@@ -20,7 +20,10 @@ use std::{
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
-use shopfloor_api::manifest::{self, Object};
+use shopfloor_api::{
+    contract::state_dir,
+    manifest::{self, Object},
+};
 
 use super::{ObjectKey, SecretData, StatusUpdate, Store, StoreError, World};
 
@@ -114,8 +117,8 @@ impl FolderStore {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
             });
         }
-        for sub in ["objects", "secrets"] {
-            std::fs::create_dir_all(state.join(sub)).map_err(io(format!("state directory {}", state.display())))?;
+        for sub in [state_dir::objects(&state), state_dir::secrets(&state)] {
+            std::fs::create_dir_all(sub).map_err(io(format!("state directory {}", state.display())))?;
         }
         Ok(Self { manifests, state, lock: Mutex::new(()), last_good: Mutex::default() })
     }
@@ -129,11 +132,11 @@ impl FolderStore {
     }
 
     fn object_path(&self, kind: &str, key: &ObjectKey) -> PathBuf {
-        self.state.join("objects").join(plural(kind)).join(&key.namespace).join(format!("{}.yaml", key.name))
+        state_dir::object(&self.state, plural(kind), &key.namespace, &key.name)
     }
 
     fn secret_path(&self, name: &str) -> PathBuf {
-        self.state.join("secrets").join(format!("{name}.yaml"))
+        state_dir::secret(&self.state, name)
     }
 
     /// Reads every manifest, validates it, and merges in the state the store keeps: the world
@@ -392,7 +395,7 @@ impl Store for FolderStore {
     async fn create_secret_if_absent(&self, name: &str, data: SecretData) -> Result<SecretData, StoreError> {
         let path = self.secret_path(name);
         let bytes = secret_to_file(&data)?;
-        let tmp = self.state.join("secrets").join(format!(".{name}.new-{}", std::process::id()));
+        let tmp = state_dir::secrets(&self.state).join(format!(".{name}.new-{}", std::process::id()));
         write_atomic(&tmp, &bytes, 0o600).map_err(io(tmp.display().to_string()))?;
         // link(2) fails if the target exists: an atomic create-if-absent, even against another
         // process starting at the same moment.
@@ -419,7 +422,7 @@ impl Store for FolderStore {
         // One claim per version of the secret, made with O_EXCL: of two writers replacing the
         // same version — in this process or another — exactly one creates the claim.
         let version = hex::encode(&Sha256::digest(secret_to_file(expected)?)[..16]);
-        let claim = self.state.join("secrets").join(format!(".{name}.cas-{version}"));
+        let claim = state_dir::secrets(&self.state).join(format!(".{name}.cas-{version}"));
         match std::fs::OpenOptions::new().write(true).create_new(true).open(&claim) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
