@@ -161,7 +161,7 @@ pub async fn enroll(
     if !resp.error.is_empty() {
         return Err(SessionError::EnrollmentRefused(resp.error));
     }
-    if pki::sha256_fingerprint(&resp.ca_der) != ca_sha256.trim().to_ascii_lowercase() {
+    if identity::sha256_fingerprint(&resp.ca_der) != ca_sha256.trim().to_ascii_lowercase() {
         return Err(SessionError::Tls("the CA the controller returned does not match the pinned --ca-sha256".into()));
     }
     let granted = identity::agent_id(&resp.certificate_der, DEFAULT_TRUST_DOMAIN)

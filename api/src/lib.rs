@@ -17,6 +17,7 @@ pub mod edge_agent;
 pub mod equipment;
 pub mod manifest;
 pub mod network_slice;
+pub mod object;
 pub mod validate;
 pub mod value;
 

@@ -4,7 +4,6 @@
 //! be read is reported with its file, its position in the file and the field at fault; documents
 //! of other kinds (a Namespace in the same file, say) are skipped, not refused.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::{
     fmt,
     path::{Path, PathBuf},
@@ -12,61 +11,8 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{
-    common::API_VERSION,
-    control_command::ControlCommand,
-    edge_agent::EdgeAgent,
-    equipment::Equipment,
-    network_slice::NetworkSlice,
-    validate::{Invalid, Validate},
-};
-
-/// One Shopfloor object read from a manifest.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Object {
-    EdgeAgent(EdgeAgent),
-    Equipment(Equipment),
-    NetworkSlice(NetworkSlice),
-    ControlCommand(ControlCommand),
-}
-
-impl Object {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Object::EdgeAgent(_) => "EdgeAgent",
-            Object::Equipment(_) => "Equipment",
-            Object::NetworkSlice(_) => "NetworkSlice",
-            Object::ControlCommand(_) => "ControlCommand",
-        }
-    }
-
-    pub fn metadata(&self) -> &ObjectMeta {
-        match self {
-            Object::EdgeAgent(o) => &o.metadata,
-            Object::Equipment(o) => &o.metadata,
-            Object::NetworkSlice(o) => &o.metadata,
-            Object::ControlCommand(o) => &o.metadata,
-        }
-    }
-
-    pub fn name(&self) -> &str {
-        self.metadata().name.as_deref().unwrap_or_default()
-    }
-
-    pub fn namespace(&self) -> Option<&str> {
-        self.metadata().namespace.as_deref()
-    }
-
-    /// Runs [`Validate`] on the object.
-    pub fn validate(&self) -> Result<(), Invalid> {
-        match self {
-            Object::EdgeAgent(o) => o.validate(),
-            Object::Equipment(o) => o.validate(),
-            Object::NetworkSlice(o) => o.validate(),
-            Object::ControlCommand(o) => o.validate(),
-        }
-    }
-}
+pub use crate::object::Object;
+use crate::{common::API_VERSION, validate::Invalid};
 
 /// Where a document came from: file and 1-based index of the document in it.
 #[derive(Clone, Debug, PartialEq, Eq)]

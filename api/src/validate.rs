@@ -21,6 +21,7 @@ use crate::{
         Property, RegisterType,
     },
     network_slice::{NetworkSlice, NetworkSliceSpec},
+    object::Object,
 };
 
 /// One broken rule: where, and what to do about it.
@@ -808,8 +809,7 @@ pub fn control_command_spec(spec: &ControlCommandSpec) -> Vec<Violation> {
 /// them: every Equipment's agent and slice exist, and every ControlCommand targets existing
 /// equipment and fits it. The API server cannot check these; the controller reports them as
 /// conditions, and `kubectl shopfloor validate` as errors.
-pub fn references(objects: &[crate::manifest::Object]) -> Vec<Invalid> {
-    use crate::manifest::Object;
+pub fn references(objects: &[Object]) -> Vec<Invalid> {
     let find = |kind: &str, ns: Option<&str>, name: &str| {
         objects.iter().find(|o| o.kind() == kind && o.namespace() == ns && o.name() == name)
     };
@@ -850,4 +850,16 @@ pub fn references(objects: &[crate::manifest::Object]) -> Vec<Invalid> {
         }
     }
     out
+}
+
+impl Object {
+    /// Runs [`Validate`] on the object.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        match self {
+            Object::EdgeAgent(o) => o.validate(),
+            Object::Equipment(o) => o.validate(),
+            Object::NetworkSlice(o) => o.validate(),
+            Object::ControlCommand(o) => o.validate(),
+        }
+    }
 }

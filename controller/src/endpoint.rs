@@ -223,7 +223,7 @@ impl<S: Store> Endpoint<S> {
         }
         let recorded =
             agent.status.as_ref().and_then(|s| s.certificate.as_ref()).and_then(|c| c.sha256_fingerprint.clone());
-        let presented = shopfloor_wire::pki::sha256_fingerprint(cert);
+        let presented = identity::sha256_fingerprint(cert);
         match recorded {
             Some(r) if r == presented => Ok(()),
             Some(_) => Err(format!("this is not the certificate recorded for EdgeAgent {key}: re-enroll the agent")),

@@ -3,6 +3,13 @@
 
 use std::fmt;
 
+use sha2::{Digest, Sha256};
+
+/// SHA-256 of a DER certificate, lower-case hex: what agents pin and statuses record.
+pub fn sha256_fingerprint(der: &[u8]) -> String {
+    hex::encode(Sha256::digest(der))
+}
+
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
 
 /// The trust domain of a plant unless configured otherwise.
@@ -96,7 +103,7 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, IdentityError> {
         serial: hex::encode(cert.raw_serial()),
         not_before_unix: cert.validity().not_before.timestamp(),
         not_after_unix: cert.validity().not_after.timestamp(),
-        sha256: crate::pki::sha256_fingerprint(der),
+        sha256: sha256_fingerprint(der),
         uris,
         dns_names,
         ip_addresses,

@@ -8,9 +8,8 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyUsagePurpose, SanType,
 };
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use sha2::{Digest, Sha256};
 
-use crate::identity::AgentId;
+use crate::identity::{AgentId, sha256_fingerprint};
 
 /// The key type agents hold; re-exported so the agent needs no direct rcgen dependency.
 pub use rcgen::KeyPair;
@@ -25,15 +24,10 @@ pub enum PkiError {
     BadName(String),
 }
 
-/// SHA-256 of a DER certificate, lower-case hex: what agents pin and statuses record.
 /// A DER certificate as PEM text (`-----BEGIN CERTIFICATE-----`, 64-column lines, LF).
 pub fn cert_pem(der: &[u8]) -> String {
     let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
     pem::encode_config(&pem::Pem::new("CERTIFICATE", der.to_vec()), config)
-}
-
-pub fn sha256_fingerprint(der: &[u8]) -> String {
-    hex::encode(Sha256::digest(der))
 }
 
 fn validity(params: &mut CertificateParams, lifetime: Duration) {

@@ -16,7 +16,7 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-use crate::{ALPN, pki::sha256_fingerprint};
+use crate::{ALPN, identity::sha256_fingerprint};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
