@@ -222,6 +222,8 @@ struct Kube {
     requests: Arc<Mutex<Vec<(http::Method, String, ControlCommandStatus)>>>,
     /// Events posted: (path, regarding name, reason, type).
     events: Arc<Mutex<Vec<PostedEvent>>>,
+    /// Objects deleted from the fake API server: their status writes answer 404.
+    deleted: Arc<Mutex<Vec<String>>>,
 }
 
 impl Kube {
@@ -231,6 +233,8 @@ impl Kube {
         let events: Arc<Mutex<Vec<PostedEvent>>> = Arc::default();
         let log = requests.clone();
         let event_log = events.clone();
+        let deleted: Arc<Mutex<Vec<String>>> = Arc::default();
+        let gone = deleted.clone();
         tokio::spawn(async move {
             while let Some((req, send)) = handle.next_request().await {
                 let (method, path) = (req.method().clone(), req.uri().path().to_owned());
@@ -257,6 +261,17 @@ impl Kube {
                     serde_json::from_value(body["status"].clone()).expect("a command status");
                 log.lock().expect("lock").push((method, path.clone(), status));
                 let name = path.trim_end_matches("/status").rsplit('/').next().unwrap_or_default().to_owned();
+                if gone.lock().expect("lock").contains(&name) {
+                    let not_found = serde_json::json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                        "reason": "NotFound", "code": 404, "message": format!("controlcommands \"{name}\" not found")});
+                    send.send_response(
+                        Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Body::from(serde_json::to_vec(&not_found).expect("json")))
+                            .expect("response"),
+                    );
+                    continue;
+                }
                 let (object, _) = from_plant(&name);
                 let mut reply = serde_json::to_value(&object).expect("json");
                 reply["status"] = body["status"].clone();
@@ -269,7 +284,7 @@ impl Kube {
             }
         });
         let client = Client::new(service, "shopfloor-system");
-        Self { store: Arc::new(KubeStore::new(client, "shopfloor-system")), requests, events }
+        Self { store: Arc::new(KubeStore::new(client, "shopfloor-system")), requests, events, deleted }
     }
 }
 
@@ -451,4 +466,28 @@ async fn a_command_deleted_while_its_agent_is_away_is_never_sent() {
     let session = connect(&core.registry, &ObjectKey::new("plant-a", "line-1"), 1, Answer::Succeed);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(session.seen.lock().expect("lock").is_empty(), "a deleted command was sent");
+}
+
+/// The same through the Kubernetes store: a command deleted from the API server while its agent
+/// is away (its status write answers 404) is forgotten, not sent when the agent is back.
+#[tokio::test]
+async fn a_command_deleted_from_the_api_server_is_never_sent() {
+    let kube = Kube::new();
+    let registry = Arc::new(Registry::default());
+    let engine = Engine::new(kube.store(), registry.clone(), Arc::new(Metrics::default()));
+    let _follow = engine.follow_connections();
+    let (cmd, eq) = kube.command("start-infeed");
+    engine.reconcile(&cmd, Some(&eq)).await.expect("queued");
+    let key = ObjectKey::of(&cmd.metadata);
+    assert_eq!(kube.statuses(&key).last().and_then(|s| s.phase), Some(CommandPhase::Pending));
+    kube.deleted.lock().expect("lock").push("start-infeed".into());
+    let agent = ObjectKey::new("plant-a", eq.spec.agent_ref.name.clone());
+    let first = connect(&registry, &agent, 1, Answer::Succeed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    registry.disconnect(&agent, 1);
+    let second = connect(&registry, &agent, 2, Answer::Succeed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(first.seen.lock().expect("lock").is_empty() && second.seen.lock().expect("lock").is_empty(), "sent");
+    let writes = kube.requests.lock().expect("lock").len();
+    assert_eq!(writes, 2, "Pending, then the one refused write that found it gone; nothing after: {writes}");
 }
