@@ -1,0 +1,233 @@
+//! Equipment rules: properties, their Modbus mapping and limits, actions.
+
+use super::*;
+
+pub(super) fn equipment_spec_rules(spec: &EquipmentSpec) -> Violations {
+    let mut v = Violations::default();
+    v.reference("spec.agentRef", &spec.agent_ref);
+    if let Some(slice) = &spec.network_slice_ref {
+        v.reference("spec.networkSliceRef", slice);
+    }
+    match (&spec.modbus_tcp, &spec.simulated) {
+        (Some(_), Some(_)) => {
+            v.push("spec.modbusTcp", "exactly one protocol block may be set: remove modbusTcp or simulated")
+        }
+        (None, None) => v.push("spec.modbusTcp", "exactly one protocol block must be set: add modbusTcp or simulated"),
+        _ => {}
+    }
+    if let Some(m) = &spec.modbus_tcp {
+        if m.host.is_empty() || m.host.len() > 253 {
+            v.push("spec.modbusTcp.host", "must be a host name or IP address of at most 253 characters");
+        }
+        if m.port == 0 {
+            v.push("spec.modbusTcp.port", "must be between 1 and 65535");
+        }
+        v.duration_between("spec.modbusTcp.timeout", &m.timeout, MS(10), Some(SECS(60)));
+    }
+    v.max_items("spec.properties", spec.properties.len(), MAX_PROPERTIES);
+    v.max_items("spec.actions", spec.actions.len(), MAX_ACTIONS);
+
+    let mut seen = BTreeSet::new();
+    for (i, p) in spec.properties.iter().enumerate() {
+        let at = format!("spec.properties[{i}]");
+        if !seen.insert(p.name.as_str()) {
+            v.push(
+                format!("{at}.name"),
+                format!("duplicate property name `{}`: property names must be unique", p.name),
+            );
+        }
+        property(&mut v, &at, p, spec.modbus_tcp.is_some());
+    }
+    if let Some(sim) = &spec.simulated {
+        if sim.initial.len() > MAX_PROPERTIES {
+            v.push(
+                "spec.simulated.initial",
+                format!("has {} entries; at most {MAX_PROPERTIES} are allowed", sim.initial.len()),
+            );
+        }
+        for (name, value) in &sim.initial {
+            let at = format!("spec.simulated.initial.{name}");
+            match spec.properties.iter().find(|p| &p.name == name) {
+                None => v.push(
+                    at,
+                    format!("`{name}` is not a declared property; declare it in spec.properties or remove it"),
+                ),
+                Some(p) if !value.fits(p.type_) => {
+                    v.push(at, format!("is a {} but property `{name}` has type {}", value.type_name(), p.type_))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    let mut seen = BTreeSet::new();
+    for (i, a) in spec.actions.iter().enumerate() {
+        let at = format!("spec.actions[{i}]");
+        if !seen.insert(a.name.as_str()) {
+            v.push(format!("{at}.name"), format!("duplicate action name `{}`: action names must be unique", a.name));
+        }
+        action(&mut v, &at, a, &spec.properties);
+    }
+    v.duration_between("spec.reporting.interval", &spec.reporting.interval, MS(100), None);
+    v
+}
+
+pub(super) fn limits(v: &mut Violations, at: &str, ty: ValueType, min: Option<f64>, max: Option<f64>) {
+    for (field, x) in [("min", min), ("max", max)] {
+        if let Some(x) = x {
+            if ty == ValueType::Bool {
+                v.push(format!("{at}.{field}"), "min and max apply to Int and Float only; remove it");
+            } else if !x.is_finite() {
+                v.push(format!("{at}.{field}"), "must be a finite number");
+            }
+        }
+    }
+    if let (Some(lo), Some(hi)) = (min, max)
+        && lo > hi
+    {
+        v.push(format!("{at}.min"), format!("min ({lo}) must not exceed max ({hi})"));
+    }
+}
+
+pub(super) fn property(v: &mut Violations, at: &str, p: &Property, modbus_equipment: bool) {
+    v.name(&format!("{at}.name"), &p.name);
+    limits(v, at, p.type_, p.min, p.max);
+    if let Some(unit) = &p.unit {
+        v.max_len(&format!("{at}.unit"), unit, 16);
+    }
+    if let Some(d) = &p.desired {
+        let field = format!("{at}.desired");
+        if p.access != Access::ReadWrite {
+            v.push(&field, format!("property `{}` is ReadOnly: set access: ReadWrite or remove desired", p.name));
+        }
+        if !d.fits(p.type_) {
+            v.push(&field, format!("{d} is a {} but property `{}` has type {}", d.type_name(), p.name, p.type_));
+        } else if let Some(x) = d.as_f64()
+            && (p.min.is_some_and(|lo| x < lo) || p.max.is_some_and(|hi| x > hi))
+        {
+            v.push(&field, format!("{d} is outside the interlock limits {}", range(p.min, p.max)));
+        }
+    }
+    match &p.modbus {
+        None if modbus_equipment => {
+            v.push(format!("{at}.modbus"), "modbusTcp equipment needs a modbus mapping for every property")
+        }
+        None => {}
+        Some(m) => {
+            let field = format!("{at}.modbus.table");
+            let bit_table = matches!(m.table, ModbusTable::Coil | ModbusTable::DiscreteInput);
+            if p.access == Access::ReadWrite && !matches!(m.table, ModbusTable::Coil | ModbusTable::HoldingRegister) {
+                v.push(
+                    &field,
+                    format!(
+                        "{:?} is read-only in Modbus: a ReadWrite property maps to Coil or HoldingRegister",
+                        m.table
+                    ),
+                );
+            }
+            if (p.type_ == ValueType::Bool) != bit_table {
+                v.push(
+                    &field,
+                    format!("a {} property cannot map to {:?}: Bool maps to Coil or DiscreteInput, Int and Float to registers", p.type_, m.table),
+                );
+            }
+            if m.scale == 0.0 || !m.scale.is_finite() {
+                v.push(format!("{at}.modbus.scale"), "must be a non-zero finite number");
+            }
+            if !m.offset.is_finite() {
+                v.push(format!("{at}.modbus.offset"), "must be a finite number");
+            }
+            if bit_table && m.register_type.is_some_and(|t| t != RegisterType::U16) {
+                v.push(format!("{at}.modbus.registerType"), "applies to registers only; remove it");
+            }
+        }
+    }
+}
+
+pub(super) fn range(min: Option<f64>, max: Option<f64>) -> String {
+    match (min, max) {
+        (Some(lo), Some(hi)) => format!("[{lo}, {hi}]"),
+        (Some(lo), None) => format!(">= {lo}"),
+        (None, Some(hi)) => format!("<= {hi}"),
+        (None, None) => "(none)".to_owned(),
+    }
+}
+
+pub(super) fn action(v: &mut Violations, at: &str, a: &Action, properties: &[Property]) {
+    v.name(&format!("{at}.name"), &a.name);
+    if a.name == ACTION_READ || a.name == ACTION_WRITE {
+        v.push(
+            format!("{at}.name"),
+            format!("`{}` is a built-in action and cannot be redeclared; pick another name", a.name),
+        );
+    }
+    v.max_items(&format!("{at}.parameters"), a.parameters.len(), MAX_PARAMETERS);
+    v.max_items(&format!("{at}.writes"), a.writes.len(), MAX_WRITES);
+    if a.writes.is_empty() {
+        v.push(format!("{at}.writes"), "an action must write at least one property");
+    }
+    v.duration_between(&format!("{at}.timeout"), &a.timeout, MS(10), Some(SECS(3600)));
+    let mut seen = BTreeSet::new();
+    for (j, p) in a.parameters.iter().enumerate() {
+        let pat = format!("{at}.parameters[{j}]");
+        v.name(&format!("{pat}.name"), &p.name);
+        if !seen.insert(p.name.as_str()) {
+            v.push(format!("{pat}.name"), format!("duplicate parameter name `{}`", p.name));
+        }
+        limits(v, &pat, p.type_, p.min, p.max);
+    }
+    for (j, w) in a.writes.iter().enumerate() {
+        let wat = format!("{at}.writes[{j}]");
+        let target = properties.iter().find(|p| p.name == w.property);
+        match target {
+            None => v.push(format!("{wat}.property"), format!("`{}` is not a property of this equipment", w.property)),
+            Some(p) if p.access != Access::ReadWrite => v.push(
+                format!("{wat}.property"),
+                format!("property `{}` is ReadOnly: an action can only write ReadWrite properties", p.name),
+            ),
+            Some(_) => {}
+        }
+        match (&w.parameter, &w.value) {
+            (Some(_), Some(_)) | (None, None) => v.push(&wat, "set exactly one of parameter or value"),
+            (Some(param), None) => match a.parameters.iter().find(|p| &p.name == param) {
+                None => v.push(format!("{wat}.parameter"), format!("`{param}` is not declared in {at}.parameters")),
+                Some(decl) => {
+                    if let Some(t) = target
+                        && decl.type_ != t.type_
+                        && !(decl.type_ == ValueType::Int && t.type_ == ValueType::Float)
+                    {
+                        v.push(
+                            format!("{wat}.parameter"),
+                            format!(
+                                "parameter `{param}` has type {} but property `{}` has type {}",
+                                decl.type_, t.name, t.type_
+                            ),
+                        );
+                    }
+                }
+            },
+            (None, Some(value)) => {
+                if let Some(t) = target {
+                    if !value.fits(t.type_) {
+                        v.push(
+                            format!("{wat}.value"),
+                            format!(
+                                "{value} is a {} but property `{}` has type {}",
+                                value.type_name(),
+                                t.name,
+                                t.type_
+                            ),
+                        );
+                    } else if let Some(x) = value.as_f64()
+                        && (t.min.is_some_and(|lo| x < lo) || t.max.is_some_and(|hi| x > hi))
+                    {
+                        v.push(
+                            format!("{wat}.value"),
+                            format!("{value} is outside the interlock limits {} of `{}`", range(t.min, t.max), t.name),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
