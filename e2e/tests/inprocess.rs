@@ -75,7 +75,7 @@ async fn commands_run_on_time_whatever_the_agent_clock_says() {
             plant.core.reconcile_command(&Plant::command(&template, i), Some(&eq)).await.expect("reconcile");
         }
         for i in 0..3 {
-            let s = plant.wait_finished(i, Duration::from_secs(3)).await;
+            let s = plant.wait_finished(i, Duration::from_secs(15)).await;
             assert_eq!(s.result.as_ref().map(|r| r.code), Some(ResultCode::Ok), "skew {skew}: {s:?}");
             let network = s.latency.network_micros.expect("network latency");
             assert!((0..SECOND).contains(&network), "skew {skew}: network latency {network} µs");
@@ -354,7 +354,9 @@ async fn a_handshake_flood_stays_bounded_and_the_plant_keeps_working() {
     }
     assert!(peak <= endpoint::MAX_HANDSHAKES as i64, "{peak} handshakes in progress");
     for i in 0..20 {
-        let s = plant.wait_finished(i, Duration::from_secs(5)).await;
+        // Liveness, not latency: on a loaded 2-core machine a session can be lost and redone
+        // during the flood, and the command then completes on the new one.
+        let s = plant.wait_finished(i, Duration::from_secs(30)).await;
         assert_eq!(s.result.map(|r| r.code), Some(ResultCode::Ok), "command {i} during the flood");
     }
     // The enrollment connection that never asked anything is closed by the controller.
