@@ -354,8 +354,7 @@ async fn a_handshake_flood_stays_bounded_and_the_plant_keeps_working() {
     }
     assert!(peak <= endpoint::MAX_HANDSHAKES as i64, "{peak} handshakes in progress");
     for i in 0..20 {
-        // Liveness, not latency: on a loaded 2-core machine a session can be lost and redone
-        // during the flood, and the command then completes on the new one.
+        // A bound on liveness, not a latency figure: the machine is busy with the flood.
         let s = plant.wait_finished(i, Duration::from_secs(30)).await;
         assert_eq!(s.result.map(|r| r.code), Some(ResultCode::Ok), "command {i} during the flood");
     }

@@ -448,20 +448,15 @@ impl<S: Store> Engine<S> {
         }
     }
 
-    /// Forgets every command whose uid is not in `present` (the store's commands now): a deleted
-    /// command is cancelled and never re-driven by a connection.
+    /// Stops re-driving every command whose uid is not in `present` (the store's commands now):
+    /// a deleted command is cancelled, so a connection never sends it. Only the connect index is
+    /// dropped: a delivery already under way still records its result.
     pub fn retain(&self, present: &std::collections::HashSet<String>) {
-        let gone: Vec<String> = self
-            .inner
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .flat_map(|m| m.keys().filter(|uid| !present.contains(*uid)).cloned())
-            .collect();
-        for uid in gone {
-            self.forget(&uid);
-        }
+        let mut waiting = self.inner.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.retain(|_, m| {
+            m.retain(|uid, _| present.contains(uid));
+            !m.is_empty()
+        });
     }
 
     /// Forgets a command that no longer exists.
