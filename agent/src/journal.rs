@@ -65,7 +65,7 @@ pub enum JournalError {
     #[error(
         "the journal holds {entries} commands, all younger than its {retention:?} retention period, and may not \
          forget any of them; new commands are refused until the oldest ages out (raise the capacity if this \
-         rate of commands is expected)"
+         rate of commands is expected: `shopfloor-agent run --journal-capacity`, or journalCapacity in the config file)"
     )]
     Full { entries: usize, retention: Duration },
     #[error(
@@ -98,6 +98,7 @@ pub struct Journal {
     lines: usize,
     recovery: Recovery,
     /// Fail the next append after this many bytes, as a full disk would (crash tests only).
+    #[cfg(test)]
     fault: Option<usize>,
 }
 
@@ -240,6 +241,7 @@ impl Journal {
             capacity,
             lines,
             recovery: recovery.clone(),
+            #[cfg(test)]
             fault: None,
         };
         if recovery.unreadable_lines > 0 || recovery.salvaged > 0 {
@@ -268,14 +270,15 @@ impl Journal {
     }
 
     /// Makes the next append fail after writing `bytes` of its record, as a full disk does.
-    #[doc(hidden)]
-    pub fn fail_next_append_after(&mut self, bytes: usize) {
+    #[cfg(test)]
+    fn fail_next_append_after(&mut self, bytes: usize) {
         self.fault = Some(bytes);
     }
 
     fn write_record(&mut self, record: &[u8]) -> std::io::Result<()> {
         use std::io::{Seek, SeekFrom};
         self.file.seek(SeekFrom::Start(self.good_len))?;
+        #[cfg(test)]
         if let Some(n) = self.fault.take() {
             self.file.write_all(&record[..n.min(record.len())])?;
             return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
@@ -508,7 +511,8 @@ mod tests {
         }
         let refused = j.start("d");
         assert!(matches!(refused, Err(JournalError::Full { entries: 3, .. })), "{refused:?}");
-        assert!(refused.unwrap_err().to_string().contains("retention"));
+        let message = refused.unwrap_err().to_string();
+        assert!(message.contains("retention") && message.contains("--journal-capacity"), "{message}");
         for id in ["a", "b", "c"] {
             assert!(j.lookup(id).is_some(), "{id} is still inside the retention window");
         }

@@ -70,6 +70,10 @@ enum Command {
         /// Readings kept while the controller is unreachable (oldest dropped beyond).
         #[arg(long, env = "SHOPFLOOR_TELEMETRY_BUFFER")]
         telemetry_buffer: Option<usize>,
+        /// Commands the journal remembers (each at least 24 h). When all are that young, new
+        /// commands are refused rather than forgetting one. Default 100000.
+        #[arg(long, env = "SHOPFLOOR_JOURNAL_CAPACITY")]
+        journal_capacity: Option<usize>,
         /// How network slices are steered on this host: `linux` (routing table, fwmark rule,
         /// DSCP, shaping; needs CAP_NET_ADMIN) or `noop` (log only). Default: linux on Linux.
         #[arg(long, env = "SHOPFLOOR_SLICE_BACKEND")]
@@ -96,6 +100,7 @@ struct FileConfig {
     log: Option<String>,
     envelope: Option<PathBuf>,
     telemetry_buffer: Option<usize>,
+    journal_capacity: Option<usize>,
     slice_backend: Option<String>,
     metrics: Option<std::net::SocketAddr>,
     otlp_endpoint: Option<String>,
@@ -145,7 +150,15 @@ async fn main() -> anyhow::Result<()> {
             println!("enrolled as {}/{}; start the agent with `shopfloor-agent run`", id.namespace, id.name);
             Ok(())
         }
-        Command::Run { envelope, telemetry_buffer, slice_backend, metrics, controller, otlp_endpoint } => {
+        Command::Run {
+            envelope,
+            telemetry_buffer,
+            journal_capacity,
+            slice_backend,
+            metrics,
+            controller,
+            otlp_endpoint,
+        } => {
             let mut identity = session::load_identity(&state)?;
             if let Some(c) = controller.or(file.controller) {
                 identity.controller = c;
@@ -161,7 +174,8 @@ async fn main() -> anyhow::Result<()> {
             if let Some(sha) = &envelope.sha256 {
                 tracing::info!(file = %envelope_path.display(), sha256 = %sha, "safety envelope in force");
             }
-            let journal = Journal::open(&state, Duration::from_secs(24 * 3600), 100_000)?;
+            let capacity = journal_capacity.or(file.journal_capacity).unwrap_or(100_000);
+            let journal = Journal::open(&state, Duration::from_secs(24 * 3600), capacity)?;
             let slice_backend =
                 slice_backend.or(file.slice_backend).unwrap_or_else(|| slices::DEFAULT_BACKEND.to_string());
             let backend = slices::backend(&slice_backend).map_err(|e| anyhow::anyhow!("--slice-backend: {e}"))?;
