@@ -117,6 +117,16 @@ async fn rig(envelope: &str) -> Rig {
     Rig { _dir: dir, state, sim, exec, envelope_path }
 }
 
+impl Rig {
+    /// A new executor on the same state directory and envelope, equipment installed: the agent
+    /// after a restart.
+    fn restart(&self) -> Arc<Executor> {
+        let exec = executor(&self.state, &self.envelope_path);
+        exec.install(&[conveyor(self.sim.addr), robot()], &Default::default());
+        exec
+    }
+}
+
 fn executor(state: &StateDir, envelope: &std::path::Path) -> Arc<Executor> {
     let journal = Journal::open(state, Duration::from_secs(86400), 1000).expect("journal");
     Arc::new(Executor::new(journal, Envelope::load(envelope).expect("envelope")))
@@ -162,8 +172,7 @@ async fn an_action_writes_over_modbus_in_order_and_the_journal_answers_redeliver
     assert_eq!(code(&again), ResultCode::Ok);
     assert_eq!(r.sim.device.writes_to("holding", 0), 1);
     // Across a restart: a new executor on the same state directory.
-    let restarted = executor(&r.state, &r.envelope_path);
-    restarted.install(&[conveyor(r.sim.addr), robot()], &Default::default());
+    let restarted = r.restart();
     let after = restarted.execute(&c, arrive(&c)).await;
     assert!(after.replayed && code(&after) == ResultCode::Ok);
     assert_eq!(r.sim.device.writes_to("holding", 0), 1, "exactly one write per command, restarts included");
@@ -178,8 +187,7 @@ async fn a_command_interrupted_by_a_restart_is_answered_outcome_unknown_at_once(
         let mut j = Journal::open(&r.state, Duration::from_secs(86400), 1000).expect("journal");
         j.start("interrupted").expect("start");
     }
-    let restarted = executor(&r.state, &r.envelope_path);
-    restarted.install(&[conveyor(r.sim.addr), robot()], &Default::default());
+    let restarted = r.restart();
     let c = cmd("interrupted", "conveyor", "start", &[("speed", num(1.5))]);
     let res = tokio::time::timeout(Duration::from_secs(10), restarted.execute(&c, arrive(&c)))
         .await
@@ -206,12 +214,10 @@ async fn a_torn_journal_never_lets_a_redelivered_command_run_twice() {
         .expect("journal")
         .write_all(b"{\"id\":\"x\",\"at\":17")
         .expect("tear");
-    let restarted = executor(&r.state, &r.envelope_path);
-    restarted.install(&[conveyor(r.sim.addr), robot()], &Default::default());
+    let restarted = r.restart();
     let b = cmd("b", "conveyor", "start", &[("speed", num(2.0))]);
     assert_eq!(code(&restarted.execute(&b, arrive(&b)).await), ResultCode::Ok);
-    let again = executor(&r.state, &r.envelope_path);
-    again.install(&[conveyor(r.sim.addr), robot()], &Default::default());
+    let again = r.restart();
     for c in [&a, &b] {
         let res = again.execute(c, arrive(c)).await;
         assert!(res.replayed && code(&res) == ResultCode::Ok, "{}: {res:?}", c.id);

@@ -29,3 +29,32 @@ pub fn robot_command(name: &str, timeout: &str) -> String {
 pub fn robot_cell_with_template(timeout: &str) -> String {
     format!("{ROBOT_CELL}---\n{}", robot_command("template", timeout))
 }
+
+/// Agent `plant-a/line-1` driving a Modbus TCP conveyor on the simulator at `port`, read every
+/// `reporting` (e.g. `1s`): `belt-speed` (holding register 0, ×0.01 m/s, 0–2.5), `running`
+/// (coil 0), and an action `start` writing both.
+pub fn modbus_conveyor(port: &str, reporting: &str) -> String {
+    CONVEYOR.replace("@REPORTING@", reporting).replace("@PORT@", port)
+}
+
+const CONVEYOR: &str = r#"apiVersion: shopfloor.io/v1alpha1
+kind: EdgeAgent
+metadata: {name: line-1, namespace: plant-a}
+spec: {site: plant-a/line-1}
+---
+apiVersion: shopfloor.io/v1alpha1
+kind: Equipment
+metadata: {name: conveyor, namespace: plant-a}
+spec:
+  agentRef: {name: line-1}
+  modbusTcp: {host: "127.0.0.1", port: @PORT@, timeout: 5s}
+  reporting: {interval: @REPORTING@}
+  properties:
+    - {name: belt-speed, type: Float, access: ReadWrite, modbus: {table: HoldingRegister, address: 0, scale: 0.01}, min: 0, max: 2.5}
+    - {name: running, type: Bool, access: ReadWrite, modbus: {table: Coil, address: 0}}
+  actions:
+    - name: start
+      parameters: [{name: speed, type: Float, min: 0.1, max: 2.5, required: true}]
+      writes: [{property: belt-speed, parameter: speed}, {property: running, value: true}]
+      timeout: 20s
+"#;

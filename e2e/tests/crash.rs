@@ -5,31 +5,10 @@
 use std::time::{Duration, Instant};
 
 use shopfloor_e2e::{
+    fixtures,
     harness::{Scenario, eventually},
     proxy::UdpProxy,
 };
-
-const PLANT: &str = r#"apiVersion: shopfloor.io/v1alpha1
-kind: EdgeAgent
-metadata: {name: line-1, namespace: plant-a}
-spec: {site: plant-a/line-1}
----
-apiVersion: shopfloor.io/v1alpha1
-kind: Equipment
-metadata: {name: conveyor, namespace: plant-a}
-spec:
-  agentRef: {name: line-1}
-  modbusTcp: {host: "127.0.0.1", port: PORT, timeout: 5s}
-  reporting: {interval: 60s}
-  properties:
-    - {name: belt-speed, type: Float, access: ReadWrite, modbus: {table: HoldingRegister, address: 0, scale: 0.01}, min: 0, max: 2.5}
-    - {name: running, type: Bool, access: ReadWrite, modbus: {table: Coil, address: 0}}
-  actions:
-    - name: start
-      parameters: [{name: speed, type: Float, min: 0.1, max: 2.5, required: true}]
-      writes: [{property: belt-speed, parameter: speed}, {property: running, value: true}]
-      timeout: 20s
-"#;
 
 fn command(name: &str, spec: &str) -> String {
     format!(
@@ -44,7 +23,7 @@ fn plant(s: &Scenario, rt: &tokio::runtime::Runtime, sim_args: &[&str]) -> UdpPr
     std::fs::create_dir_all(s.path("plant")).expect("plant");
     let modbus = s.modbus_sim("sim", sim_args);
     let port = modbus.rsplit(':').next().expect("port").to_owned();
-    std::fs::write(s.path("plant/plant.yaml"), PLANT.replace("PORT", &port)).expect("plant");
+    std::fs::write(s.path("plant/plant.yaml"), fixtures::modbus_conveyor(&port, "60s")).expect("plant");
     let endpoint = s.controller();
     let proxy = s.agent_behind_proxy(rt, "line-1", &endpoint, 11);
     eventually("connected", Duration::from_secs(30), || {

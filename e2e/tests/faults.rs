@@ -3,22 +3,10 @@
 
 use std::time::Duration;
 
-use shopfloor_e2e::harness::{Scenario, eventually};
-
-const PLANT: &str = r#"apiVersion: shopfloor.io/v1alpha1
-kind: EdgeAgent
-metadata: {name: line-1, namespace: plant-a}
-spec: {site: plant-a/line-1}
----
-apiVersion: shopfloor.io/v1alpha1
-kind: Equipment
-metadata: {name: conveyor, namespace: plant-a}
-spec:
-  agentRef: {name: line-1}
-  modbusTcp: {host: "127.0.0.1", port: PORT}
-  properties:
-    - {name: belt-speed, type: Float, access: ReadWrite, modbus: {table: HoldingRegister, address: 0, scale: 0.01}, min: 0, max: 2.5}
-"#;
+use shopfloor_e2e::{
+    fixtures,
+    harness::{Scenario, eventually},
+};
 
 fn command(i: u32) -> String {
     format!(
@@ -34,7 +22,7 @@ fn a_controller_killed_with_commands_dispatched_ends_each_with_exactly_one_execu
     std::fs::create_dir_all(s.path("plant")).expect("plant");
     let modbus = s.modbus_sim("sim", &[]);
     let port = modbus.rsplit(':').next().expect("port").to_owned();
-    std::fs::write(s.path("plant/plant.yaml"), PLANT.replace("PORT", &port)).expect("plant");
+    std::fs::write(s.path("plant/plant.yaml"), fixtures::modbus_conveyor(&port, "1s")).expect("plant");
     let endpoint = s.controller();
     // The agent reaches the controller only through the proxy.
     let proxy = s.agent_behind_proxy(&rt, "line-1", &endpoint, 7);
@@ -341,7 +329,7 @@ fn loss_and_a_partition_do_not_lose_commands_or_telemetry() {
     std::fs::create_dir_all(s.path("plant")).expect("plant");
     let modbus = s.modbus_sim("sim", &[]);
     let port = modbus.rsplit(':').next().expect("port").to_owned();
-    let plant = PLANT.replace("PORT", &port).replace("  properties:", "  reporting: {interval: 200ms}\n  properties:");
+    let plant = fixtures::modbus_conveyor(&port, "200ms");
     std::fs::write(s.path("plant/plant.yaml"), plant).expect("plant");
     let endpoint = s.controller();
     let proxy = s.agent_behind_proxy(&rt, "line-1", &endpoint, 11);

@@ -151,23 +151,39 @@ async fn a_revoked_identity_is_refused_with_the_reason() {
     assert!(plant.core.registry.get(&key).is_some(), "the enrolled agent stays connected");
 }
 
+/// A plant with its enrolled agent line-1, and what a second enrollment of line-1 needs.
+struct Enrolling {
+    plant: Plant,
+    key: shopfloor_controller::store::ObjectKey,
+    secret_name: String,
+    fingerprint: String,
+    addr: String,
+    id: AgentId,
+    dir: tempfile::TempDir,
+}
+
+async fn enrolling() -> Enrolling {
+    let plant = Plant::start(objects(&fixtures::robot_cell_with_template("30s"))).await;
+    let key = shopfloor_controller::store::ObjectKey::new("plant-a", "line-1");
+    Enrolling {
+        secret_name: shopfloor_controller::enrollment::token_secret_name(&key),
+        fingerprint: endpoint::ensure_ca(&*plant.core.store).await.expect("ca").fingerprint(),
+        addr: plant.addr.to_string(),
+        id: AgentId::new("plant-a", "line-1"),
+        dir: tempfile::tempdir().expect("tmp"),
+        key,
+        plant,
+    }
+}
+
 /// Enrollment over real QUIC: a used token and an expired one are refused with a message that
 /// says which and what to do, and the agent's state directory stays empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrollment_refuses_a_used_and_an_expired_token_and_writes_nothing() {
     use k8s_openapi::jiff::Timestamp;
     use shopfloor_agent::{session, state::StateDir};
-    use shopfloor_controller::{
-        enrollment::{self, BootstrapToken},
-        store::{ObjectKey, Store},
-    };
-    let plant = Plant::start(objects(&fixtures::robot_cell_with_template("30s"))).await;
-    let key = ObjectKey::new("plant-a", "line-1");
-    let secret_name = enrollment::token_secret_name(&key);
-    let fingerprint = endpoint::ensure_ca(&*plant.core.store).await.expect("ca").fingerprint();
-    let addr = plant.addr.to_string();
-    let id = AgentId::new("plant-a", "line-1");
-    let dir = tempfile::tempdir().expect("tmp");
+    use shopfloor_controller::{enrollment::BootstrapToken, store::Store};
+    let Enrolling { plant, key, secret_name, fingerprint, addr, id, dir } = enrolling().await;
     let empty = |d: &std::path::Path| std::fs::read_dir(d).map(|r| r.count() == 0).unwrap_or(true);
 
     // The plant's agent enrolled with line-1's token: it is spent.
@@ -200,17 +216,8 @@ async fn enrollment_refuses_a_used_and_an_expired_token_and_writes_nothing() {
 async fn a_token_raced_by_two_enrollments_is_redeemed_once() {
     use k8s_openapi::jiff::Timestamp;
     use shopfloor_agent::{session, state::StateDir};
-    use shopfloor_controller::{
-        enrollment::{self, BootstrapToken},
-        store::{ObjectKey, Store},
-    };
-    let plant = Plant::start(objects(&fixtures::robot_cell_with_template("30s"))).await;
-    let key = ObjectKey::new("plant-a", "line-1");
-    let secret_name = enrollment::token_secret_name(&key);
-    let fingerprint = endpoint::ensure_ca(&*plant.core.store).await.expect("ca").fingerprint();
-    let addr = plant.addr.to_string();
-    let id = AgentId::new("plant-a", "line-1");
-    let dir = tempfile::tempdir().expect("tmp");
+    use shopfloor_controller::{enrollment::BootstrapToken, store::Store};
+    let Enrolling { plant, key, secret_name, fingerprint, addr, id, dir } = enrolling().await;
     for round in 0..20 {
         let fresh = BootstrapToken::generate(key.clone(), Timestamp::now(), Duration::from_secs(3600)).expect("token");
         plant.core.store.write_secret(&secret_name, fresh.to_secret()).await.expect("write");
