@@ -3,7 +3,11 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, MicroTime, Time};
+/// The Kubernetes metadata types these CRDs embed, re-exported so their users need not name
+/// k8s-openapi.
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    Condition, LabelSelector, LabelSelectorRequirement, MicroTime, ObjectMeta, Time,
+};
 pub use kube::core::Duration;
 
 /// The API group of every Shopfloor resource.

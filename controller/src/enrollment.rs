@@ -6,7 +6,7 @@
 use shopfloor_api::contract::token_keys;
 use std::{collections::BTreeMap, time::Duration};
 
-use k8s_openapi::jiff::Timestamp;
+use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 
 use crate::store::{ObjectKey, SecretData};

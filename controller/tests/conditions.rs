@@ -5,8 +5,8 @@ use std::{path::Path, sync::Arc, time::Duration};
 
 use shopfloor_api::manifest::{self, Object};
 use shopfloor_controller::{
-    observed::AppliedReport,
-    reconcile::Core,
+    agents::observed::AppliedReport,
+    reconcile::Reconciler,
     store::{ObjectKey, StatusUpdate, World, memory::MemoryStore},
 };
 
@@ -43,7 +43,7 @@ async fn slice_ready(store: &MemoryStore, key: &ObjectKey) -> (String, String) {
 #[tokio::test]
 async fn a_slice_is_ready_only_when_its_agents_applied_the_current_revision() {
     let store = Arc::new(MemoryStore::default());
-    let core = Core::new(store.clone(), "test", Duration::from_millis(1));
+    let core = Reconciler::new(store.clone(), "test", Duration::from_millis(1));
     let world = plant();
     let plans = core.plans(1, &world);
     let slice = world.slices.iter().find(|s| s.metadata.name.as_deref() == Some("control-urllc")).expect("slice");
@@ -57,12 +57,12 @@ async fn a_slice_is_ready_only_when_its_agents_applied_the_current_revision() {
     };
     // Every selected agent steers the slice — as it was in an older revision.
     for a in &selected {
-        core.observed.record_applied(a.clone(), report("an-older-revision"));
+        core.observed().record_applied(a.clone(), report("an-older-revision"));
     }
     core.reconcile_slice(slice, &plans);
     assert_eq!(slice_ready(&store, &key).await, ("False".into(), "Pending".into()));
     for a in &selected {
-        core.observed.record_applied(a.clone(), report(plans.agents[a].revision()));
+        core.observed().record_applied(a.clone(), report(plans.agents[a].revision()));
     }
     core.reconcile_slice(slice, &plans);
     tokio::time::sleep(Duration::from_millis(20)).await;

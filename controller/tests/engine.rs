@@ -16,10 +16,13 @@ use shopfloor_api::{
     manifest::{self, Object},
 };
 use shopfloor_controller::{
-    engine::{Engine, lifecycle::Outcome},
+    agents::{
+        port::{AgentSession, Dispatch, Outcome, Reply, SessionError},
+        registry::{Connected, Registry},
+    },
+    engine::Engine,
     metrics::Metrics,
     planner::AgentPlan,
-    registry::{AgentSession, Connected, Dispatch, Registry, Reply, SessionError},
     store::{ObjectKey, StatusUpdate, memory::MemoryStore},
 };
 use tokio::sync::mpsc;

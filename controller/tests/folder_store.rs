@@ -3,7 +3,10 @@
 use std::path::Path;
 
 use shopfloor_api::control_command::{CommandPhase, ControlCommandStatus};
-use shopfloor_controller::store::{ObjectKey, StatusUpdate, Store, folder::FolderStore};
+use shopfloor_controller::{
+    standalone::store::FolderStore,
+    store::{ObjectKey, StatusUpdate, Store},
+};
 
 fn copy_plant(to: &Path) {
     let plant = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plant");

@@ -13,9 +13,9 @@ use kube::{
 use serde_json::{Value, json};
 use shopfloor_api::{EdgeAgent, EdgeAgentSpec};
 use shopfloor_controller::{
-    kube_controllers::{AGENT_FINALIZER, Context, reconcile_agent},
-    reconcile::Core,
-    store::kube::KubeStore,
+    kube::controllers::{AGENT_FINALIZER, Context, reconcile_agent},
+    kube::store::KubeStore,
+    reconcile::Reconciler,
 };
 use tower_test::mock;
 
@@ -40,7 +40,7 @@ fn agent(finalizer: bool, deleting: bool) -> EdgeAgent {
     }
     if deleting {
         a.metadata.deletion_timestamp =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
     }
     a
 }
@@ -48,8 +48,11 @@ fn agent(finalizer: bool, deleting: bool) -> EdgeAgent {
 fn setup(a: &EdgeAgent) -> (Arc<Context>, Handle) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
-    let core =
-        Core::new(Arc::new(KubeStore::new(client.clone(), "shopfloor-system")), "pod-a", Duration::from_millis(1));
+    let core = Reconciler::new(
+        Arc::new(KubeStore::new(client.clone(), "shopfloor-system")),
+        "pod-a",
+        Duration::from_millis(1),
+    );
     let (agents, mut writer) = reflector::store();
     writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(a.clone()))));
     let (equipment, _) = reflector::store();
@@ -191,7 +194,7 @@ async fn deleting_an_agent_removes_its_token_then_the_finalizer() {
 #[tokio::test]
 async fn an_unreadable_object_is_skipped_without_breaking_the_others() {
     use shopfloor_api::Equipment;
-    use shopfloor_controller::kube_controllers::reconcile_equipment;
+    use shopfloor_controller::kube::controllers::reconcile_equipment;
     // As a watch event would carry it: a field this controller's types refuse.
     let raw = json!({
         "apiVersion": "shopfloor.io/v1alpha1", "kind": "Equipment",
@@ -282,10 +285,11 @@ async fn an_unreadable_agent_being_deleted_is_released_and_loses_only_our_finali
 /// nothing cluster-wide, so Roles in those namespaces are all the controller needs.
 #[tokio::test]
 async fn a_namespace_scoped_controller_lists_and_watches_only_its_namespaces() {
-    use shopfloor_controller::kube_controllers::{Scope, run};
+    use shopfloor_controller::kube::controllers::{Scope, run};
     let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
-    let core = Core::new(Arc::new(KubeStore::new(client.clone(), "shopfloor-system")), "pod-a", Duration::from_secs(1));
+    let core =
+        Reconciler::new(Arc::new(KubeStore::new(client.clone(), "shopfloor-system")), "pod-a", Duration::from_secs(1));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let scope = Scope::Namespaces(vec!["plant-a".into(), "plant-b".into()]);
     let controllers = tokio::spawn(run(client, core, scope, stopped));

@@ -4,7 +4,10 @@ use http::{Request, Response, StatusCode};
 use kube::{Client, client::Body};
 use serde_json::{Value, json};
 use shopfloor_api::control_command::{CommandPhase, ControlCommandStatus};
-use shopfloor_controller::store::{ObjectKey, StatusUpdate, Store, StoreError, kube::KubeStore};
+use shopfloor_controller::{
+    kube::store::KubeStore,
+    store::{ObjectKey, StatusUpdate, Store, StoreError},
+};
 use tower_test::mock;
 
 type Handle = mock::Handle<Request<Body>, Response<Body>>;

@@ -3,7 +3,7 @@
 use http::{Request, Response, StatusCode};
 use kube::{Client, client::Body};
 use serde_json::{Value, json};
-use shopfloor_controller::leader::{LeaderElector, LeaseTiming};
+use shopfloor_controller::kube::leader::{LeaderElector, LeaseTiming};
 use tower_test::mock;
 
 fn respond(send: mock::SendResponse<Response<Body>>, code: StatusCode, body: Value) {
@@ -56,7 +56,7 @@ async fn a_lease_held_by_a_live_leader_keeps_us_standby_without_writing() {
     );
     let server = tokio::spawn(async move {
         let (_, send) = handle.next_request().await.expect("get");
-        let now = k8s_openapi::jiff::Timestamp::now();
+        let now = jiff::Timestamp::now();
         respond(
             send,
             StatusCode::OK,
@@ -228,7 +228,7 @@ async fn the_leader_releases_its_lease_and_a_standby_takes_it_at_once() {
     let standby =
         LeaderElector::new(client, "shopfloor-system", "shopfloor-controller", "pod-b", LeaseTiming::default());
     let server = tokio::spawn(async move {
-        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let now = jiff::Timestamp::now().to_string();
         let held = json!({
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": "shopfloor-controller", "namespace": "shopfloor-system", "resourceVersion": "17"},

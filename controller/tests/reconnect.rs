@@ -21,11 +21,16 @@ use shopfloor_api::{
     manifest::{self, Object},
 };
 use shopfloor_controller::{
-    engine::{Engine, lifecycle::Outcome},
+    agents::{
+        port::{AgentSession, Dispatch, Outcome, Reply, SessionError},
+        registry::{Connected, Registry},
+    },
+    engine::Engine,
+    kube::store::KubeStore,
     metrics::Metrics,
     planner::AgentPlan,
-    registry::{AgentSession, Connected, Dispatch, Registry, Reply, SessionError},
-    store::{ObjectKey, Store, folder::FolderStore, kube::KubeStore, memory::MemoryStore},
+    standalone::store::FolderStore,
+    store::{ObjectKey, Store, memory::MemoryStore},
 };
 use tokio::sync::mpsc;
 
@@ -457,13 +462,13 @@ async fn memory_store_reconnect_scenarios() {
 #[tokio::test]
 async fn a_command_deleted_while_its_agent_is_away_is_never_sent() {
     let folder = Folder::new();
-    let core = shopfloor_controller::reconcile::Core::new(folder.store.clone(), "test", Duration::from_millis(5));
+    let core = shopfloor_controller::reconcile::Reconciler::new(folder.store.clone(), "test", Duration::from_millis(5));
     core.reconcile_world(0, &folder.store.load()).await;
     let key = ObjectKey::new("plant-a", "start-infeed");
     assert_eq!(folder.statuses(&key).last().and_then(|s| s.phase), Some(CommandPhase::Pending));
     std::fs::remove_file(folder._dir.path().join("plant/commands.yaml")).expect("delete the commands");
     core.reconcile_world(1, &folder.store.load()).await;
-    let session = connect(&core.registry, &ObjectKey::new("plant-a", "line-1"), 1, Answer::Succeed);
+    let session = connect(core.registry(), &ObjectKey::new("plant-a", "line-1"), 1, Answer::Succeed);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(session.seen.lock().expect("lock").is_empty(), "a deleted command was sent");
 }

@@ -2,7 +2,7 @@
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use shopfloor_controller::{reconcile::Core, standalone, store::folder::FolderStore};
+use shopfloor_controller::{reconcile::Reconciler, standalone, standalone::store::FolderStore};
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
@@ -33,7 +33,8 @@ async fn the_folder_is_reconciled_and_followed() {
          spec: {equipmentRef: {name: infeed-conveyor}, action: stop, timeout: 500ms}\n",
     )
     .expect("write");
-    let core = Core::new(Arc::new(FolderStore::open(&plant, &state).expect("open")), "test", Duration::from_millis(50));
+    let core =
+        Reconciler::new(Arc::new(FolderStore::open(&plant, &state).expect("open")), "test", Duration::from_millis(50));
     let task = tokio::spawn(standalone::run(core.clone()));
 
     let agent_status = state.join("objects/edgeagents/plant-a/line-1.yaml");

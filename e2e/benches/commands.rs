@@ -26,7 +26,7 @@ use shopfloor_trace::Tracer;
 fn finished(plant: &Plant) -> u64 {
     ["Succeeded", "Failed", "Rejected", "Expired"]
         .iter()
-        .map(|p| plant.core.metrics.commands_finished.get_or_create(&PhaseLabel { phase: (*p).into() }).get())
+        .map(|p| plant.core.metrics().commands_finished.get_or_create(&PhaseLabel { phase: (*p).into() }).get())
         .sum()
 }
 
@@ -84,7 +84,7 @@ async fn measure(collector: Option<&str>) -> Vec<f64> {
     let template = world.commands[0].clone();
     let plant = Plant::start(world).await;
     if let Some(url) = collector {
-        plant.core.engine.trace_to(Tracer::otlp(url, "shopfloor-controller").expect("controller tracer"));
+        plant.core.engine().trace_to(Tracer::otlp(url, "shopfloor-controller").expect("controller tracer"));
         plant.agent.trace_to(Tracer::otlp(url, "shopfloor-agent").expect("agent tracer"));
     }
     let mut out = Vec::new();

@@ -15,14 +15,14 @@ use shopfloor_api::{
 use shopfloor_controller::{
     endpoint::{self, Endpoint},
     enrollment::{self, BootstrapToken},
-    reconcile::Core,
+    reconcile::Reconciler,
     store::{ObjectKey, StatusUpdate, World, memory::MemoryStore},
 };
 use shopfloor_wire::{identity::AgentId, transport::Timing};
 
 /// A running controller with one connected agent.
 pub struct Plant {
-    pub core: Arc<Core<MemoryStore>>,
+    pub core: Arc<Reconciler<MemoryStore>>,
     pub world: World,
     /// The agent, running in this process.
     pub agent: Arc<session::Agent>,
@@ -67,11 +67,11 @@ impl Plant {
     /// clock is wrong).
     pub async fn start_with_agent_clock(mut world: World, wall: WallClock) -> Self {
         let dir = tempfile::tempdir().expect("tmp");
-        let core = Core::new(Arc::new(MemoryStore::default()), "in-process", Duration::from_millis(200));
-        let ca = endpoint::ensure_ca(&*core.store).await.expect("ca");
+        let core = Reconciler::new(Arc::new(MemoryStore::default()), "in-process", Duration::from_millis(200));
+        let ca = endpoint::ensure_ca(&**core.store()).await.expect("ca");
         let fingerprint = ca.fingerprint();
         let ep = Endpoint::bind(
-            core.clone(),
+            core.endpoint_context(),
             ca,
             "127.0.0.1:0".parse().expect("addr"),
             &["127.0.0.1".into()],
@@ -84,7 +84,7 @@ impl Plant {
         core.reconcile_world(0, &world).await;
         let key = ObjectKey::new("plant-a", "line-1");
         let secret = core
-            .store
+            .store()
             .secrets
             .lock()
             .expect("lock")
@@ -97,7 +97,7 @@ impl Plant {
             .await
             .expect("enrolled");
         // The controller recorded the certificate; the agent object it reconciles must carry it.
-        let recorded = core.agent(&key).expect("agent");
+        let recorded = core.book().agent(&key).expect("agent");
         world.agents = vec![recorded];
         let identity = session::load_identity(&state).expect("identity");
         let journal = Journal::open(&state, Duration::from_secs(86400), 1_000_000).expect("journal");
@@ -110,7 +110,7 @@ impl Plant {
             loop {
                 c2.reconcile_world(0, &w2).await;
                 tokio::select! {
-                    () = c2.kick.notified() => {}
+                    () = c2.kicked() => {}
                     () = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
             }
@@ -118,7 +118,7 @@ impl Plant {
         let plans = core.plans(0, &world);
         let want = plans.agents[&key].revision().to_owned();
         for _ in 0..200 {
-            if core.registry.get(&key).and_then(|c| c.held_revision) == Some(want.clone()) {
+            if core.registry().get(&key).and_then(|c| c.held_revision) == Some(want.clone()) {
                 return Self { core, world, agent, endpoint: ep, addr: endpoint_addr, _dir: dir };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -142,7 +142,7 @@ impl Plant {
     /// The last status written for command `i`.
     pub fn status(&self, i: usize) -> Option<ControlCommandStatus> {
         let key = ObjectKey::new("plant-a", format!("cmd-{i}"));
-        match self.core.store.history(&key).pop()? {
+        match self.core.store().history(&key).pop()? {
             StatusUpdate::ControlCommand(_, s) => Some(s),
             _ => None,
         }

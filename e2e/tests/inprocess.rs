@@ -11,10 +11,11 @@ use shopfloor_e2e::{
     inprocess::{Plant, objects},
 };
 use shopfloor_wire::{
+    close_code,
     codec::{DEFAULT_MAX_FRAME, FrameWriter},
     identity::{AgentId, DEFAULT_TRUST_DOMAIN},
     pki, proto, tls,
-    transport::{self, Timing, close_code},
+    transport::{self, Timing},
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +69,7 @@ async fn commands_run_on_time_whatever_the_agent_clock_says() {
         let template = world.commands[0].clone();
         let plant = Plant::start_with_agent_clock(world, WallClock::skewed(skew)).await;
         let key = shopfloor_controller::store::ObjectKey::new("plant-a", "line-1");
-        let offset = plant.core.registry.get(&key).and_then(|c| c.clock_offset_micros).expect("offset measured");
+        let offset = plant.core.registry().get(&key).and_then(|c| c.clock_offset_micros).expect("offset measured");
         assert!((offset - skew).abs() < SECOND, "skew {skew} µs measured as {offset} µs");
         let eq = plant.equipment("robot").clone();
         for i in 0..3 {
@@ -93,14 +94,14 @@ async fn connect(plant: &Plant, cfg: quinn::ClientConfig) -> quinn::Connection {
 
 /// A client configuration without a certificate, pinning the plant CA: the enrollment path.
 async fn certificate_less(plant: &Plant) -> quinn::ClientConfig {
-    let fingerprint = endpoint::ensure_ca(&*plant.core.store).await.expect("ca").fingerprint();
+    let fingerprint = endpoint::ensure_ca(&**plant.core.store()).await.expect("ca").fingerprint();
     transport::client_config(tls::enrollment_client_config(&fingerprint).expect("tls"), Timing::default()).expect("cfg")
 }
 
 /// Dials the controller with a certificate the plant CA signed for `id` and says Hello; returns
 /// how the controller ended the connection.
 async fn dial_as(plant: &Plant, id: &AgentId) -> ConnectionError {
-    let ca = endpoint::ensure_ca(&*plant.core.store).await.expect("ca");
+    let ca = endpoint::ensure_ca(&**plant.core.store()).await.expect("ca");
     let key = pki::generate_key().expect("key");
     let cert = ca
         .sign_agent_csr(&pki::csr(&key).expect("csr"), id, DEFAULT_TRUST_DOMAIN, Duration::from_secs(3600))
@@ -148,7 +149,7 @@ async fn a_revoked_identity_is_refused_with_the_reason() {
     let gone = refused_because(&dial_as(&plant, &AgentId::new("plant-a", "deleted-line")).await);
     assert!(gone.contains("EdgeAgent plant-a/deleted-line does not exist"), "{gone}");
     let key = shopfloor_controller::store::ObjectKey::new("plant-a", "line-1");
-    assert!(plant.core.registry.get(&key).is_some(), "the enrolled agent stays connected");
+    assert!(plant.core.registry().get(&key).is_some(), "the enrolled agent stays connected");
 }
 
 /// A plant with its enrolled agent line-1, and what a second enrollment of line-1 needs.
@@ -167,7 +168,7 @@ async fn enrolling() -> Enrolling {
     let key = shopfloor_controller::store::ObjectKey::new("plant-a", "line-1");
     Enrolling {
         secret_name: shopfloor_controller::enrollment::token_secret_name(&key),
-        fingerprint: endpoint::ensure_ca(&*plant.core.store).await.expect("ca").fingerprint(),
+        fingerprint: endpoint::ensure_ca(&**plant.core.store()).await.expect("ca").fingerprint(),
         addr: plant.addr.to_string(),
         id: AgentId::new("plant-a", "line-1"),
         dir: tempfile::tempdir().expect("tmp"),
@@ -187,7 +188,7 @@ async fn enrollment_refuses_a_used_and_an_expired_token_and_writes_nothing() {
     let empty = |d: &std::path::Path| std::fs::read_dir(d).map(|r| r.count() == 0).unwrap_or(true);
 
     // The plant's agent enrolled with line-1's token: it is spent.
-    let used = plant.core.store.read_secret(&secret_name).await.expect("read").expect("token secret");
+    let used = plant.core.store().read_secret(&secret_name).await.expect("read").expect("token secret");
     let used = BootstrapToken::from_secret(&used).expect("token").token();
     let state = StateDir::open(dir.path().join("reused")).expect("state");
     let err = session::enroll(&state, &addr, None, &used, &fingerprint, &id).await.expect_err("refused").to_string();
@@ -201,7 +202,7 @@ async fn enrollment_refuses_a_used_and_an_expired_token_and_writes_nothing() {
         Duration::from_secs(86400),
     )
     .expect("token");
-    plant.core.store.write_secret(&secret_name, stale.to_secret()).await.expect("write");
+    plant.core.store().write_secret(&secret_name, stale.to_secret()).await.expect("write");
     let state = StateDir::open(dir.path().join("expired")).expect("state");
     let err =
         session::enroll(&state, &addr, None, &stale.token(), &fingerprint, &id).await.expect_err("refused").to_string();
@@ -220,7 +221,7 @@ async fn a_token_raced_by_two_enrollments_is_redeemed_once() {
     let Enrolling { plant, key, secret_name, fingerprint, addr, id, dir } = enrolling().await;
     for round in 0..20 {
         let fresh = BootstrapToken::generate(key.clone(), Timestamp::now(), Duration::from_secs(3600)).expect("token");
-        plant.core.store.write_secret(&secret_name, fresh.to_secret()).await.expect("write");
+        plant.core.store().write_secret(&secret_name, fresh.to_secret()).await.expect("write");
         let token = fresh.token();
         let (a, b) = (
             StateDir::open(dir.path().join(format!("{round}-a"))).expect("state"),
@@ -290,7 +291,7 @@ async fn a_malformed_or_oversized_frame_closes_only_that_connection() {
     assert_eq!(code, u64::from(close_code::FRAME_TOO_LARGE), "{reason}");
 
     let key = shopfloor_controller::store::ObjectKey::new("plant-a", "line-1");
-    assert!(plant.core.registry.get(&key).is_some(), "the agent stays connected");
+    assert!(plant.core.registry().get(&key).is_some(), "the agent stays connected");
     let eq = plant.equipment("robot").clone();
     plant.core.reconcile_command(&Plant::command(&template, 0), Some(&eq)).await.expect("reconcile");
     for _ in 0..100 {
@@ -311,7 +312,7 @@ async fn the_server_certificate_is_replaced_without_dropping_live_connections() 
     let template = world.commands[0].clone();
     let plant = Plant::start(world).await;
     let key = shopfloor_controller::store::ObjectKey::new("plant-a", "line-1");
-    let before = plant.core.registry.get(&key).expect("connected").connection_id;
+    let before = plant.core.registry().get(&key).expect("connected").connection_id;
     let server_cert = || async {
         let conn = connect(&plant, certificate_less(&plant).await).await;
         let cert = transport::peer_certificate(&conn).expect("server certificate");
@@ -333,7 +334,7 @@ async fn the_server_certificate_is_replaced_without_dropping_live_connections() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(done.and_then(|s| s.phase), Some(CommandPhase::Succeeded));
-    let after = plant.core.registry.get(&key).expect("still connected").connection_id;
+    let after = plant.core.registry().get(&key).expect("still connected").connection_id;
     assert_eq!(before, after, "the live connection was not dropped");
 }
 
@@ -345,7 +346,7 @@ async fn a_handshake_flood_stays_bounded_and_the_plant_keeps_working() {
     let world = objects(&fixtures::robot_cell_with_template("30s"));
     let template = world.commands[0].clone();
     let plant = Plant::start(world).await;
-    let metrics = plant.core.metrics.clone();
+    let metrics = plant.core.metrics().clone();
     let idle_enrollment = connect(&plant, certificate_less(&plant).await).await;
     let sent = shopfloor_e2e::flood::half_open_handshakes(plant.addr, 3_000).await.expect("flood");
     assert_eq!(sent, 3_000);

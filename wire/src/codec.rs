@@ -1,7 +1,7 @@
 //! Frames: a 4-byte big-endian length, then one protobuf message, with a hard size limit.
 //!
 //! An oversized or undecodable frame is an error the caller turns into closing the stream (or,
-//! on the control stream, the connection) with [`crate::transport::close_code`]; decoding never
+//! on the control stream, the connection) with [`crate::close_code`]; decoding never
 //! panics on any input.
 
 use bytes::{Bytes, BytesMut};
@@ -34,8 +34,8 @@ impl FrameError {
     /// The application error code that closes the connection or stream over this error.
     pub fn close_code(&self) -> u32 {
         match self {
-            FrameError::TooLarge { .. } => crate::transport::close_code::FRAME_TOO_LARGE,
-            _ => crate::transport::close_code::PROTOCOL_VIOLATION,
+            FrameError::TooLarge { .. } => crate::close_code::FRAME_TOO_LARGE,
+            _ => crate::close_code::PROTOCOL_VIOLATION,
         }
     }
 }

@@ -8,7 +8,9 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod close_code;
 pub mod codec;
+pub mod conversation;
 pub mod identity;
 pub mod pki;
 pub mod proto;

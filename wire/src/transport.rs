@@ -1,5 +1,4 @@
-//! QUIC transport on quinn: endpoint and connection configuration, application close codes, and
-//! errors a plant engineer can act on.
+//! QUIC transport on quinn: endpoint and connection configuration, and errors a plant engineer can act on.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -9,25 +8,7 @@ use quinn::{
 };
 use rustls_pki_types::CertificateDer;
 
-/// Application error codes used when closing a connection or resetting a stream.
-pub mod close_code {
-    /// Normal shutdown.
-    pub const NORMAL: u32 = 0;
-    /// A malformed frame or a message out of protocol order.
-    pub const PROTOCOL_VIOLATION: u32 = 1;
-    /// A frame above the size limit.
-    pub const FRAME_TOO_LARGE: u32 = 2;
-    /// The peer's identity is not allowed (unknown, revoked, not the recorded certificate).
-    pub const UNAUTHORIZED: u32 = 3;
-    /// Closed by the controller with a Goodbye (suspended, deleted).
-    pub const GOODBYE: u32 = 4;
-    /// A newer connection of the same agent replaced this one.
-    pub const REPLACED: u32 = 5;
-    /// No protocol version in common.
-    pub const UNSUPPORTED_VERSION: u32 = 6;
-    /// Enrollment refused (token unknown, used, expired or foreign).
-    pub const ENROLLMENT_REFUSED: u32 = 7;
-}
+use crate::close_code;
 
 /// Liveness settings.
 #[derive(Clone, Copy, Debug)]

@@ -6,12 +6,13 @@ use anyhow::Context as _;
 use clap::Parser;
 use shopfloor_controller::{
     endpoint::{self, Endpoint},
-    kube_controllers,
-    leader::{LeaderElector, LeaseTiming},
+    kube::controllers::{self, Scope},
+    kube::leader::{LeaderElector, LeaseTiming},
+    kube::store::KubeStore,
     metrics,
-    reconcile::Core,
+    reconcile::Reconciler,
     standalone,
-    store::{folder::FolderStore, kube::KubeStore},
+    standalone::store::FolderStore,
 };
 
 /// Reconciles a plant's EdgeAgents, Equipment, NetworkSlices and ControlCommands onto its edge
@@ -60,9 +61,9 @@ struct Args {
 }
 
 /// Points the command engine at the OTLP collector, if one is configured.
-fn trace_commands<S: shopfloor_controller::store::Store>(core: &Core<S>, args: &Args) -> anyhow::Result<()> {
+fn trace_commands<S: shopfloor_controller::store::Store>(core: &Reconciler<S>, args: &Args) -> anyhow::Result<()> {
     if let Some(endpoint) = &args.otlp_endpoint {
-        core.engine.trace_to(shopfloor_trace::Tracer::otlp(endpoint, "shopfloor-controller")?);
+        core.engine().trace_to(shopfloor_trace::Tracer::otlp(endpoint, "shopfloor-controller")?);
         tracing::info!(collector = %endpoint, "exporting command spans over OTLP");
     }
     Ok(())
@@ -112,14 +113,14 @@ async fn main() -> anyhow::Result<()> {
 async fn run_standalone(args: &Args, dir: &PathBuf, health: Arc<metrics::Health>) -> anyhow::Result<()> {
     let store = FolderStore::open(dir, &args.state_dir)
         .with_context(|| format!("cannot use {} with state directory {}", dir.display(), args.state_dir.display()))?;
-    let core = Core::new(Arc::new(store), args.replica(), Duration::from_secs(1));
+    let core = Reconciler::new(Arc::new(store), args.replica(), Duration::from_secs(1));
     trace_commands(&core, args)?;
-    let (addr, _http) = metrics::serve(args.http, core.metrics.clone(), health.clone())
+    let (addr, _http) = metrics::serve(args.http, core.metrics().clone(), health.clone())
         .await
         .with_context(|| format!("cannot listen on {} for health and metrics", args.http))?;
-    let ca = endpoint::ensure_ca(&*core.store).await.context("cannot load or create the plant CA")?;
+    let ca = endpoint::ensure_ca(&**core.store()).await.context("cannot load or create the plant CA")?;
     let fingerprint = ca.fingerprint();
-    let quic = Endpoint::bind(core.clone(), ca, args.listen, &args.server_names, Default::default())
+    let quic = Endpoint::bind(core.endpoint_context(), ca, args.listen, &args.server_names, Default::default())
         .with_context(|| format!("cannot listen on {} for agents (QUIC/UDP)", args.listen))?;
     let quic_addr = quic.local_addr()?;
     // Where agents should dial, for `kubectl shopfloor enroll`: the first server name and the port.
@@ -149,15 +150,11 @@ async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Resul
         "cannot reach a Kubernetes API server (no in-cluster config and no usable kubeconfig); use --standalone <dir> to run without a cluster",
     )?;
     let store = KubeStore::with_instance(client.clone(), &args.namespace, Some(args.replica()));
-    let core = Core::new(Arc::new(store), args.replica(), Duration::from_secs(1));
+    let core = Reconciler::new(Arc::new(store), args.replica(), Duration::from_secs(1));
     trace_commands(&core, args)?;
-    let (addr, _http) = metrics::serve(args.http, core.metrics.clone(), health.clone()).await?;
-    let ca = endpoint::ensure_ca(&*core.store).await.context("cannot load or create the plant CA Secret")?;
-    let scope = if args.namespaces.is_empty() {
-        kube_controllers::Scope::Cluster
-    } else {
-        kube_controllers::Scope::Namespaces(args.namespaces.clone())
-    };
+    let (addr, _http) = metrics::serve(args.http, core.metrics().clone(), health.clone()).await?;
+    let ca = endpoint::ensure_ca(&**core.store()).await.context("cannot load or create the plant CA Secret")?;
+    let scope = if args.namespaces.is_empty() { Scope::Cluster } else { Scope::Namespaces(args.namespaces.clone()) };
     tracing::info!(http = %addr, namespace = %args.namespace, replica = %args.replica(), ?scope, "controller started; electing a leader");
     health.ready.store(true, Ordering::Relaxed);
     let elector = LeaderElector::new(
@@ -199,11 +196,11 @@ async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Resul
     }
     set_label(serde_json::json!("true")).await;
     // Only the leader accepts agents: a standby holds no sessions to lose at takeover.
-    let quic = Endpoint::bind(core.clone(), ca, args.listen, &args.server_names, Default::default())
+    let quic = Endpoint::bind(core.endpoint_context(), ca, args.listen, &args.server_names, Default::default())
         .with_context(|| format!("cannot listen on {} for agents (QUIC/UDP)", args.listen))?;
     tokio::spawn(quic.run());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let controllers = tokio::spawn(kube_controllers::run(client, core, scope, stop_rx));
+    let controllers = tokio::spawn(controllers::run(client, core, scope, stop_rx));
     let released = tokio::select! {
         why = terminated() => {
             tracing::info!("{why}; stepping down");

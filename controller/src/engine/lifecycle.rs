@@ -7,28 +7,20 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::MicroTime as Time, jiff::Timestamp};
+use jiff::Timestamp;
+use shopfloor_api::common::MicroTime as Time;
+
 use shopfloor_api::{
-    Value,
     control_command::{CommandPhase, CommandResult, ControlCommandSpec, ControlCommandStatus, ResultCode, WhenOffline},
     validate::CommandViolation,
 };
+
+use crate::agents::port::Outcome;
 
 /// How long after its deadline the engine waits for the result of a command the agent may have
 /// received, before reporting the outcome as unknown. Redelivery after a reconnect returns the
 /// agent's journalled result, so this only ends commands whose agent stays away.
 pub const RESULT_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// A result reported by the agent, with the agent's own timestamps.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Outcome {
-    pub code: ResultCode,
-    pub message: String,
-    pub outputs: BTreeMap<String, Value>,
-    pub received_at: Option<Timestamp>,
-    pub started_at: Option<Timestamp>,
-    pub finished_at: Option<Timestamp>,
-}
 
 /// Something that happened to a command.
 #[derive(Clone, Debug, PartialEq)]

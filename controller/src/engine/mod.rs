@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::jiff::Timestamp;
+use jiff::Timestamp;
 use shopfloor_api::{
     ControlCommand, Equipment,
     control_command::{CommandPhase, ControlCommandStatus, ResultCode},
@@ -28,8 +28,11 @@ use shopfloor_api::{
 
 use self::lifecycle::{Effect, Event};
 use crate::{
+    agents::{
+        port::{Dispatch, Reply},
+        registry::{Change, Registry},
+    },
     metrics::{Metrics, PhaseLabel},
-    registry::{Change, Dispatch, Registry, Reply},
     store::{ObjectEvent, ObjectKey, StatusUpdate, Store, StoreError},
 };
 use shopfloor_trace::{TraceContext, Tracer};
@@ -346,7 +349,7 @@ impl<S: Store> Engine<S> {
     async fn deliver(
         &self,
         cmd: Cmd,
-        session: Arc<dyn crate::registry::AgentSession>,
+        session: Arc<dyn crate::agents::port::AgentSession>,
         dispatch: Dispatch,
         connection_id: u64,
     ) {

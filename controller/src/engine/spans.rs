@@ -22,7 +22,7 @@ pub fn root_span_id(uid: &str) -> [u8; 8] {
     id
 }
 
-fn time(t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime>) -> Option<SystemTime> {
+fn time(t: Option<&shopfloor_api::common::MicroTime>) -> Option<SystemTime> {
     t.map(|t| shopfloor_trace::from_unix_micros(t.0.as_microsecond()))
 }
 

@@ -9,8 +9,6 @@ use shopfloor_api::{
     edge_agent::EdgeAgentStatus, equipment::EquipmentStatus, network_slice::NetworkSliceStatus,
 };
 
-pub mod folder;
-pub mod kube;
 pub mod memory;
 
 /// Every Shopfloor object the controller can see, with store-provided metadata (uid,
@@ -41,7 +39,7 @@ impl ObjectKey {
         Self { namespace: namespace.into(), name: name.into() }
     }
 
-    pub fn of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
+    pub fn of(meta: &shopfloor_api::common::ObjectMeta) -> Self {
         Self::new(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
     }
 }

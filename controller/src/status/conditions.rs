@@ -1,10 +1,8 @@
 //! Standard Kubernetes conditions, kept the way `meta.SetStatusCondition` keeps them: one per
 //! type, `lastTransitionTime` moving only when the status flips.
 
-use k8s_openapi::{
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
-    jiff::Timestamp,
-};
+use jiff::Timestamp;
+use shopfloor_api::common::{Condition, Time};
 
 /// The status of a condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

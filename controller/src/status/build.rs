@@ -3,7 +3,8 @@
 //! sending), and the same facts give byte-identical statuses so unchanged objects are not
 //! rewritten.
 
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use jiff::Timestamp;
+use shopfloor_api::common::Time;
 use shopfloor_api::{
     EdgeAgent, Equipment, NetworkSlice,
     common::condition_type::{APPLIED, CLOCK_SYNCHRONIZED, READY, VALID},
@@ -13,10 +14,10 @@ use shopfloor_api::{
 };
 
 use crate::{
-    conditions::{self, State},
-    observed::{AppliedReport, Reading},
+    agents::observed::{AppliedReport, Reading},
+    agents::registry::Connected,
     planner::Problem,
-    registry::Connected,
+    status::conditions::{self, State},
 };
 
 /// A clock further than this from the controller's is reported (`ClockSynchronized=False`).
@@ -347,24 +348,24 @@ mod tests {
 
     #[derive(Debug)]
     struct Quiet;
-    impl crate::registry::AgentSession for Quiet {
+    impl crate::agents::port::AgentSession for Quiet {
         fn rtt(&self) -> std::time::Duration {
             std::time::Duration::from_millis(2)
         }
         fn push_config(
             &self,
             _: std::sync::Arc<crate::planner::AgentPlan>,
-        ) -> futures::future::BoxFuture<'_, Result<(), crate::registry::SessionError>> {
+        ) -> futures::future::BoxFuture<'_, Result<(), crate::agents::port::SessionError>> {
             Box::pin(async { Ok(()) })
         }
         fn dispatch(
             &self,
-            _: crate::registry::Dispatch,
+            _: crate::agents::port::Dispatch,
         ) -> futures::future::BoxFuture<
             '_,
-            Result<tokio::sync::mpsc::Receiver<crate::registry::Reply>, crate::registry::SessionError>,
+            Result<tokio::sync::mpsc::Receiver<crate::agents::port::Reply>, crate::agents::port::SessionError>,
         > {
-            Box::pin(async { Err(crate::registry::SessionError::Closed) })
+            Box::pin(async { Err(crate::agents::port::SessionError::Closed) })
         }
         fn close(&self, _: &str) {}
     }

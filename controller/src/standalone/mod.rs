@@ -4,10 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::{
-    reconcile::Core,
-    store::{StoreError, folder::FolderStore},
-};
+use crate::{reconcile::Reconciler, standalone::store::FolderStore, store::StoreError};
 
 /// Quiet time after a change before the folder is re-read: editors write files in bursts.
 const DEBOUNCE: Duration = Duration::from_millis(150);
@@ -15,12 +12,14 @@ const DEBOUNCE: Duration = Duration::from_millis(150);
 const TICK: Duration = Duration::from_secs(1);
 
 /// Runs until the task is cancelled.
-pub async fn run(core: Arc<Core<FolderStore>>) -> Result<(), StoreError> {
-    let (_watcher, mut changes) = core.store.watch()?;
-    let mut agents = core.registry.subscribe();
+pub mod store;
+
+pub async fn run(core: Arc<Reconciler<FolderStore>>) -> Result<(), StoreError> {
+    let (_watcher, mut changes) = core.store().watch()?;
+    let mut agents = core.registry().subscribe();
     let mut version: u64 = 0;
     let mut last_refused: Vec<String> = Vec::new();
-    let mut world = core.store.load();
+    let mut world = core.store().load();
     loop {
         for r in world.refused.iter().filter(|r| !last_refused.contains(r)) {
             tracing::error!("refused: {r}");
@@ -36,11 +35,11 @@ pub async fn run(core: Arc<Core<FolderStore>>) -> Result<(), StoreError> {
                 true
             }
             _ = agents.recv() => false,
-            () = core.kick.notified() => false,
+            () = core.kicked() => false,
             () = tokio::time::sleep(wait) => false,
         };
         if reload {
-            world = core.store.load();
+            world = core.store().load();
             version += 1;
             tracing::info!(
                 agents = world.agents.len(),
@@ -52,7 +51,7 @@ pub async fn run(core: Arc<Core<FolderStore>>) -> Result<(), StoreError> {
             );
         } else {
             // Statuses written since the last read must be seen by the next pass.
-            world = core.store.load();
+            world = core.store().load();
         }
     }
 }

@@ -6,7 +6,7 @@ use std::{
     sync::RwLock,
 };
 
-use k8s_openapi::jiff::Timestamp;
+use jiff::Timestamp;
 use shopfloor_api::{Value, equipment::ApplyResult};
 
 use crate::store::ObjectKey;

@@ -9,7 +9,7 @@ use kube::{
 use serde_json::json;
 use shopfloor_api::{API_VERSION, ControlCommand, EdgeAgent, Equipment, NetworkSlice};
 
-use super::{ObjectKey, SecretData, StatusUpdate, Store, StoreError};
+use crate::store::{ObjectKey, SecretData, StatusUpdate, Store, StoreError};
 
 /// The one field manager every status write uses.
 pub const FIELD_MANAGER: &str = "shopfloor-controller";
@@ -94,7 +94,7 @@ fn from_secret(secret: Secret) -> SecretData {
 }
 
 impl Store for KubeStore {
-    async fn publish_event(&self, e: super::ObjectEvent) {
+    async fn publish_event(&self, e: crate::store::ObjectEvent) {
         use kube::runtime::events::{Event, EventType};
         let reference = k8s_openapi::api::core::v1::ObjectReference {
             api_version: Some(API_VERSION.to_owned()),

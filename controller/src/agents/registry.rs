@@ -6,55 +6,12 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     sync::{Arc, RwLock},
-    time::Duration,
 };
 
-use futures::future::BoxFuture;
-use k8s_openapi::jiff::Timestamp;
-use shopfloor_api::control_command::ControlCommandSpec;
-use tokio::sync::{broadcast, mpsc};
+use jiff::Timestamp;
+use tokio::sync::broadcast;
 
-use crate::{engine::lifecycle::Outcome, planner::AgentPlan, store::ObjectKey};
-
-/// A command as the engine hands it to a session.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Dispatch {
-    /// The command's id on the wire and in the agent's journal: the object's uid.
-    pub id: String,
-    pub key: ObjectKey,
-    pub spec: ControlCommandSpec,
-    pub deadline: Timestamp,
-    /// W3C traceparent of the command's span.
-    pub traceparent: String,
-}
-
-/// What comes back on a command's stream.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Reply {
-    Acknowledged,
-    Finished(Outcome),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SessionError {
-    #[error("the connection to the agent is closed")]
-    Closed,
-    #[error("the agent refused the stream: {0}")]
-    Refused(String),
-}
-
-/// One live agent connection.
-pub trait AgentSession: Send + Sync + 'static {
-    /// Smoothed round-trip time.
-    fn rtt(&self) -> Duration;
-    /// Sends a configuration revision on the control stream.
-    fn push_config(&self, plan: Arc<AgentPlan>) -> BoxFuture<'_, Result<(), SessionError>>;
-    /// Opens a command stream and sends the command; replies arrive on the receiver, which
-    /// closes when the stream ends (with or without a result).
-    fn dispatch(&self, command: Dispatch) -> BoxFuture<'_, Result<mpsc::Receiver<Reply>, SessionError>>;
-    /// Closes the connection with a Goodbye carrying `reason`.
-    fn close(&self, reason: &str);
-}
+use crate::{agents::port::AgentSession, store::ObjectKey};
 
 /// What the controller knows about a connected agent.
 #[derive(Clone)]

@@ -17,15 +17,16 @@ use std::{
     sync::Mutex,
 };
 
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use jiff::Timestamp;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
+use shopfloor_api::common::Time;
 use shopfloor_api::{
     contract::state_dir,
     manifest::{self, Object},
 };
 
-use super::{ObjectKey, SecretData, StatusUpdate, Store, StoreError, World};
+use crate::store::{ObjectKey, SecretData, StatusUpdate, Store, StoreError, World};
 
 const DEFAULT_NAMESPACE: &str = "default";
 
@@ -334,7 +335,7 @@ impl FolderStore {
     }
 }
 
-fn metadata_mut(object: &mut Object) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+fn metadata_mut(object: &mut Object) -> &mut shopfloor_api::common::ObjectMeta {
     match object {
         Object::EdgeAgent(o) => &mut o.metadata,
         Object::Equipment(o) => &mut o.metadata,
@@ -369,7 +370,7 @@ fn secret_to_file(data: &SecretData) -> Result<Vec<u8>, StoreError> {
 
 impl Store for FolderStore {
     /// Standalone mode has no event API: events go to the log, where `journalctl` finds them.
-    async fn publish_event(&self, e: super::ObjectEvent) {
+    async fn publish_event(&self, e: crate::store::ObjectEvent) {
         if e.warning {
             tracing::warn!(kind = e.kind, object = %e.key, reason = e.reason, "{}", e.note);
         } else {

@@ -1,6 +1,6 @@
 //! The Kubernetes shell: one kube-rs controller per kind, in the controller-rs style
 //! (`reconcile` + `error_policy` + a shared [`Context`]). Each reconcile hands its object to the
-//! shared [`Core`] steps with a view of the other objects from the controllers' reflectors.
+//! shared [`Reconciler`] steps with a view of the other objects from the controllers' reflectors.
 
 use std::{
     hash::{Hash, Hasher},
@@ -25,9 +25,10 @@ use shopfloor_api::{ControlCommand, EdgeAgent, Equipment, NetworkSlice};
 
 use crate::{
     enrollment,
+    kube::store::KubeStore,
     planner::Plans,
-    reconcile::Core,
-    store::{ObjectKey, Store, StoreError, World, kube::KubeStore},
+    reconcile::Reconciler,
+    store::{ObjectKey, Store, StoreError, World},
 };
 
 /// The finalizer that lets the controller close a deleted agent's connection and remove its
@@ -84,7 +85,7 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Readers<K> {
 
 /// Everything a reconcile needs.
 pub struct Context {
-    pub core: Arc<Core<KubeStore>>,
+    pub core: Arc<Reconciler<KubeStore>>,
     pub client: Client,
     pub recorder: Recorder,
     agents: Readers<DeserializeGuard<EdgeAgent>>,
@@ -113,12 +114,13 @@ impl Context {
     /// A context over the given reflector stores (the controllers' own, or test fixtures).
     pub fn new(
         client: Client,
-        core: Arc<Core<KubeStore>>,
+        core: Arc<Reconciler<KubeStore>>,
         agents: impl Into<Readers<DeserializeGuard<EdgeAgent>>>,
         equipment: impl Into<Readers<DeserializeGuard<Equipment>>>,
         slices: impl Into<Readers<DeserializeGuard<NetworkSlice>>>,
     ) -> Arc<Self> {
-        let reporter = Reporter { controller: "shopfloor-controller".into(), instance: Some(core.replica.clone()) };
+        let reporter =
+            Reporter { controller: "shopfloor-controller".into(), instance: Some(core.replica().to_owned()) };
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -181,7 +183,7 @@ pub async fn reconcile_agent(agent: Arc<DeserializeGuard<EdgeAgent>>, ctx: Arc<C
     let result = finalizer(&api, AGENT_FINALIZER, agent, |event| async {
         match event {
             Finalizer::Apply(agent) => {
-                let was_connected = ctx.core.registry.get(&ObjectKey::of(&agent.metadata)).is_some();
+                let was_connected = ctx.core.registry().get(&ObjectKey::of(&agent.metadata)).is_some();
                 let r = ctx.core.reconcile_agent(&agent, &ctx.plans()).await?;
                 succeeded(&ctx, &*agent);
                 if agent.spec.suspend && was_connected {
@@ -211,8 +213,8 @@ pub async fn reconcile_agent(agent: Arc<DeserializeGuard<EdgeAgent>>, ctx: Arc<C
 /// What the finalizer guards: the agent's live connection and its bootstrap token.
 async fn release_agent(key: &ObjectKey, ctx: &Context) -> Result<(), Error> {
     ctx.core.forget_agent(key);
-    ctx.core.registry.evict(key, "the EdgeAgent was deleted");
-    ctx.core.store.delete_secret(&enrollment::token_secret_name(key)).await?;
+    ctx.core.registry().evict(key, "the EdgeAgent was deleted");
+    ctx.core.store().delete_secret(&enrollment::token_secret_name(key)).await?;
     Ok(())
 }
 
@@ -319,7 +321,7 @@ where
     K: Resource<DynamicType = ()>,
 {
     let kind = K::kind(&()).to_string();
-    ctx.core.metrics.reconcile_errors.get_or_create(&crate::metrics::KindLabel { kind: kind.clone() }).inc();
+    ctx.core.metrics().reconcile_errors.get_or_create(&crate::metrics::KindLabel { kind: kind.clone() }).inc();
     let n = {
         let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
         let n = failures.entry(failure_key(&*obj)).or_insert(0);
@@ -344,7 +346,7 @@ fn succeeded<K: Resource<DynamicType = ()>>(ctx: &Context, obj: &K) {
 /// scoped, sharing one context so plans see every watched object.
 pub async fn run(
     client: Client,
-    core: Arc<Core<KubeStore>>,
+    core: Arc<Reconciler<KubeStore>>,
     scope: Scope,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -384,7 +386,7 @@ pub async fn run(
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    () = ctx.core.kick.notified() => {}
+                    () = ctx.core.kicked() => {}
                     _ = stop.wait_for(|s| *s) => return,
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;

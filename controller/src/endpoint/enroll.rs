@@ -1,0 +1,76 @@
+//! Enrollment: a connection without a client certificate may send one EnrollRequest with its
+//! bootstrap token and a CSR, and gets a certificate (or the reason it does not) back.
+
+use std::time::Duration;
+
+use shopfloor_wire::{
+    close_code,
+    codec::{DEFAULT_MAX_FRAME, FrameReader, FrameWriter},
+    proto::{self, AgentMessage, ControllerMessage, agent_message, controller_message},
+    transport,
+};
+
+use super::Endpoint;
+use crate::store::{ObjectKey, Store};
+
+/// An enrollment connection must send its request within this.
+const ENROLL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Answers one enrollment connection.
+pub(super) async fn serve<S: Store>(endpoint: &Endpoint<S>, conn: quinn::Connection) {
+    let remote = conn.remote_address();
+    // A connection that opens no stream or sends no request is not waited for.
+    let request = async {
+        let (send, recv) = conn.accept_bi().await.ok()?;
+        let mut rx = FrameReader::new(recv, DEFAULT_MAX_FRAME);
+        let req = rx.next::<AgentMessage>().await;
+        Some((FrameWriter::new(send, DEFAULT_MAX_FRAME), req))
+    };
+    let (mut tx, req) = match tokio::time::timeout(ENROLL_TIMEOUT, request).await {
+        Ok(Some(x)) => x,
+        Ok(None) => return,
+        Err(_) => {
+            endpoint.note_failure(remote, "enrollment abandoned: no request within 10 s");
+            transport::close(&conn, close_code::PROTOCOL_VIOLATION, "no enrollment request in time");
+            return;
+        }
+    };
+    let req = match req {
+        Ok(Some(AgentMessage { body: Some(agent_message::Body::Enroll(r)) })) => r,
+        Ok(_) => {
+            transport::close(
+                &conn,
+                close_code::UNAUTHORIZED,
+                "a connection without a client certificate may only enroll",
+            );
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(%remote, "bad enrollment frame: {e}");
+            transport::close(&conn, e.close_code(), &e.to_string());
+            return;
+        }
+    };
+    let key = ObjectKey::new(req.namespace.clone(), req.agent.clone());
+    let result = match endpoint.ctx.book.redeem_token(&key, &req.token).await {
+        Ok(()) => endpoint.issue(&key, &req.csr_der, true).await,
+        Err(e) => Err(e),
+    };
+    let response = match &result {
+        Ok(cert) => proto::EnrollResponse {
+            certificate_der: cert.clone(),
+            ca_der: endpoint.ca.cert_der().to_vec(),
+            error: String::new(),
+        },
+        Err(e) => proto::EnrollResponse { error: e.clone(), ..Default::default() },
+    };
+    match &result {
+        Ok(_) => tracing::info!(agent = %key, %remote, "enrolled"),
+        Err(e) => tracing::warn!(agent = %key, %remote, "enrollment refused: {e}"),
+    }
+    let _ = tx.send(&ControllerMessage { body: Some(controller_message::Body::Enrolled(response)) }).await;
+    let _ = tx.get_mut().finish();
+    // Let the answer reach the agent; it closes the connection itself.
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+    endpoint.ctx.kick.notify_one();
+}

@@ -1,0 +1,278 @@
+//! The QUIC endpoint agents dial, a thin shell around `shopfloor_wire::conversation`: admission
+//! (a bound on handshakes in progress), then for a connection without a client certificate an
+//! enrollment (`enroll`), and for an enrolled agent the handshake checks (recorded certificate,
+//! not suspended, not deleted) and its session (`session`: control stream, command streams,
+//! reports, renewal).
+
+mod enroll;
+mod session;
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
+
+use jiff::Timestamp;
+use shopfloor_api::{common::Time, edge_agent::CertificateStatus};
+use shopfloor_wire::{
+    close_code,
+    identity::{self, AgentId, DEFAULT_TRUST_DOMAIN},
+    pki::Ca,
+    tls::{self, ServerCerts},
+    transport::{self, Timing},
+};
+
+use crate::{
+    agents::{book::AgentBook, observed::Observed, registry::Registry},
+    metrics::Metrics,
+    store::{ObjectKey, Store, StoreError},
+};
+
+pub use shopfloor_api::contract::CA_SECRET;
+
+/// Loads the plant CA, creating it if absent. Create-if-absent: two replicas starting together
+/// end up with the same CA, never overwrite each other's.
+pub async fn ensure_ca<S: Store>(store: &S) -> Result<Ca, StoreError> {
+    let corrupt = |m: String| StoreError::Corrupt { what: format!("Secret {CA_SECRET}"), message: m };
+    let data = match store.read_secret(CA_SECRET).await? {
+        Some(d) => d,
+        None => {
+            let ca = Ca::generate("Shopfloor plant CA", Duration::from_secs(10 * 365 * 24 * 3600))
+                .map_err(|e| corrupt(e.to_string()))?;
+            let mine = [
+                ("ca.crt".to_owned(), ca.cert_pem().as_bytes().to_vec()),
+                ("ca.key".to_owned(), ca.key_pem().as_bytes().to_vec()),
+            ]
+            .into_iter()
+            .collect();
+            store.create_secret_if_absent(CA_SECRET, mine).await?
+        }
+    };
+    let text = |k: &str| {
+        data.get(k).map(|v| String::from_utf8_lossy(v).into_owned()).ok_or_else(|| corrupt(format!("no {k}")))
+    };
+    Ca::from_pem(&text("ca.crt")?, &text("ca.key")?).map_err(|e| corrupt(e.to_string()))
+}
+
+/// What the endpoint reads and tells: the book it checks agents against, where sessions and
+/// reports go, and whom to wake when they change.
+pub struct EndpointContext<S: Store> {
+    pub book: Arc<AgentBook<S>>,
+    pub registry: Arc<Registry>,
+    pub observed: Arc<Observed>,
+    pub metrics: Arc<Metrics>,
+    /// Woken when a connection or a report changes what the statuses say.
+    pub kick: Arc<tokio::sync::Notify>,
+    /// This replica's name, told to agents in the Welcome.
+    pub replica: String,
+}
+
+impl<S: Store> std::fmt::Debug for EndpointContext<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointContext").field("replica", &self.replica).finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> Clone for EndpointContext<S> {
+    fn clone(&self) -> Self {
+        Self {
+            book: self.book.clone(),
+            registry: self.registry.clone(),
+            observed: self.observed.clone(),
+            metrics: self.metrics.clone(),
+            kick: self.kick.clone(),
+            replica: self.replica.clone(),
+        }
+    }
+}
+
+/// A running endpoint.
+pub struct Endpoint<S: Store> {
+    ctx: EndpointContext<S>,
+    ca: Arc<Ca>,
+    pub certs: Arc<ServerCerts>,
+    endpoint: quinn::Endpoint,
+    next_id: AtomicU64,
+    failure_log: crate::log_limit::LogLimit,
+}
+
+impl<S: Store> std::fmt::Debug for Endpoint<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint").finish_non_exhaustive()
+    }
+}
+
+/// Handshakes and enrollments in progress at once.
+pub const MAX_HANDSHAKES: usize = 256;
+
+/// One handshake's place among [`MAX_HANDSHAKES`], shown in a gauge while held.
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Slot {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self { _permit: permit, gauge }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+/// A handshake not complete by then is abandoned (agents give up after 1 s and retry).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Server certificate lifetime; replaced (without dropping connections) well before it ends.
+const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+
+impl<S: Store> Endpoint<S> {
+    /// Binds the endpoint on `addr` with a server certificate for `names`.
+    pub fn bind(
+        ctx: EndpointContext<S>,
+        ca: Ca,
+        addr: SocketAddr,
+        names: &[String],
+        timing: Timing,
+    ) -> std::io::Result<Arc<Self>> {
+        let (cert, key) = ca.issue_server(names, SERVER_CERT_LIFETIME).map_err(std::io::Error::other)?;
+        let certs = ServerCerts::new(vec![cert, ca.cert_der().clone()], key).map_err(std::io::Error::other)?;
+        let config = tls::server_config(ca.cert_der(), certs.clone()).map_err(std::io::Error::other)?;
+        let endpoint = transport::server_endpoint(addr, config, timing)?;
+        Ok(Arc::new(Self {
+            ctx,
+            ca: Arc::new(ca),
+            certs,
+            endpoint,
+            next_id: AtomicU64::new(1),
+            failure_log: crate::log_limit::LogLimit::new(10, Duration::from_secs(10)),
+        }))
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Re-issues the server certificate for `names`; live connections keep theirs.
+    pub fn rotate_server_certificate(&self, names: &[String]) -> Result<(), String> {
+        let (cert, key) = self.ca.issue_server(names, SERVER_CERT_LIFETIME).map_err(|e| e.to_string())?;
+        self.certs.replace(vec![cert, self.ca.cert_der().clone()], key).map_err(|e| e.to_string())
+    }
+
+    /// Accepts connections until the endpoint closes. At most [`MAX_HANDSHAKES`] handshakes and
+    /// enrollments are in progress at once; beyond that new attempts are refused (agents retry
+    /// with backoff), and past half of it a peer must first prove its address with a Retry, so
+    /// spoofed floods cost nothing. A handshake or an enrollment request that does not complete
+    /// in time is abandoned. Failures are counted in a metric; their log lines are rate-limited.
+    pub async fn run(self: Arc<Self>) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+        while let Some(incoming) = self.endpoint.accept().await {
+            let busy = MAX_HANDSHAKES - slots.available_permits();
+            if busy >= MAX_HANDSHAKES / 2 && !incoming.remote_address_validated() && incoming.may_retry() {
+                let _ = incoming.retry();
+                continue;
+            }
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                self.ctx.metrics.handshakes_refused.inc();
+                self.note_failure(incoming.remote_address(), "refused: too many handshakes in progress");
+                incoming.refuse();
+                continue;
+            };
+            let slot = Slot::new(permit, self.ctx.metrics.handshakes_in_progress.clone());
+            let this = self.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+                    Ok(Ok(conn)) => this.serve(conn, slot).await,
+                    Ok(Err(e)) => this.note_failure(remote, &format!("handshake failed: {e}")),
+                    Err(_) => this.note_failure(remote, "handshake abandoned: not completed within 5 s"),
+                }
+            });
+        }
+    }
+
+    /// Counts a failed handshake and logs it within the log budget.
+    fn note_failure(&self, remote: SocketAddr, what: &str) {
+        self.ctx.metrics.handshakes_failed.inc();
+        let (log, suppressed) = self.failure_log.admit(std::time::Instant::now());
+        if let Some(n) = suppressed {
+            tracing::warn!(
+                suppressed = n,
+                "{n} more failed handshakes in the last 10 s (see shopfloor_handshakes_failed_total)"
+            );
+        }
+        if log {
+            tracing::info!(%remote, "{what}");
+        }
+    }
+
+    async fn serve(self: Arc<Self>, conn: quinn::Connection, slot: Slot) {
+        let remote = conn.remote_address();
+        let Some(cert) = transport::peer_certificate(&conn) else {
+            // An enrollment holds its slot until it is answered: enrollments count as handshakes.
+            enroll::serve(&self, conn).await;
+            drop(slot);
+            return;
+        };
+        drop(slot);
+        let id = match identity::agent_id(&cert, DEFAULT_TRUST_DOMAIN) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(%remote, "refused: {e}");
+                transport::close(&conn, close_code::UNAUTHORIZED, &e.to_string());
+                return;
+            }
+        };
+        let key = ObjectKey::new(id.namespace.clone(), id.name.clone());
+        if let Err(reason) = self.allowed(&key, &cert) {
+            tracing::warn!(%remote, agent = %key, "refused: {reason}");
+            transport::close(&conn, close_code::UNAUTHORIZED, &reason);
+            return;
+        }
+        if let Err(e) = session::serve(self.clone(), conn.clone(), key.clone()).await {
+            tracing::info!(agent = %key, "session ended: {e}");
+        }
+    }
+
+    /// The allow-check at handshake: the EdgeAgent exists, is not suspended, and this is the
+    /// certificate recorded for it.
+    fn allowed(&self, key: &ObjectKey, cert: &[u8]) -> Result<(), String> {
+        let agent = self.ctx.book.agent(key).ok_or_else(|| format!("EdgeAgent {key} does not exist"))?;
+        if agent.spec.suspend {
+            return Err(format!("EdgeAgent {key} is suspended"));
+        }
+        let recorded =
+            agent.status.as_ref().and_then(|s| s.certificate.as_ref()).and_then(|c| c.sha256_fingerprint.clone());
+        let presented = identity::sha256_fingerprint(cert);
+        match recorded {
+            Some(r) if r == presented => Ok(()),
+            Some(_) => Err(format!("this is not the certificate recorded for EdgeAgent {key}: re-enroll the agent")),
+            None => Err(format!("no certificate is recorded for EdgeAgent {key}: enroll it first")),
+        }
+    }
+
+    async fn issue(&self, key: &ObjectKey, csr: &[u8], enrolled: bool) -> Result<Vec<u8>, String> {
+        let agent = self.ctx.book.agent(key).ok_or_else(|| format!("EdgeAgent {key} does not exist"))?;
+        let lifetime: Duration = agent.spec.certificate.duration.into();
+        let der = self
+            .ca
+            .sign_agent_csr(csr, &AgentId::new(key.namespace.clone(), key.name.clone()), DEFAULT_TRUST_DOMAIN, lifetime)
+            .map_err(|e| e.to_string())?;
+        let info = identity::cert_info(&der).map_err(|e| e.to_string())?;
+        let status = CertificateStatus {
+            serial: Some(info.serial),
+            not_after: Timestamp::from_second(info.not_after_unix).ok().map(Time),
+            sha256_fingerprint: Some(info.sha256),
+        };
+        self.ctx
+            .book
+            .record_certificate(key, status, enrolled)
+            .await
+            .map_err(|e| format!("cannot record the certificate: {e}"))?;
+        Ok(der.to_vec())
+    }
+}

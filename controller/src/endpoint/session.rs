@@ -1,0 +1,301 @@
+//! An enrolled agent's session: the control stream driven by the wire's `ControllerSide`, the
+//! agent's report streams, and [`QuicSession`], through which the engine and the reconciler reach
+//! the agent (one command stream per command, driven by the wire's `command::Call`).
+
+use std::{sync::Arc, time::Duration};
+
+use futures::future::BoxFuture;
+use jiff::Timestamp;
+use shopfloor_wire::{
+    close_code,
+    codec::{DEFAULT_MAX_FRAME, FrameReader, FrameWriter},
+    conversation::{
+        command::{self, Call},
+        controller::{ControllerSide, Event, Now, Terms},
+    },
+    proto::{self, AgentMessage, CommandReply, ControllerMessage},
+    time::now_micros,
+    transport,
+};
+use tokio::sync::{Mutex, mpsc};
+
+use super::{Endpoint, EndpointContext};
+use crate::{
+    agents::{
+        port::{AgentSession, Dispatch, Reply, SessionError},
+        registry::Connected,
+    },
+    planner::AgentPlan,
+    store::{ObjectKey, Store},
+    translate,
+};
+
+/// How long a connection may take to open its control stream.
+const CONTROL_STREAM_PATIENCE: Duration = Duration::from_secs(10);
+
+/// The control stream's sending half with the conversation it belongs to: every message goes
+/// through the state machine before it is written.
+struct Control {
+    side: ControllerSide,
+    tx: FrameWriter<quinn::SendStream>,
+}
+
+impl Control {
+    async fn send(&mut self, msg: &ControllerMessage) -> Result<(), String> {
+        self.tx.send(msg).await.map_err(|e| e.to_string())
+    }
+}
+
+fn now(conn: &quinn::Connection) -> Now {
+    Now { unix_micros: now_micros(), rtt_micros: i64::try_from(conn.rtt().as_micros()).unwrap_or(i64::MAX) }
+}
+
+/// Serves one agent's connection until it ends.
+pub(super) async fn serve<S: Store>(
+    endpoint: Arc<Endpoint<S>>,
+    conn: quinn::Connection,
+    key: ObjectKey,
+) -> Result<(), String> {
+    let ctx = &endpoint.ctx;
+    let (send, recv) = tokio::time::timeout(CONTROL_STREAM_PATIENCE, conn.accept_bi())
+        .await
+        .map_err(|_| "no control stream".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let mut rx = FrameReader::new(recv, DEFAULT_MAX_FRAME);
+    let agent = ctx.book.agent(&key).ok_or("the EdgeAgent vanished")?;
+    let millis = |d: shopfloor_api::Duration| u64::try_from(Duration::from(d).as_millis()).unwrap_or(u64::MAX);
+    let terms = Terms {
+        heartbeat_interval_ms: millis(agent.spec.heartbeat.interval),
+        heartbeat_timeout_ms: millis(agent.spec.heartbeat.timeout),
+        renew_before_secs: Duration::from(agent.spec.certificate.renew_before).as_secs(),
+        controller_replica: ctx.replica.clone(),
+    };
+    let control = Arc::new(Mutex::new(Control {
+        side: ControllerSide::new(terms),
+        tx: FrameWriter::new(send, DEFAULT_MAX_FRAME),
+    }));
+    let connection_id = endpoint.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut registered = false;
+    let mut reports = None;
+    let result = loop {
+        let msg = tokio::select! {
+            msg = rx.next::<AgentMessage>() => msg,
+            e = conn.closed() => break Ok(e.to_string()),
+        };
+        let msg = match msg {
+            Ok(Some(m)) => m,
+            Ok(None) => break Ok("control stream closed".into()),
+            Err(e) => {
+                if e.is_protocol_violation() {
+                    tracing::warn!(agent = %key, peer = %conn.remote_address(), "bad frame on the control stream: {e}");
+                    transport::close(&conn, e.close_code(), &e.to_string());
+                }
+                break Err(e.to_string());
+            }
+        };
+        let events = {
+            let mut c = control.lock().await;
+            match c.side.on_message(msg, now(&conn)) {
+                Ok(events) => events,
+                Err(v) => {
+                    tracing::warn!(agent = %key, peer = %conn.remote_address(), "protocol violation: {v}");
+                    transport::close(&conn, v.code, &v.reason);
+                    break Err(v.reason);
+                }
+            }
+        };
+        let mut ended = None;
+        for event in events {
+            match event {
+                Event::Send(m) => {
+                    if let Err(e) = control.lock().await.send(&m).await {
+                        ended = Some(Err(e));
+                    }
+                }
+                Event::Established(g) => {
+                    let session = Arc::new(QuicSession { conn: conn.clone(), control: control.clone() });
+                    tracing::info!(agent = %key, peer = %conn.remote_address(), held = ?g.held_revision, version = %g.agent_version, "agent connected");
+                    ctx.book.event(
+                        &key,
+                        false,
+                        "Connected",
+                        format!("connected from {} (agent {})", conn.remote_address(), g.agent_version),
+                    );
+                    ctx.registry.connect(
+                        key.clone(),
+                        Connected {
+                            session,
+                            connection_id,
+                            connected_since: Timestamp::now(),
+                            remote: conn.remote_address(),
+                            agent_version: g.agent_version,
+                            protocol_version: g.protocol_version,
+                            held_revision: g.held_revision,
+                            clock_offset_micros: g.clock_offset_micros,
+                            envelope_sha256: g.envelope_sha256,
+                            envelope_problem: g.envelope_problem,
+                        },
+                    );
+                    registered = true;
+                    ctx.metrics.agents_connected.set(i64::try_from(ctx.registry.len()).unwrap_or(i64::MAX));
+                    reports = Some(tokio::spawn(receive_reports(conn.clone(), key.clone(), ctx.clone())));
+                    ctx.kick.notify_one();
+                }
+                Event::Applied(applied) => {
+                    ctx.registry.set_held_revision(&key, Some(applied.revision.clone()));
+                    ctx.observed.record_applied(key.clone(), translate::applied_report(&applied));
+                    tracing::info!(agent = %key, revision = %applied.revision, "configuration applied");
+                    let failures = translate::apply_failures(&applied);
+                    if failures.is_empty() {
+                        ctx.book.event(
+                            &key,
+                            false,
+                            "ConfigurationApplied",
+                            format!("revision {} applied", applied.revision),
+                        );
+                    } else {
+                        ctx.book.event(
+                            &key,
+                            true,
+                            "ConfigurationFailed",
+                            format!("revision {}: {}", applied.revision, failures.join("; ")),
+                        );
+                    }
+                    ctx.kick.notify_one();
+                }
+                Event::RenewalRequested(csr) => {
+                    let response = match endpoint.issue(&key, &csr, false).await {
+                        Ok(der) => proto::RenewResponse { certificate_der: der, error: String::new() },
+                        Err(e) => proto::RenewResponse { error: e, ..Default::default() },
+                    };
+                    tracing::info!(agent = %key, ok = response.error.is_empty(), "certificate renewal");
+                    let mut c = control.lock().await;
+                    if let Some(m) = c.side.renewed(response) {
+                        let _ = c.send(&m).await;
+                    }
+                }
+                Event::Ended(why) => ended = Some(Ok(why)),
+                Event::Ignored(why) => tracing::debug!(agent = %key, "ignored: {why}"),
+            }
+        }
+        if let Some(end) = ended {
+            break end;
+        }
+    };
+    if let Some(r) = reports {
+        r.abort();
+    }
+    if registered {
+        ctx.registry.disconnect(&key, connection_id);
+        ctx.metrics.agents_connected.set(i64::try_from(ctx.registry.len()).unwrap_or(i64::MAX));
+        let why = result.as_deref().unwrap_or_else(|e| e).to_owned();
+        tracing::info!(agent = %key, "agent disconnected: {why}");
+        // A newer connection of the same agent replaced this one: that is not a disconnection.
+        if ctx.registry.get(&key).is_none() {
+            ctx.book.event(&key, true, "Disconnected", format!("disconnected: {why}"));
+        }
+        ctx.kick.notify_one();
+    }
+    result.map(|_| ())
+}
+
+async fn receive_reports<S: Store>(conn: quinn::Connection, agent: ObjectKey, ctx: EndpointContext<S>) {
+    while let Ok(recv) = conn.accept_uni().await {
+        let ctx = ctx.clone();
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let mut rx = FrameReader::new(recv, DEFAULT_MAX_FRAME);
+            loop {
+                match rx.next::<proto::Report>().await {
+                    Ok(Some(report)) => {
+                        if report.dropped > 0 {
+                            tracing::warn!(agent = %agent, dropped = report.dropped, "the agent dropped telemetry while disconnected");
+                        }
+                        for (eq, values) in translate::readings(report) {
+                            ctx.observed.record_readings(ObjectKey::new(agent.namespace.clone(), eq), values);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(agent = %agent, "bad report frame: {e}");
+                        break;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// An agent's live QUIC connection, as the registry sees it.
+struct QuicSession {
+    conn: quinn::Connection,
+    control: Arc<Mutex<Control>>,
+}
+
+impl std::fmt::Debug for QuicSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicSession").field("remote", &self.conn.remote_address()).finish_non_exhaustive()
+    }
+}
+
+impl AgentSession for QuicSession {
+    fn rtt(&self) -> Duration {
+        self.conn.rtt()
+    }
+
+    fn push_config(&self, plan: Arc<AgentPlan>) -> BoxFuture<'_, Result<(), SessionError>> {
+        Box::pin(async move {
+            let mut c = self.control.lock().await;
+            let msg = c.side.push(translate::apply_config(&plan)).ok_or(SessionError::Closed)?;
+            c.send(&msg).await.map_err(|_| SessionError::Closed)
+        })
+    }
+
+    fn dispatch(&self, d: Dispatch) -> BoxFuture<'_, Result<mpsc::Receiver<Reply>, SessionError>> {
+        Box::pin(async move {
+            let (send, recv) = self.conn.open_bi().await.map_err(|_| SessionError::Closed)?;
+            let mut tx = FrameWriter::new(send, DEFAULT_MAX_FRAME);
+            let mut call = Call::new(translate::command(&d));
+            // Stamped as late as possible: the agent counts the budget down from receipt.
+            tx.send(&call.send(now_micros())).await.map_err(|e| SessionError::Refused(e.to_string()))?;
+            let (out, rx) = mpsc::channel(4);
+            let conn = self.conn.clone();
+            tokio::spawn(async move {
+                let mut reader = FrameReader::new(recv, DEFAULT_MAX_FRAME);
+                let _keep = tx;
+                while let Ok(Some(reply)) = reader.next::<CommandReply>().await {
+                    let r = match call.on_reply(reply) {
+                        Ok(Some(command::Reply::Acknowledged)) => Reply::Acknowledged,
+                        Ok(Some(command::Reply::Finished(result))) => Reply::Finished(translate::outcome(&result)),
+                        Ok(None) => continue,
+                        Err(v) => {
+                            tracing::warn!(command = %d.id, peer = %conn.remote_address(), "protocol violation: {v}");
+                            transport::close(&conn, v.code, &v.reason);
+                            break;
+                        }
+                    };
+                    if out.send(r).await.is_err() || call.is_finished() {
+                        break;
+                    }
+                }
+            });
+            Ok(rx)
+        })
+    }
+
+    fn close(&self, reason: &str) {
+        let control = self.control.clone();
+        let conn = self.conn.clone();
+        let reason = reason.to_owned();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                let mut c = control.lock().await;
+                if let Some(bye) = c.side.goodbye(&reason) {
+                    let _ = c.send(&bye).await;
+                }
+            })
+            .await;
+            transport::close(&conn, close_code::GOODBYE, &reason);
+        });
+    }
+}
