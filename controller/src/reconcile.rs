@@ -17,10 +17,8 @@ use crate::{
     engine::Engine,
     metrics::{KindLabel, Metrics},
     planner::{self, Plans},
-    status::{
-        build::{self, AgentFacts},
-        writer::StatusWriter,
-    },
+    status::build::{self, AgentFacts},
+    store::status_writer::StatusWriter,
     store::{ObjectKey, StatusUpdate, Store, StoreError, World},
 };
 

@@ -17,7 +17,7 @@ use shopfloor_api::{
 
 use crate::{
     enrollment::{self, BootstrapToken},
-    status::writer::StatusWriter,
+    store::status_writer::StatusWriter,
     store::{ObjectEvent, ObjectKey, StatusUpdate, Store, StoreError},
 };
 

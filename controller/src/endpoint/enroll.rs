@@ -10,14 +10,18 @@ use shopfloor_wire::{
     transport,
 };
 
-use super::Endpoint;
+use super::{context::EndpointContext, issuer::Issuer};
 use crate::store::{ObjectKey, Store};
 
 /// An enrollment connection must send its request within this.
 const ENROLL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Answers one enrollment connection.
-pub(super) async fn serve<S: Store>(endpoint: &Endpoint<S>, conn: quinn::Connection) {
+/// Answers one enrollment connection; `Err` says why it failed before it was answered.
+pub(super) async fn serve<S: Store>(
+    ctx: &EndpointContext<S>,
+    issuer: &Issuer<S>,
+    conn: quinn::Connection,
+) -> Result<(), &'static str> {
     let remote = conn.remote_address();
     // A connection that opens no stream or sends no request is not waited for.
     let request = async {
@@ -28,11 +32,10 @@ pub(super) async fn serve<S: Store>(endpoint: &Endpoint<S>, conn: quinn::Connect
     };
     let (mut tx, req) = match tokio::time::timeout(ENROLL_TIMEOUT, request).await {
         Ok(Some(x)) => x,
-        Ok(None) => return,
+        Ok(None) => return Ok(()),
         Err(_) => {
-            endpoint.note_failure(remote, "enrollment abandoned: no request within 10 s");
             transport::close(&conn, close_code::PROTOCOL_VIOLATION, "no enrollment request in time");
-            return;
+            return Err("enrollment abandoned: no request within 10 s");
         }
     };
     let req = match req {
@@ -43,23 +46,23 @@ pub(super) async fn serve<S: Store>(endpoint: &Endpoint<S>, conn: quinn::Connect
                 close_code::UNAUTHORIZED,
                 "a connection without a client certificate may only enroll",
             );
-            return;
+            return Ok(());
         }
         Err(e) => {
             tracing::warn!(%remote, "bad enrollment frame: {e}");
             transport::close(&conn, e.close_code(), &e.to_string());
-            return;
+            return Ok(());
         }
     };
     let key = ObjectKey::new(req.namespace.clone(), req.agent.clone());
-    let result = match endpoint.ctx.book.redeem_token(&key, &req.token).await {
-        Ok(()) => endpoint.issue(&key, &req.csr_der, true).await,
+    let result = match ctx.book.redeem_token(&key, &req.token).await {
+        Ok(()) => issuer.issue(&key, &req.csr_der, true).await,
         Err(e) => Err(e),
     };
     let response = match &result {
         Ok(cert) => proto::EnrollResponse {
             certificate_der: cert.clone(),
-            ca_der: endpoint.ca.cert_der().to_vec(),
+            ca_der: issuer.ca.cert_der().to_vec(),
             error: String::new(),
         },
         Err(e) => proto::EnrollResponse { error: e.clone(), ..Default::default() },
@@ -72,5 +75,6 @@ pub(super) async fn serve<S: Store>(endpoint: &Endpoint<S>, conn: quinn::Connect
     let _ = tx.get_mut().finish();
     // Let the answer reach the agent; it closes the connection itself.
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
-    endpoint.ctx.kick.notify_one();
+    ctx.kick.notify_one();
+    Ok(())
 }

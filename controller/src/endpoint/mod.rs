@@ -4,8 +4,13 @@
 //! not suspended, not deleted) and its session (`session`: control stream, command streams,
 //! reports, renewal).
 
+mod context;
 mod enroll;
+mod issuer;
 mod session;
+
+pub use context::EndpointContext;
+use issuer::Issuer;
 
 use std::{
     net::SocketAddr,
@@ -13,21 +18,15 @@ use std::{
     time::Duration,
 };
 
-use jiff::Timestamp;
-use shopfloor_api::{common::Time, edge_agent::CertificateStatus};
 use shopfloor_wire::{
     close_code,
-    identity::{self, AgentId, DEFAULT_TRUST_DOMAIN},
+    identity::{self, DEFAULT_TRUST_DOMAIN},
     pki::Ca,
     tls::{self, ServerCerts},
     transport::{self, Timing},
 };
 
-use crate::{
-    agents::{book::AgentBook, observed::Observed, registry::Registry},
-    metrics::Metrics,
-    store::{ObjectKey, Store, StoreError},
-};
+use crate::store::{ObjectKey, Store, StoreError};
 
 pub use shopfloor_api::contract::CA_SECRET;
 
@@ -55,42 +54,10 @@ pub async fn ensure_ca<S: Store>(store: &S) -> Result<Ca, StoreError> {
     Ca::from_pem(&text("ca.crt")?, &text("ca.key")?).map_err(|e| corrupt(e.to_string()))
 }
 
-/// What the endpoint reads and tells: the book it checks agents against, where sessions and
-/// reports go, and whom to wake when they change.
-pub struct EndpointContext<S: Store> {
-    pub book: Arc<AgentBook<S>>,
-    pub registry: Arc<Registry>,
-    pub observed: Arc<Observed>,
-    pub metrics: Arc<Metrics>,
-    /// Woken when a connection or a report changes what the statuses say.
-    pub kick: Arc<tokio::sync::Notify>,
-    /// This replica's name, told to agents in the Welcome.
-    pub replica: String,
-}
-
-impl<S: Store> std::fmt::Debug for EndpointContext<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EndpointContext").field("replica", &self.replica).finish_non_exhaustive()
-    }
-}
-
-impl<S: Store> Clone for EndpointContext<S> {
-    fn clone(&self) -> Self {
-        Self {
-            book: self.book.clone(),
-            registry: self.registry.clone(),
-            observed: self.observed.clone(),
-            metrics: self.metrics.clone(),
-            kick: self.kick.clone(),
-            replica: self.replica.clone(),
-        }
-    }
-}
-
 /// A running endpoint.
 pub struct Endpoint<S: Store> {
     ctx: EndpointContext<S>,
-    ca: Arc<Ca>,
+    issuer: Arc<Issuer<S>>,
     pub certs: Arc<ServerCerts>,
     endpoint: quinn::Endpoint,
     next_id: AtomicU64,
@@ -144,8 +111,8 @@ impl<S: Store> Endpoint<S> {
         let config = tls::server_config(ca.cert_der(), certs.clone()).map_err(std::io::Error::other)?;
         let endpoint = transport::server_endpoint(addr, config, timing)?;
         Ok(Arc::new(Self {
+            issuer: Arc::new(Issuer { ca: Arc::new(ca), book: ctx.book.clone() }),
             ctx,
-            ca: Arc::new(ca),
             certs,
             endpoint,
             next_id: AtomicU64::new(1),
@@ -159,8 +126,8 @@ impl<S: Store> Endpoint<S> {
 
     /// Re-issues the server certificate for `names`; live connections keep theirs.
     pub fn rotate_server_certificate(&self, names: &[String]) -> Result<(), String> {
-        let (cert, key) = self.ca.issue_server(names, SERVER_CERT_LIFETIME).map_err(|e| e.to_string())?;
-        self.certs.replace(vec![cert, self.ca.cert_der().clone()], key).map_err(|e| e.to_string())
+        let (cert, key) = self.issuer.ca.issue_server(names, SERVER_CERT_LIFETIME).map_err(|e| e.to_string())?;
+        self.certs.replace(vec![cert, self.issuer.ca.cert_der().clone()], key).map_err(|e| e.to_string())
     }
 
     /// Accepts connections until the endpoint closes. At most [`MAX_HANDSHAKES`] handshakes and
@@ -214,7 +181,9 @@ impl<S: Store> Endpoint<S> {
         let remote = conn.remote_address();
         let Some(cert) = transport::peer_certificate(&conn) else {
             // An enrollment holds its slot until it is answered: enrollments count as handshakes.
-            enroll::serve(&self, conn).await;
+            if let Err(failure) = enroll::serve(&self.ctx, &self.issuer, conn).await {
+                self.note_failure(remote, failure);
+            }
             drop(slot);
             return;
         };
@@ -233,7 +202,8 @@ impl<S: Store> Endpoint<S> {
             transport::close(&conn, close_code::UNAUTHORIZED, &reason);
             return;
         }
-        if let Err(e) = session::serve(self.clone(), conn.clone(), key.clone()).await {
+        let connection_id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = session::serve(&self.ctx, &self.issuer, conn.clone(), key.clone(), connection_id).await {
             tracing::info!(agent = %key, "session ended: {e}");
         }
     }
@@ -253,26 +223,5 @@ impl<S: Store> Endpoint<S> {
             Some(_) => Err(format!("this is not the certificate recorded for EdgeAgent {key}: re-enroll the agent")),
             None => Err(format!("no certificate is recorded for EdgeAgent {key}: enroll it first")),
         }
-    }
-
-    async fn issue(&self, key: &ObjectKey, csr: &[u8], enrolled: bool) -> Result<Vec<u8>, String> {
-        let agent = self.ctx.book.agent(key).ok_or_else(|| format!("EdgeAgent {key} does not exist"))?;
-        let lifetime: Duration = agent.spec.certificate.duration.into();
-        let der = self
-            .ca
-            .sign_agent_csr(csr, &AgentId::new(key.namespace.clone(), key.name.clone()), DEFAULT_TRUST_DOMAIN, lifetime)
-            .map_err(|e| e.to_string())?;
-        let info = identity::cert_info(&der).map_err(|e| e.to_string())?;
-        let status = CertificateStatus {
-            serial: Some(info.serial),
-            not_after: Timestamp::from_second(info.not_after_unix).ok().map(Time),
-            sha256_fingerprint: Some(info.sha256),
-        };
-        self.ctx
-            .book
-            .record_certificate(key, status, enrolled)
-            .await
-            .map_err(|e| format!("cannot record the certificate: {e}"))?;
-        Ok(der.to_vec())
     }
 }

@@ -19,7 +19,7 @@ use shopfloor_wire::{
 };
 use tokio::sync::{Mutex, mpsc};
 
-use super::{Endpoint, EndpointContext};
+use super::{context::EndpointContext, issuer::Issuer};
 use crate::{
     agents::{
         port::{AgentSession, Dispatch, Reply, SessionError},
@@ -52,11 +52,12 @@ fn now(conn: &quinn::Connection) -> Now {
 
 /// Serves one agent's connection until it ends.
 pub(super) async fn serve<S: Store>(
-    endpoint: Arc<Endpoint<S>>,
+    ctx: &EndpointContext<S>,
+    issuer: &Issuer<S>,
     conn: quinn::Connection,
     key: ObjectKey,
+    connection_id: u64,
 ) -> Result<(), String> {
-    let ctx = &endpoint.ctx;
     let (send, recv) = tokio::time::timeout(CONTROL_STREAM_PATIENCE, conn.accept_bi())
         .await
         .map_err(|_| "no control stream".to_owned())?
@@ -74,7 +75,6 @@ pub(super) async fn serve<S: Store>(
         side: ControllerSide::new(terms),
         tx: FrameWriter::new(send, DEFAULT_MAX_FRAME),
     }));
-    let connection_id = endpoint.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut registered = false;
     let mut reports = None;
     let result = loop {
@@ -164,7 +164,7 @@ pub(super) async fn serve<S: Store>(
                     ctx.kick.notify_one();
                 }
                 Event::RenewalRequested(csr) => {
-                    let response = match endpoint.issue(&key, &csr, false).await {
+                    let response = match issuer.issue(&key, &csr, false).await {
                         Ok(der) => proto::RenewResponse { certificate_der: der, error: String::new() },
                         Err(e) => proto::RenewResponse { error: e, ..Default::default() },
                     };

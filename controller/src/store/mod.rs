@@ -10,6 +10,7 @@ use shopfloor_api::{
 };
 
 pub mod memory;
+pub mod status_writer;
 
 /// Every Shopfloor object the controller can see, with store-provided metadata (uid,
 /// generation, creation time) and the last status written.
