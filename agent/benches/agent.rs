@@ -14,8 +14,8 @@ use shopfloor_agent::{
     envelope::Envelope,
     journal::Journal,
     state::StateDir,
-    value,
 };
+use shopfloor_wire::value;
 use shopfloor_wire::{
     proto::{
         ApplyConfig, Command, EquipmentConfig, Parameter, PropertyConfig, Simulated, ValueType,
@@ -69,7 +69,7 @@ async fn main() {
         Envelope::default(),
     ));
     let cfg = ApplyConfig { revision: "r".into(), equipment: (0..100).map(equipment).collect(), ..Default::default() };
-    apply::apply(&exec, &cfg).await;
+    apply::apply(exec.equipment(), exec.envelope(), &cfg).await;
     println!(
         "resident memory: {:.1} MiB at start of the benchmark process, +{:.1} MiB with 100 simulated equipment of 10 properties",
         idle as f64 / 1024.0,
@@ -77,7 +77,7 @@ async fn main() {
     );
 
     // Baseline in the same run: the bare driver write the command performs.
-    let eq = exec.get("eq-0").expect("eq");
+    let eq = exec.equipment().get("eq-0").expect("eq");
     let p = eq.config.properties[1].clone();
     let mut bare = Vec::new();
     for i in 0..5000 {

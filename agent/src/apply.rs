@@ -7,7 +7,9 @@ use shopfloor_wire::{
     time::now_micros,
 };
 
-use crate::{commands::Executor, value};
+use shopfloor_wire::value;
+
+use crate::{envelope::Envelope, equipment::registry::EquipmentRegistry};
 
 /// Read-back tolerance of a property: half the smallest step its register can hold.
 fn tolerance(p: &shopfloor_wire::proto::PropertyConfig) -> f64 {
@@ -18,20 +20,21 @@ fn tolerance(p: &shopfloor_wire::proto::PropertyConfig) -> f64 {
     }
 }
 
-/// Applies `cfg` through `executor` (which installs the equipment and holds the drivers).
-pub async fn apply(executor: &Executor, cfg: &ApplyConfig) -> ConfigApplied {
+/// Applies `cfg`: steers its slices, installs its equipment in `equipment`, writes setpoints
+/// within their limits and the plant's `envelope`.
+pub async fn apply(equipment: &EquipmentRegistry, envelope: &Envelope, cfg: &ApplyConfig) -> ConfigApplied {
     // Slices first: the equipment's connections are then made with their slice's marking.
-    let slice_results = executor.slice_backend().apply(&cfg.slices, &cfg.equipment).await;
-    let markings = if executor.slice_backend().steers() {
+    let slice_results = equipment.slice_backend().apply(&cfg.slices, &cfg.equipment).await;
+    let markings = if equipment.slice_backend().steers() {
         crate::slices::markings(&cfg.slices, &slice_results)
     } else {
         Default::default()
     };
-    let installed = executor.install(&cfg.equipment, &markings);
+    let installed = equipment.install(&cfg.equipment, &markings);
     let mut out = ConfigApplied { revision: cfg.revision.clone(), ..Default::default() };
     for (name, installed) in installed {
         let mut er = EquipmentResult { equipment: name.clone(), properties: vec![] };
-        let Some(eq) = executor.get(&name) else {
+        let Some(eq) = equipment.get(&name) else {
             let msg = installed.err().unwrap_or_else(|| "not installed".into());
             for p in cfg
                 .equipment
@@ -58,13 +61,12 @@ pub async fn apply(executor: &Executor, cfg: &ApplyConfig) -> ConfigApplied {
             let checked = value::coerce(&desired, p.r#type())
                 .ok_or_else(|| format!("{} does not fit a {:?} property", value::display(&desired), p.r#type()))
                 .and_then(|v| {
-                    let x = value::as_f64(&v).unwrap_or(0.0);
-                    if p.r#type() != ValueType::Bool
-                        && (p.min.is_some_and(|lo| x < lo) || p.max.is_some_and(|hi| x > hi))
-                    {
+                    // Limits and the envelope bound numbers; a boolean has none.
+                    let Some(x) = value::as_f64(&v) else { return Ok(v) };
+                    if p.min.is_some_and(|lo| x < lo) || p.max.is_some_and(|hi| x > hi) {
                         return Err(format!("{x} is outside the interlock limits"));
                     }
-                    executor.envelope().check(&name, &p.name, x).map(|()| v)
+                    envelope.check(&name, &p.name, x).map(|()| v)
                 });
             let v = match checked {
                 Ok(v) => v,
@@ -114,6 +116,6 @@ pub fn has_failures(applied: &ConfigApplied) -> bool {
 
 /// Whether applying again may get further: a property failed, or a steering backend could not
 /// set up a slice (its interface may appear, a foreign qdisc may be removed).
-pub fn needs_retry(executor: &Executor, applied: &ConfigApplied) -> bool {
-    has_failures(applied) || (executor.slice_backend().steers() && applied.slices.iter().any(|s| !s.ok))
+pub fn needs_retry(equipment: &EquipmentRegistry, applied: &ConfigApplied) -> bool {
+    has_failures(applied) || (equipment.slice_backend().steers() && applied.slices.iter().any(|s| !s.ok))
 }

@@ -12,56 +12,34 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex as StdMutex, RwLock},
+    sync::{Arc, Mutex as StdMutex},
     time::Duration,
 };
 
 use shopfloor_wire::proto::{
-    ActionConfig, Command, CommandResult, EquipmentConfig, NamedValue, Operator, PropertyConfig, ResultCode, Value,
-    ValueType, action_write, parameter,
+    ActionConfig, Command, CommandResult, NamedValue, Operator, PropertyConfig, ResultCode, Value, ValueType,
+    action_write, parameter,
 };
 use tokio::{
     sync::{Mutex, watch},
     time::Instant,
 };
 
+use shopfloor_wire::value;
+
 use crate::{
     clock::{Offset, WallClock},
-    drivers::{self, Driver},
     envelope::Envelope,
+    equipment::registry::{Equipment, EquipmentRegistry},
     journal::{Entry, Journal},
-    slices::{Marking, Noop, SliceBackend},
-    value,
+    slices::SliceBackend,
 };
-
-/// A piece of equipment as the agent drives it.
-pub struct Equipment {
-    pub config: EquipmentConfig,
-    pub driver: Arc<dyn Driver>,
-    /// The marking of its slice, when the slice is steered on this host.
-    pub marking: Option<Marking>,
-    /// Serialises commands (and setpoint writes) to this equipment; tokio's mutex is FIFO.
-    pub lock: Mutex<()>,
-}
-
-impl std::fmt::Debug for Equipment {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Equipment").field("name", &self.config.name).finish_non_exhaustive()
-    }
-}
-
-impl Equipment {
-    pub fn property(&self, name: &str) -> Option<&PropertyConfig> {
-        self.config.properties.iter().find(|p| p.name == name)
-    }
-}
 
 /// Executes commands against the installed equipment.
 pub struct Executor {
-    equipment: RwLock<HashMap<String, Arc<Equipment>>>,
+    equipment: Arc<EquipmentRegistry>,
     journal: Mutex<Journal>,
     envelope: Envelope,
-    slices: Arc<dyn SliceBackend>,
     running: StdMutex<HashMap<String, watch::Receiver<Option<CommandResult>>>>,
     wall: WallClock,
 }
@@ -139,18 +117,6 @@ fn holds(read: &Value, op: Operator, want: &Value) -> bool {
     }
 }
 
-fn op_symbol(op: Operator) -> &'static str {
-    match op {
-        Operator::Equal => "==",
-        Operator::NotEqual => "!=",
-        Operator::LessThan => "<",
-        Operator::LessThanOrEqual => "<=",
-        Operator::GreaterThan => ">",
-        Operator::GreaterThanOrEqual => ">=",
-        Operator::Unspecified => "?",
-    }
-}
-
 /// The writes a command performs, in order: (property, value).
 type Plan = Vec<(PropertyConfig, Value)>;
 
@@ -158,10 +124,9 @@ impl Executor {
     /// An executor whose slices are not steered (the `noop` slice backend).
     pub fn new(journal: Journal, envelope: Envelope) -> Self {
         Self {
-            equipment: RwLock::default(),
+            equipment: Arc::default(),
             journal: Mutex::new(journal),
             envelope,
-            slices: Arc::new(Noop),
             running: StdMutex::default(),
             wall: WallClock::system(),
         }
@@ -178,59 +143,20 @@ impl Executor {
         self.wall
     }
 
-    /// Steers slices with `backend` instead.
+    /// Steers slices with `backend` instead (before any equipment is installed).
     #[must_use]
     pub fn with_slice_backend(mut self, backend: Arc<dyn SliceBackend>) -> Self {
-        self.slices = backend;
+        self.equipment = Arc::new(EquipmentRegistry::new(backend));
         self
     }
 
-    pub fn slice_backend(&self) -> &dyn SliceBackend {
-        self.slices.as_ref()
+    /// The equipment commands run against.
+    pub fn equipment(&self) -> &Arc<EquipmentRegistry> {
+        &self.equipment
     }
 
     pub fn envelope(&self) -> &Envelope {
         &self.envelope
-    }
-
-    /// Installs the equipment of a configuration, keeping the driver (and its connection) of
-    /// equipment whose protocol block and slice marking did not change. `markings` holds the
-    /// marking of each steered slice by name.
-    pub fn install(
-        &self,
-        configs: &[EquipmentConfig],
-        markings: &HashMap<String, Marking>,
-    ) -> Vec<(String, Result<(), String>)> {
-        let mut map = self.equipment.write().unwrap_or_else(|p| p.into_inner());
-        let mut next = HashMap::new();
-        let mut results = Vec::new();
-        for cfg in configs {
-            let marking = markings.get(&cfg.slice).copied();
-            let driver = match map.get(&cfg.name) {
-                Some(old) if old.config.protocol == cfg.protocol && old.marking == marking => Ok(old.driver.clone()),
-                _ => drivers::for_equipment(cfg, marking),
-            };
-            match driver {
-                Ok(driver) => {
-                    next.insert(
-                        cfg.name.clone(),
-                        Arc::new(Equipment { config: cfg.clone(), driver, marking, lock: Mutex::new(()) }),
-                    );
-                    results.push((cfg.name.clone(), Ok(())));
-                }
-                Err(e) => results.push((cfg.name.clone(), Err(e.to_string()))),
-            }
-        }
-        *map = next;
-        results
-    }
-
-    pub fn get(&self, name: &str) -> Option<Arc<Equipment>> {
-        self.equipment.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
-    }
-
-    pub fn all(&self) -> Vec<Arc<Equipment>> {
-        self.equipment.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
     }
 
     /// Executes `cmd` and returns its result — exactly once per command id, whatever the number
@@ -312,7 +238,7 @@ impl Executor {
                 "arrived with no time left before its deadline (budget less the link's round trip); not executed",
             );
         }
-        let Some(eq) = self.get(&cmd.equipment) else {
+        let Some(eq) = self.equipment.get(&cmd.equipment) else {
             return refuse(
                 ResultCode::UnknownEquipment,
                 format!("this agent drives no equipment named {}", cmd.equipment),
@@ -350,7 +276,7 @@ impl Executor {
                         p.name,
                         value::display(&read),
                         p.name,
-                        op_symbol(pre.operator()),
+                        value::symbol(pre.operator()),
                         value::display(&want)
                     ),
                 );
@@ -526,8 +452,8 @@ impl Executor {
                                     ),
                                 )
                             })?;
-                            let x = value::as_f64(&v).unwrap_or(0.0);
-                            if d.r#type() != ValueType::Bool
+                            // Ranges bound numbers; a boolean parameter has none.
+                            if let Some(x) = value::as_f64(&v)
                                 && (d.min.is_some_and(|lo| x < lo) || d.max.is_some_and(|hi| x > hi))
                             {
                                 return refuse(

@@ -8,10 +8,10 @@ use shopfloor_agent::{
     commands::{Arrival, Executor},
     envelope::Envelope,
     journal::Journal,
-    sim::{Device, Simulator},
     state::StateDir,
-    value,
 };
+use shopfloor_sim::modbus::{Device, Simulator};
+use shopfloor_wire::value;
 use shopfloor_wire::{
     proto::{
         ActionConfig, ActionWrite, ApplyConfig, ApplyResult, Command, CommandResult, EquipmentConfig, ModbusMapping,
@@ -113,7 +113,7 @@ async fn rig(envelope: &str) -> Rig {
     let envelope_path = dir.path().join("envelope.yaml");
     std::fs::write(&envelope_path, envelope).expect("envelope");
     let exec = executor(&state, &envelope_path);
-    exec.install(&[conveyor(sim.addr), robot()], &Default::default());
+    exec.equipment().install(&[conveyor(sim.addr), robot()], &Default::default());
     Rig { _dir: dir, state, sim, exec, envelope_path }
 }
 
@@ -122,7 +122,7 @@ impl Rig {
     /// after a restart.
     fn restart(&self) -> Arc<Executor> {
         let exec = executor(&self.state, &self.envelope_path);
-        exec.install(&[conveyor(self.sim.addr), robot()], &Default::default());
+        exec.equipment().install(&[conveyor(self.sim.addr), robot()], &Default::default());
         exec
     }
 }
@@ -239,7 +239,7 @@ async fn a_deleted_envelope_fails_closed() {
     std::fs::remove_file(&r.envelope_path).expect("delete the envelope");
     let journal = Journal::open(&r.state, Duration::from_secs(86400), 1000).expect("journal");
     let restarted = Arc::new(Executor::new(journal, Envelope::load_or_refuse(&r.envelope_path)));
-    restarted.install(&[conveyor(r.sim.addr), robot()], &Default::default());
+    restarted.equipment().install(&[conveyor(r.sim.addr), robot()], &Default::default());
     let c = cmd("after-delete", "conveyor", "start", &[("speed", num(2.2))]);
     let res = restarted.execute(&c, arrive(&c)).await;
     assert_eq!(code(&res), ResultCode::OutOfEnvelope, "{}", res.message);
@@ -257,7 +257,8 @@ async fn a_deleted_envelope_fails_closed() {
     let read = cmd("read", "conveyor", "read", &[("property", parameter::Kind::Text("belt-speed".into()))]);
     assert_eq!(code(&restarted.execute(&read, arrive(&read)).await), ResultCode::Ok, "reads stay possible");
     let applied = apply::apply(
-        &restarted,
+        restarted.equipment(),
+        restarted.envelope(),
         &ApplyConfig { revision: "r1".into(), equipment: vec![conveyor(r.sim.addr)], ..Default::default() },
     )
     .await;
@@ -317,7 +318,7 @@ async fn deadlines_hold_whatever_the_agent_wall_clock_says() {
             )
             .with_wall_clock(WallClock::skewed(skew)),
         );
-        exec.install(&[conveyor(r.sim.addr), robot()], &Default::default());
+        exec.equipment().install(&[conveyor(r.sim.addr), robot()], &Default::default());
         // As the controller sends it: a budget, and an absolute deadline on the controller's clock.
         let mut on_time = cmd(&format!("ok{skew}"), "conveyor", "start", &[("speed", num(1.1))]);
         on_time.budget_micros = 2_000_000;
@@ -484,11 +485,11 @@ async fn apply_is_idempotent_and_reads_back() {
     let r = rig("").await;
     let cfg =
         ApplyConfig { revision: "r1".into(), equipment: vec![conveyor(r.sim.addr), robot()], ..Default::default() };
-    let first = apply::apply(&r.exec, &cfg).await;
+    let first = apply::apply(r.exec.equipment(), r.exec.envelope(), &cfg).await;
     let results: Vec<i32> = first.equipment.iter().flat_map(|e| &e.properties).map(|p| p.result).collect();
     assert_eq!(results, vec![ApplyResult::Applied as i32]);
     assert_eq!(r.sim.device.writes_to("holding", 0), 1);
-    let second = apply::apply(&r.exec, &cfg).await;
+    let second = apply::apply(r.exec.equipment(), r.exec.envelope(), &cfg).await;
     assert!(!apply::has_failures(&second));
     assert_eq!(r.sim.device.writes_to("holding", 0), 1, "a setpoint already in place is not rewritten");
 }
@@ -503,7 +504,7 @@ async fn an_unreachable_device_fails_its_setpoints_without_stopping_the_others()
     let mut other = conveyor(dead);
     other.name = "dead-conveyor".into();
     let cfg = ApplyConfig { revision: "r1".into(), equipment: vec![other, conveyor(r.sim.addr)], ..Default::default() };
-    let applied = apply::apply(&r.exec, &cfg).await;
+    let applied = apply::apply(r.exec.equipment(), r.exec.envelope(), &cfg).await;
     let by: std::collections::HashMap<_, _> =
         applied.equipment.iter().map(|e| (e.equipment.as_str(), e.properties[0].result)).collect();
     assert_eq!(by["dead-conveyor"], ApplyResult::Failed as i32);

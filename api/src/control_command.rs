@@ -164,19 +164,6 @@ pub enum Operator {
     GreaterThanOrEqual,
 }
 
-impl Operator {
-    pub fn symbol(self) -> &'static str {
-        match self {
-            Operator::Equal => "==",
-            Operator::NotEqual => "!=",
-            Operator::LessThan => "<",
-            Operator::LessThanOrEqual => "<=",
-            Operator::GreaterThan => ">",
-            Operator::GreaterThanOrEqual => ">=",
-        }
-    }
-}
-
 /// Where a command is in its life. Terminal phases never change again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum CommandPhase {

@@ -26,7 +26,18 @@ pub fn bin_dir() -> PathBuf {
             .arg("build")
             // Benchmarks run from target/release and must time release binaries of this tree.
             .args(release.then_some("--release"))
-            .args(["-q", "-p", "shopfloor-controller", "-p", "shopfloor-agent", "-p", "kubectl-shopfloor", "--bins"])
+            .args([
+                "-q",
+                "-p",
+                "shopfloor-controller",
+                "-p",
+                "shopfloor-agent",
+                "-p",
+                "kubectl-shopfloor",
+                "-p",
+                "shopfloor-sim",
+                "--bins",
+            ])
             .status()
             .expect("cargo build runs");
         assert!(status.success(), "building the binaries failed");

@@ -5,7 +5,12 @@ use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use shopfloor_agent::{
-    clock::WallClock, commands::Executor, envelope::Envelope, journal::Journal, session, state::StateDir,
+    clock::WallClock,
+    commands::Executor,
+    envelope::Envelope,
+    journal::Journal,
+    link::{connection::Agent, credentials, enroll},
+    state::StateDir,
 };
 use shopfloor_api::{
     ControlCommand, EdgeAgent, Equipment,
@@ -25,7 +30,7 @@ pub struct Plant {
     pub core: Arc<Reconciler<MemoryStore>>,
     pub world: World,
     /// The agent, running in this process.
-    pub agent: Arc<session::Agent>,
+    pub agent: Arc<Agent>,
     /// The controller's QUIC endpoint and its address.
     pub endpoint: Arc<Endpoint<MemoryStore>>,
     pub addr: std::net::SocketAddr,
@@ -93,16 +98,16 @@ impl Plant {
             .expect("token secret");
         let token = BootstrapToken::from_secret(&secret).expect("token").token();
         let state = StateDir::open(dir.path().join("agent")).expect("state");
-        session::enroll(&state, &addr, None, &token, &fingerprint, &AgentId::new("plant-a", "line-1"))
+        enroll::enroll(&state, &addr, None, &token, &fingerprint, &AgentId::new("plant-a", "line-1"))
             .await
             .expect("enrolled");
         // The controller recorded the certificate; the agent object it reconciles must carry it.
         let recorded = core.book().agent(&key).expect("agent");
         world.agents = vec![recorded];
-        let identity = session::load_identity(&state).expect("identity");
+        let identity = credentials::load_identity(&state).expect("identity");
         let journal = Journal::open(&state, Duration::from_secs(86400), 1_000_000).expect("journal");
         let executor = Executor::new(journal, Envelope::none()).with_wall_clock(wall);
-        let agent = session::Agent::new(state, identity, Arc::new(executor), 10_000);
+        let agent = Agent::new(state, identity, Arc::new(executor), 10_000);
         tokio::spawn(agent.clone().run(Timing::default()));
         let c2 = core.clone();
         let w2 = world.clone();

@@ -182,7 +182,7 @@ async fn enrolling() -> Enrolling {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrollment_refuses_a_used_and_an_expired_token_and_writes_nothing() {
     use k8s_openapi::jiff::Timestamp;
-    use shopfloor_agent::{session, state::StateDir};
+    use shopfloor_agent::{link::enroll, state::StateDir};
     use shopfloor_controller::{enrollment::BootstrapToken, store::Store};
     let Enrolling { plant, key, secret_name, fingerprint, addr, id, dir } = enrolling().await;
     let empty = |d: &std::path::Path| std::fs::read_dir(d).map(|r| r.count() == 0).unwrap_or(true);
@@ -191,7 +191,7 @@ async fn enrollment_refuses_a_used_and_an_expired_token_and_writes_nothing() {
     let used = plant.core.store().read_secret(&secret_name).await.expect("read").expect("token secret");
     let used = BootstrapToken::from_secret(&used).expect("token").token();
     let state = StateDir::open(dir.path().join("reused")).expect("state");
-    let err = session::enroll(&state, &addr, None, &used, &fingerprint, &id).await.expect_err("refused").to_string();
+    let err = enroll::enroll(&state, &addr, None, &used, &fingerprint, &id).await.expect_err("refused").to_string();
     assert!(err.contains("already used") && err.contains("kubectl shopfloor enroll"), "{err}");
     assert!(empty(&dir.path().join("reused")), "nothing written after a refused enrollment");
 
@@ -205,7 +205,7 @@ async fn enrollment_refuses_a_used_and_an_expired_token_and_writes_nothing() {
     plant.core.store().write_secret(&secret_name, stale.to_secret()).await.expect("write");
     let state = StateDir::open(dir.path().join("expired")).expect("state");
     let err =
-        session::enroll(&state, &addr, None, &stale.token(), &fingerprint, &id).await.expect_err("refused").to_string();
+        enroll::enroll(&state, &addr, None, &stale.token(), &fingerprint, &id).await.expect_err("refused").to_string();
     assert!(err.contains("expired"), "{err}");
     assert!(empty(&dir.path().join("expired")), "nothing written after a refused enrollment");
 }
@@ -216,7 +216,7 @@ async fn enrollment_refuses_a_used_and_an_expired_token_and_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_raced_by_two_enrollments_is_redeemed_once() {
     use k8s_openapi::jiff::Timestamp;
-    use shopfloor_agent::{session, state::StateDir};
+    use shopfloor_agent::{link::enroll, state::StateDir};
     use shopfloor_controller::{enrollment::BootstrapToken, store::Store};
     let Enrolling { plant, key, secret_name, fingerprint, addr, id, dir } = enrolling().await;
     for round in 0..20 {
@@ -228,8 +228,8 @@ async fn a_token_raced_by_two_enrollments_is_redeemed_once() {
             StateDir::open(dir.path().join(format!("{round}-b"))).expect("state"),
         );
         let (ra, rb) = tokio::join!(
-            session::enroll(&a, &addr, None, &token, &fingerprint, &id),
-            session::enroll(&b, &addr, None, &token, &fingerprint, &id)
+            enroll::enroll(&a, &addr, None, &token, &fingerprint, &id),
+            enroll::enroll(&b, &addr, None, &token, &fingerprint, &id)
         );
         let refused = [&ra, &rb].iter().filter_map(|r| r.as_ref().err().map(ToString::to_string)).collect::<Vec<_>>();
         assert_eq!(refused.len(), 1, "round {round}: exactly one enrollment wins, refused: {refused:?}");

@@ -17,6 +17,7 @@ pub mod proto;
 pub mod time;
 pub mod tls;
 pub mod transport;
+pub mod value;
 
 /// TLS application protocol negotiated on every connection.
 pub const ALPN: &[u8] = b"shopfloor/1";

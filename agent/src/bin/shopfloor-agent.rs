@@ -9,9 +9,8 @@ use shopfloor_agent::{
     commands::Executor,
     envelope::Envelope,
     journal::Journal,
-    metrics,
-    session::{self, Agent},
-    slices,
+    link::{connection::Agent, credentials, enroll},
+    metrics, slices,
     state::StateDir,
 };
 use shopfloor_wire::{identity::AgentId, transport::Timing};
@@ -138,7 +137,7 @@ async fn main() -> anyhow::Result<()> {
                 ca_sha256.or(file.ca_sha256).context("--ca-sha256 is required (or `caSha256:` in --config)")?;
             let agent = agent.or(file.agent).context("--agent is required (or `agent:` in --config)")?;
             let (ns, name) = agent.split_once('/').context("--agent must be <namespace>/<name>")?;
-            let id = session::enroll(
+            let id = enroll::enroll(
                 &state,
                 &controller,
                 server_name.as_deref(),
@@ -159,7 +158,7 @@ async fn main() -> anyhow::Result<()> {
             controller,
             otlp_endpoint,
         } => {
-            let mut identity = session::load_identity(&state)?;
+            let mut identity = credentials::load_identity(&state)?;
             if let Some(c) = controller.or(file.controller) {
                 identity.controller = c;
             }

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context as _;
 use clap::Parser;
-use shopfloor_agent::sim::{Device, Mirror, Simulator};
+use shopfloor_sim::modbus::{Device, Mirror, Simulator};
 
 /// Serves one simulated Modbus TCP device (coils, discrete inputs, input and holding registers,
 /// all zero at start) and optionally logs every write as a JSON line.

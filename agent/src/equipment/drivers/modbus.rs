@@ -14,7 +14,9 @@ use tokio_modbus::{
 };
 
 use super::{Driver, DriverError};
-use crate::{slices::Marking, value};
+use shopfloor_wire::value;
+
+use crate::slices::Marking;
 
 pub struct ModbusDriver {
     target: String,
@@ -45,7 +47,7 @@ pub fn width(rt: RegisterType) -> u16 {
 
 /// Engineering value → registers.
 pub fn encode(m: &ModbusMapping, ty: ValueType, v: &Value) -> Result<Vec<u16>, DriverError> {
-    let x = value::as_f64(v).ok_or_else(|| DriverError::Value("no value".into()))?;
+    let x = value::as_register_number(v).ok_or_else(|| DriverError::Value("no value".into()))?;
     let scale = if m.scale == 0.0 { 1.0 } else { m.scale };
     let raw = (x - m.offset) / scale;
     let rt = m.register_type();

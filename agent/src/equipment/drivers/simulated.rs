@@ -6,7 +6,7 @@ use futures::future::BoxFuture;
 use shopfloor_wire::proto::{EquipmentConfig, PropertyConfig, Simulated, Value, ValueType};
 
 use super::{Driver, DriverError};
-use crate::value;
+use shopfloor_wire::value;
 
 #[derive(Debug)]
 pub struct SimulatedDriver {

@@ -1,0 +1,387 @@
+//! The connection to the controller: connect, say Hello, serve the session through the wire's
+//! `AgentSide`, reconnect with backoff; and autonomy: with or without a controller, the agent
+//! holds its equipment at the last configuration it received (restored from disk at start).
+
+use std::{
+    sync::{Arc, Mutex as StdMutex},
+    time::{Duration, Instant},
+};
+
+use prost::Message;
+use rustls_pki_types::CertificateDer;
+use shopfloor_trace::Tracer;
+use shopfloor_wire::{
+    backoff::Backoff,
+    codec::{DEFAULT_MAX_FRAME, FrameReader, FrameWriter},
+    conversation::agent::{AgentSide, Event, Introduction},
+    pki,
+    proto::{self, AgentMessage, ApplyConfig, ControllerMessage},
+    tls,
+    transport::{self, Timing},
+};
+use tokio::sync::Mutex;
+
+use super::{
+    command_streams::serve_commands,
+    credentials::{Identity, load_credentials, resolve, store_credentials, unix_to_string},
+    error::{Ended, SessionError},
+    reports::send_reports,
+};
+use crate::{
+    apply,
+    clock::Offset,
+    commands::Executor,
+    metrics::{Metrics, OutcomeLabel},
+    state::StateDir,
+    telemetry::Buffer,
+};
+
+const CONFIG: &str = "config.pb";
+/// How long a connection attempt waits for the controller's first answer.
+const HANDSHAKE_PATIENCE: Duration = Duration::from_millis(1000);
+/// A clock this far from the controller's is worth a warning in the log.
+const CLOCK_SKEW_WARNING: Duration = Duration::from_secs(1);
+
+/// A running agent.
+pub struct Agent {
+    pub state: StateDir,
+    pub identity: Identity,
+    pub executor: Arc<Executor>,
+    pub telemetry: Arc<StdMutex<Buffer>>,
+    pub metrics: Arc<Metrics>,
+    tracer: Arc<std::sync::RwLock<Tracer>>,
+    held: Mutex<Option<ApplyConfig>>,
+    boot_id: String,
+    version: String,
+    /// The controller's clock relative to ours, from the latest handshake.
+    offset: Arc<std::sync::RwLock<Offset>>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("identity", &self.identity).finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    pub fn new(state: StateDir, identity: Identity, executor: Arc<Executor>, buffer: usize) -> Arc<Self> {
+        let mut b = [0u8; 8];
+        let _ = getrandom::fill(&mut b);
+        Arc::new(Self {
+            state,
+            identity,
+            executor,
+            telemetry: Arc::new(StdMutex::new(Buffer::new(buffer))),
+            metrics: Arc::default(),
+            tracer: Arc::default(),
+            held: Mutex::new(None),
+            boot_id: b.iter().map(|x| format!("{x:02x}")).collect(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            offset: Arc::default(),
+        })
+    }
+
+    /// Autonomy: re-applies the configuration saved on disk, if any. A corrupt file is moved
+    /// aside and reported; the agent then waits for the controller.
+    pub async fn restore(&self) -> Option<proto::ConfigApplied> {
+        let cfg = match self.state.read_parsed(CONFIG, |b| ApplyConfig::decode(b).map_err(|e| e.to_string())) {
+            Ok(c) => c?,
+            Err(e) => {
+                tracing::error!("{e}");
+                return None;
+            }
+        };
+        tracing::info!(revision = %cfg.revision, "restoring the last configuration from disk");
+        let applied = apply::apply(self.executor.equipment(), self.executor.envelope(), &cfg).await;
+        self.record_apply(&applied);
+        *self.held.lock().await = Some(cfg);
+        Some(applied)
+    }
+
+    async fn take_config(&self, cfg: ApplyConfig) -> Result<proto::ConfigApplied, SessionError> {
+        // Persist first: after a crash the agent restores what the controller last asked for.
+        self.state.write(CONFIG, &cfg.encode_to_vec(), 0o600)?;
+        let applied = apply::apply(self.executor.equipment(), self.executor.envelope(), &cfg).await;
+        self.record_apply(&applied);
+        tracing::info!(revision = %cfg.revision, failures = apply::needs_retry(self.executor.equipment(), &applied), "configuration applied");
+        *self.held.lock().await = Some(cfg);
+        Ok(applied)
+    }
+
+    /// Exports a span per executed command through `tracer` from now on.
+    pub fn trace_to(&self, tracer: Tracer) {
+        *self.tracer.write().unwrap_or_else(|p| p.into_inner()) = tracer;
+    }
+
+    fn record_apply(&self, applied: &proto::ConfigApplied) {
+        let outcome = if apply::has_failures(applied) { "failed" } else { "applied" };
+        self.metrics.config_applies.get_or_create(&OutcomeLabel { outcome: outcome.into() }).inc();
+        let ok = applied.slices.iter().filter(|s| s.ok).count();
+        self.metrics.slices_applied.set(i64::try_from(ok).unwrap_or(i64::MAX));
+        self.metrics.slices_failed.set(i64::try_from(applied.slices.len() - ok).unwrap_or(i64::MAX));
+    }
+
+    /// Brings the gauges read from the agent's state up to date (before each scrape).
+    pub fn refresh_metrics(&self) {
+        let buffer = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
+        self.metrics.telemetry_buffered.set(i64::try_from(buffer.len()).unwrap_or(i64::MAX));
+        let counted = self.metrics.telemetry_dropped.get();
+        self.metrics.telemetry_dropped.inc_by(buffer.dropped_total().saturating_sub(counted));
+    }
+
+    /// Now on the controller's clock, as far as the latest handshake measured it.
+    fn controller_time(&self) -> i64 {
+        self.offset.read().unwrap_or_else(|p| p.into_inner()).to_controller(self.executor.wall_clock().now_micros())
+    }
+
+    /// Reads every equipment's properties at its reporting interval into the telemetry buffer.
+    pub async fn poll_telemetry(self: Arc<Self>) {
+        let mut due: std::collections::HashMap<String, Instant> = std::collections::HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            for eq in self.executor.equipment().all() {
+                let every = Duration::from_millis(eq.config.reporting_interval_ms.max(100));
+                let now = Instant::now();
+                if due.get(&eq.config.name).is_some_and(|t| *t > now) {
+                    continue;
+                }
+                due.insert(eq.config.name.clone(), now + every);
+                for p in &eq.config.properties {
+                    match eq.driver.read(p).await {
+                        Ok(v) => self.telemetry.lock().unwrap_or_else(|e| e.into_inner()).push(proto::Reading {
+                            equipment: eq.config.name.clone(),
+                            property: p.name.clone(),
+                            value: Some(v),
+                            observed_unix_micros: self.controller_time(),
+                        }),
+                        Err(e) => tracing::debug!(equipment = %eq.config.name, property = %p.name, "read failed: {e}"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Connects, serves, and reconnects, forever. A controller that refuses or fails is retried
+    /// with exponential backoff and full jitter (capped at 30 s), so a fleet does not hammer it;
+    /// a controller that does not answer at all, or a session that went silent (network down),
+    /// is retried within 0.25 s, since an unanswered handshake costs it nothing and the agent
+    /// should be back as soon as the network is.
+    pub async fn run(self: Arc<Self>, timing: Timing) {
+        let mut backoff = Backoff::default();
+        let mut silent_since: Option<Instant> = None;
+        loop {
+            let started = Instant::now();
+            let no_answer = match self.connect_once(timing).await {
+                Ok(ended) => {
+                    tracing::warn!("disconnected: {}", ended.reason);
+                    silent_since = None;
+                    // The controller went silent (network lost): like an unanswered handshake,
+                    // retry soon — it is the network that must come back, not the controller
+                    // that must recover.
+                    ended.silent
+                }
+                Err(e @ SessionError::NoAnswer(..)) => {
+                    // Say it once per outage, not twice a second.
+                    match silent_since {
+                        None => {
+                            tracing::warn!("{e}; retrying until it answers");
+                            silent_since = Some(Instant::now());
+                        }
+                        Some(t) => tracing::debug!("{e} (silent for {:?})", t.elapsed()),
+                    }
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    false
+                }
+            };
+            if started.elapsed() > Duration::from_secs(10) {
+                backoff.reset();
+            }
+            let delay = if no_answer {
+                Backoff::new(Duration::from_millis(250), Duration::from_millis(250)).next_delay()
+            } else {
+                backoff.next_delay()
+            };
+            tracing::info!("reconnecting in {delay:?}");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn connect_once(self: &Arc<Self>, timing: Timing) -> Result<Ended, SessionError> {
+        let creds = load_credentials(&self.state)?;
+        let now = unix_secs();
+        if creds.not_after <= now {
+            return Err(SessionError::Expired(unix_to_string(creds.not_after)));
+        }
+        let id = &self.identity;
+        let addr = resolve(&id.controller).await?;
+        let tls = tls::client_config(&creds.ca, vec![creds.cert.clone()], creds.key)
+            .map_err(|e| SessionError::Tls(e.to_string()))?;
+        let endpoint = transport::client_endpoint(addr).map_err(|e| SessionError::Tls(e.to_string()))?;
+        let config = transport::client_config(tls, timing).map_err(|e| SessionError::Tls(e.to_string()))?;
+        let connecting = endpoint
+            .connect_with(config, addr, &id.server_name)
+            .map_err(|e| SessionError::Connect { addr: id.controller.clone(), message: e.to_string() })?;
+        // A handshake nobody answers is abandoned quickly and retried: QUIC's own retransmission
+        // backoff would otherwise leave the agent waiting seconds after the network comes back.
+        let conn = tokio::time::timeout(HANDSHAKE_PATIENCE, connecting)
+            .await
+            .map_err(|_| SessionError::NoAnswer(id.controller.clone(), HANDSHAKE_PATIENCE))?
+            .map_err(|e| SessionError::Connect {
+                addr: id.controller.clone(),
+                message: transport::explain(&e, &id.server_name),
+            })?;
+        let explain = |e: quinn::ConnectionError| SessionError::Protocol(transport::explain(&e, &id.server_name));
+        let (send, recv) = conn.open_bi().await.map_err(explain)?;
+        let mut tx = FrameWriter::new(send, DEFAULT_MAX_FRAME);
+        let mut rx = FrameReader::new(recv, DEFAULT_MAX_FRAME);
+        let envelope = self.executor.envelope();
+        let me = Introduction {
+            agent_version: self.version.clone(),
+            boot_id: self.boot_id.clone(),
+            held_revision: self.held.lock().await.as_ref().map(|c| c.revision.clone()),
+            envelope_sha256: envelope.sha256.clone(),
+            envelope_problem: envelope.refusal().map(str::to_owned),
+        };
+        let (mut side, hello) = AgentSide::hello(me, self.executor.wall_clock().now_micros());
+        tx.send(&hello).await.map_err(|e| SessionError::Protocol(e.to_string()))?;
+        let first = match tokio::time::timeout(Duration::from_secs(10), rx.next::<ControllerMessage>()).await {
+            Ok(Ok(Some(m))) => m,
+            _ => {
+                return Err(conn
+                    .close_reason()
+                    .map(explain)
+                    .unwrap_or_else(|| SessionError::Protocol("no Welcome from the controller".into())));
+            }
+        };
+        let welcome = match side.on_message(first, self.executor.wall_clock().now_micros()) {
+            Ok(Event::Welcomed { welcome, hello_sent_unix_micros, received_unix_micros }) => {
+                let offset = Offset::measure(
+                    hello_sent_unix_micros,
+                    welcome.hello_received_unix_micros,
+                    welcome.sent_unix_micros,
+                    received_unix_micros,
+                );
+                (welcome, offset)
+            }
+            Ok(Event::Refused(reason)) => return Ok(Ended { reason: format!("refused: {reason}"), silent: false }),
+            Ok(other) => return Err(SessionError::Protocol(format!("unexpected {other:?} before the Welcome"))),
+            Err(v) => {
+                transport::close(&conn, v.code, &v.reason);
+                return Err(SessionError::Protocol(v.reason));
+            }
+        };
+        let (welcome, offset) = welcome;
+        if let Some(o) = offset {
+            *self.offset.write().unwrap_or_else(|p| p.into_inner()) = o;
+            if o.micros.abs() > CLOCK_SKEW_WARNING.as_micros() as i64 {
+                tracing::warn!(
+                    offset_ms = o.micros / 1000,
+                    "this host's clock is {} ms {} the controller's; deadlines do not depend on it, but timestamps in logs do: check NTP on this host",
+                    o.micros.abs() / 1000,
+                    if o.micros < 0 { "ahead of" } else { "behind" }
+                );
+            }
+        }
+        self.metrics.clock_offset_seconds.set(offset.map_or(0.0, |o| o.micros as f64 / 1e6));
+        tracing::info!(controller = %id.controller, replica = %welcome.controller_replica, rtt = ?conn.rtt(), clock_offset_us = offset.map(|o| o.micros), "connected");
+        self.metrics.sessions.inc();
+        self.metrics.connected.set(1);
+        self.metrics.rtt_seconds.set(conn.rtt().as_secs_f64());
+        // Whatever ends the session, the gauge says so.
+        struct Disconnected<'a>(&'a Metrics);
+        impl Drop for Disconnected<'_> {
+            fn drop(&mut self) {
+                self.0.connected.set(0);
+            }
+        }
+        let _disconnected = Disconnected(&self.metrics);
+
+        let commands = tokio::spawn(serve_commands(
+            conn.clone(),
+            self.executor.clone(),
+            self.metrics.clone(),
+            self.tracer.clone(),
+            offset,
+        ));
+        let reports = tokio::spawn(send_reports(conn.clone(), self.telemetry.clone()));
+        let mut renew_check = tokio::time::interval(Duration::from_secs(1));
+        let mut renewing: Option<pki::KeyPair> = None;
+        let mut retry_at: Option<(Instant, Duration)> = None;
+        let result = loop {
+            // What to send on the control stream after this turn, if anything.
+            let mut reply: Option<AgentMessage> = None;
+            tokio::select! {
+                msg = rx.next::<ControllerMessage>() => match msg {
+                    Ok(Some(m)) => match side.on_message(m, self.executor.wall_clock().now_micros()) {
+                        Ok(Event::Apply(cfg)) => {
+                            let applied = self.take_config(cfg).await?;
+                            retry_at = apply::needs_retry(self.executor.equipment(), &applied).then(|| (Instant::now() + Duration::from_secs(2), Duration::from_secs(2)));
+                            reply = side.applied(applied);
+                        }
+                        Ok(Event::Renewed(r)) => match (renewing.take(), r.error.is_empty()) {
+                            (Some(key), true) => {
+                                let cert = CertificateDer::from(r.certificate_der);
+                                store_credentials(&self.state, &cert, &key.serialize_pem())?;
+                                tracing::info!("certificate renewed; used from the next connection");
+                            }
+                            (_, false) => tracing::warn!("renewal refused: {}", r.error),
+                            (None, true) => tracing::warn!("a renewed certificate without a key waiting for it"),
+                        },
+                        Ok(Event::Ended(why)) => break why,
+                        Ok(Event::Ignored(why)) => tracing::debug!("ignored: {why}"),
+                        Ok(other @ (Event::Welcomed { .. } | Event::Refused(_))) => tracing::debug!("ignored: {other:?}"),
+                        Err(v) => {
+                            transport::close(&conn, v.code, &v.reason);
+                            break v.reason;
+                        }
+                    },
+                    Ok(None) => break "the controller closed the control stream".into(),
+                    Err(e) => {
+                        if e.is_protocol_violation() {
+                            transport::close(&conn, e.close_code(), &e.to_string());
+                        }
+                        break conn.close_reason().map(|c| transport::explain(&c, &id.server_name)).unwrap_or_else(|| e.to_string());
+                    }
+                },
+                _ = renew_check.tick() => {
+                    self.metrics.rtt_seconds.set(conn.rtt().as_secs_f64());
+                    let creds_now = load_credentials(&self.state)?;
+                    if side.renewal_due(unix_secs(), creds_now.not_after) {
+                        let key = pki::generate_key().map_err(|e| SessionError::Tls(e.to_string()))?;
+                        let csr = pki::csr(&key).map_err(|e| SessionError::Tls(e.to_string()))?;
+                        reply = side.renew(csr);
+                        if reply.is_some() {
+                            renewing = Some(key);
+                            tracing::info!("certificate expires at {}: renewing", unix_to_string(creds_now.not_after));
+                        }
+                    }
+                    if let Some((at, wait)) = retry_at && Instant::now() >= at
+                        && let Some(cfg) = self.held.lock().await.clone() {
+                            let applied = apply::apply(self.executor.equipment(), self.executor.envelope(), &cfg).await;
+                            self.record_apply(&applied);
+                            retry_at = apply::needs_retry(self.executor.equipment(), &applied).then(|| (Instant::now() + wait * 2, (wait * 2).min(Duration::from_secs(60))));
+                            reply = side.applied(applied);
+                        }
+                }
+                e = conn.closed() => break transport::explain(&e, &id.server_name),
+            }
+            if let Some(m) = reply
+                && let Err(e) = tx.send(&m).await
+            {
+                break format!("control stream: {e}");
+            }
+        };
+        commands.abort();
+        reports.abort();
+        Ok(Ended { reason: result, silent: matches!(conn.close_reason(), Some(quinn::ConnectionError::TimedOut)) })
+    }
+}
+
+/// Now, in whole seconds of Unix time.
+fn unix_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
