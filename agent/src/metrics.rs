@@ -6,12 +6,13 @@ use std::{
     sync::{Arc, Mutex, atomic::AtomicU64},
 };
 
-use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use axum::routing::get;
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+use shopfloor_trace::metrics_endpoint;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
@@ -89,11 +90,9 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The metrics in the Prometheus text format.
+    /// The metrics in the OpenMetrics text format.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = encode(&mut out, &self.registry.lock().unwrap_or_else(|p| p.into_inner()));
-        out
+        metrics_endpoint::render(&self.registry)
     }
 }
 
@@ -102,22 +101,11 @@ pub type Refresh = Arc<dyn Fn() + Send + Sync>;
 
 /// Serves `/metrics` and `/healthz` on `addr`. Returns the bound address.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, before_scrape: Refresh) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(|State((m, refresh)): State<(Arc<Metrics>, Refresh)>| async move {
-                refresh();
-                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render()).into_response()
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state((metrics, before_scrape));
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("metrics endpoint stopped: {e}");
-        }
+    let scrape = Arc::new(move || {
+        before_scrape();
+        metrics.render()
     });
+    let app = metrics_endpoint::router(scrape).route("/healthz", get(|| async { "ok" }));
+    let (bound, _task) = metrics_endpoint::serve(addr, app).await?;
     Ok(bound)
 }

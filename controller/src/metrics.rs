@@ -10,10 +10,11 @@ use std::{
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+use shopfloor_trace::metrics_endpoint;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -99,13 +100,9 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The metrics in the Prometheus text format.
+    /// The metrics in the OpenMetrics text format.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        // Writing into a String cannot fail.
-        let _ = encode(&mut out, &registry);
-        out
+        metrics_endpoint::render(&self.registry)
     }
 }
 
@@ -120,7 +117,6 @@ pub struct Health {
 
 #[derive(Clone)]
 struct AppState {
-    metrics: Arc<Metrics>,
     health: Arc<Health>,
 }
 
@@ -137,17 +133,11 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.render())
-}
-
 /// The HTTP router for health and metrics.
 pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(self::metrics))
-        .with_state(AppState { metrics, health })
+    let health =
+        Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(AppState { health });
+    metrics_endpoint::router(Arc::new(move || metrics.render())).merge(health)
 }
 
 /// Serves the router on `addr` until the task is dropped; returns the bound address.
@@ -156,15 +146,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let app = router(metrics, health);
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("health/metrics server stopped: {e}");
-        }
-    });
-    Ok((bound, task))
+    metrics_endpoint::serve(addr, router(metrics, health)).await
 }
 
 #[cfg(test)]

@@ -1,4 +1,7 @@
-//! Command tracing for SREs: the W3C trace context a command carries from the controller to the
+//! What SREs see of Shopfloor: command tracing, and (`metrics_endpoint`) the HTTP endpoint
+//! both binaries serve their Prometheus metrics on.
+//!
+//! Command tracing: the W3C trace context a command carries from the controller to the
 //! agent, and the spans both sides export over OTLP/HTTP (protobuf) to an OpenTelemetry
 //! collector.
 //!
@@ -11,6 +14,8 @@
 //! The exporter batches in a tokio task: at most [`BATCH`] spans or [`INTERVAL`] apart, bounded
 //! at [`QUEUE`] spans waiting (beyond that new spans are dropped and counted), so a slow or absent
 //! collector never slows a command down.
+
+pub mod metrics_endpoint;
 
 use std::{
     borrow::Cow,
