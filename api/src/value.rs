@@ -32,8 +32,8 @@ impl Value {
     /// Whether this value can be stored in a property of type `ty` without loss of meaning.
     /// Integers are accepted for float properties (`max: 10` is a fine float); floats are not
     /// accepted for integer properties.
-    pub fn fits(&self, ty: crate::ValueType) -> bool {
-        use crate::ValueType as T;
+    pub fn fits(&self, ty: crate::common::ValueType) -> bool {
+        use crate::common::ValueType as T;
         matches!(
             (self, ty),
             (Value::Bool(_), T::Bool) | (Value::Int(_), T::Int | T::Float) | (Value::Float(_), T::Float)

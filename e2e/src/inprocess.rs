@@ -3,7 +3,8 @@
 
 use std::{sync::Arc, time::Duration};
 
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use jiff::Timestamp;
+use shopfloor_api::common::Time;
 use shopfloor_agent::{
     clock::WallClock,
     commands::Executor,

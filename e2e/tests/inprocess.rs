@@ -181,7 +181,7 @@ async fn enrolling() -> Enrolling {
 /// says which and what to do, and the agent's state directory stays empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrollment_refuses_a_used_and_an_expired_token_and_writes_nothing() {
-    use k8s_openapi::jiff::Timestamp;
+    use jiff::Timestamp;
     use shopfloor_agent::{link::enroll, state::StateDir};
     use shopfloor_controller::{enrollment::BootstrapToken, store::Store};
     let Enrolling { plant, key, secret_name, fingerprint, addr, id, dir } = enrolling().await;
@@ -215,7 +215,7 @@ async fn enrollment_refuses_a_used_and_an_expired_token_and_writes_nothing() {
 /// compare-and-swap on the Secret).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_raced_by_two_enrollments_is_redeemed_once() {
-    use k8s_openapi::jiff::Timestamp;
+    use jiff::Timestamp;
     use shopfloor_agent::{link::enroll, state::StateDir};
     use shopfloor_controller::{enrollment::BootstrapToken, store::Store};
     let Enrolling { plant, key, secret_name, fingerprint, addr, id, dir } = enrolling().await;
