@@ -138,6 +138,11 @@ impl Scenario {
         log
     }
 
+    /// The process id of the process named `name`.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|p| p.name == name).map(Proc::pid)
+    }
+
     /// Kills every process this scenario started.
     pub fn kill_all(&self) {
         self.procs.lock().unwrap_or_else(|p| p.into_inner()).clear();

@@ -4,7 +4,6 @@
 use std::{sync::Arc, time::Duration};
 
 use jiff::Timestamp;
-use shopfloor_api::common::Time;
 use shopfloor_agent::{
     clock::WallClock,
     commands::Executor,
@@ -13,6 +12,7 @@ use shopfloor_agent::{
     link::{connection::Agent, credentials, enroll},
     state::StateDir,
 };
+use shopfloor_api::common::Time;
 use shopfloor_api::{
     ControlCommand, EdgeAgent, Equipment,
     control_command::{CommandPhase, ControlCommandStatus},

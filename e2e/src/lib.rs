@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fixtures;
+pub mod fleet;
 pub mod flood;
 pub mod harness;
 pub mod inprocess;

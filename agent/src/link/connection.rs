@@ -108,6 +108,11 @@ impl Agent {
         Ok(applied)
     }
 
+    /// The revision of the configuration this agent holds, if any.
+    pub async fn held_revision(&self) -> Option<String> {
+        self.held.lock().await.as_ref().map(|c| c.revision.clone())
+    }
+
     /// Exports a span per executed command through `tracer` from now on.
     pub fn trace_to(&self, tracer: Tracer) {
         *self.tracer.write().unwrap_or_else(|p| p.into_inner()) = tracer;

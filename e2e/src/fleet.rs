@@ -1,0 +1,318 @@
+//! A fleet simulator: many real agents in one process, against a real standalone controller
+//! process. Each agent is the agent's own code (`link::connection::Agent`, its executor, journal
+//! and state directory), with its own key, certificate and QUIC connection; its equipment is the
+//! simulated driver, so a fleet of thousands fits on one machine beside the controller.
+//!
+//! Where the agents keep their state (journal fsyncs included) is the caller's choice: a tmpfs
+//! such as `/dev/shm` for the controller's figures, or the real disk for the agents' own.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use shopfloor_agent::{
+    commands::Executor,
+    envelope::Envelope,
+    journal::Journal,
+    link::{connection::Agent, enroll},
+    state::StateDir,
+};
+use shopfloor_controller::{
+    endpoint,
+    enrollment::{self, BootstrapToken},
+    standalone::store::FolderStore,
+    store::{ObjectKey, Store},
+};
+use shopfloor_wire::{identity::AgentId, transport::Timing};
+use tokio::{sync::Semaphore, task::JoinHandle};
+
+/// The manifests of a plant of `n` agents named `agent-0000`…, each driving one simulated
+/// conveyor, all selected by one slice whose DSCP marking `dscp` sets (change it to change every
+/// agent's configuration at once).
+pub fn plant(namespace: &str, n: usize, dscp: u8) -> String {
+    let mut out = format!(
+        "apiVersion: shopfloor.io/v1alpha1\nkind: NetworkSlice\nmetadata: {{name: fleet, namespace: {namespace}}}\n\
+         spec:\n  snssai: {{sst: 1}}\n  dnn: plant\n  qos: {{fiveQi: 9, arp: {{priorityLevel: 8, preemptionCapability: NotPreempt, preemptionVulnerability: Preemptable}}}}\n  \
+         agentSelector: {{matchLabels: {{fleet: sim}}}}\n  steering: {{interface: lo, routingTable: 100, fwmark: 100, dscp: {dscp}}}\n"
+    );
+    for i in 0..n {
+        let name = agent_name(i);
+        out.push_str(&format!(
+            "---\napiVersion: shopfloor.io/v1alpha1\nkind: EdgeAgent\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{fleet: sim}}}}\nspec: {{site: {namespace}/{name}}}\n\
+             ---\napiVersion: shopfloor.io/v1alpha1\nkind: Equipment\nmetadata: {{name: {name}-conveyor, namespace: {namespace}}}\n\
+             spec:\n  agentRef: {{name: {name}}}\n  networkSliceRef: {{name: fleet}}\n  simulated: {{}}\n  reporting: {{interval: 5s}}\n  \
+             properties:\n  - {{name: speed, type: Float, access: ReadWrite, min: 0, max: 2, desired: 0.5}}\n"
+        ));
+    }
+    out
+}
+
+/// The name of agent `i` of a [`plant`].
+pub fn agent_name(i: usize) -> String {
+    format!("agent-{i:04}")
+}
+
+/// Agents running in this process.
+pub struct Fleet {
+    pub agents: Vec<Arc<Agent>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet").field("agents", &self.agents.len()).finish()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Why a fleet could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("the controller's state: {0}")]
+    Store(String),
+    #[error("agent {agent}: {message}")]
+    Agent { agent: String, message: String },
+}
+
+impl Fleet {
+    /// Enrolls `names` (in `namespace`) with the tokens the standalone controller whose folders
+    /// are `manifests` and `state` created, and runs each as an agent dialling `controller`,
+    /// keeping its state under `agents_root`. At most `parallel` enrollments run at once.
+    pub async fn start(
+        manifests: &Path,
+        state: &Path,
+        controller: &str,
+        namespace: &str,
+        names: &[String],
+        agents_root: &Path,
+        parallel: usize,
+    ) -> Result<Self, FleetError> {
+        let store = Arc::new(FolderStore::open(manifests, state).map_err(|e| FleetError::Store(e.to_string()))?);
+        let fingerprint =
+            endpoint::ensure_ca(&*store).await.map_err(|e| FleetError::Store(e.to_string()))?.fingerprint();
+        let gate = Arc::new(Semaphore::new(parallel.max(1)));
+        let mut starting = Vec::new();
+        for name in names {
+            let (store, gate, fingerprint) = (store.clone(), gate.clone(), fingerprint.clone());
+            let (controller, namespace, name) = (controller.to_owned(), namespace.to_owned(), name.clone());
+            let dir = agents_root.join(&name);
+            starting.push(tokio::spawn(async move {
+                let _turn = gate.acquire_owned().await;
+                start_one(&*store, &controller, &namespace, &name, dir, &fingerprint).await
+            }));
+        }
+        let mut fleet = Fleet { agents: Vec::new(), tasks: Vec::new() };
+        for s in starting {
+            let (agent, tasks) = s.await.map_err(|e| FleetError::Store(e.to_string()))??;
+            fleet.agents.push(agent);
+            fleet.tasks.extend(tasks);
+        }
+        Ok(fleet)
+    }
+
+    /// How many agents hold a live session.
+    pub fn connected(&self) -> usize {
+        self.agents.iter().filter(|a| a.metrics.connected.get() == 1).count()
+    }
+
+    /// How many agents hold configuration revision `revision`, or (with `None`) any one.
+    pub async fn holding(&self, revision: Option<&str>) -> usize {
+        let mut n = 0;
+        for a in &self.agents {
+            let held = a.held_revision().await;
+            if held.is_some() && (revision.is_none() || held.as_deref() == revision) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Sessions started over the fleet's life (a reconnect counts again).
+    pub fn sessions(&self) -> u64 {
+        self.agents.iter().map(|a| a.metrics.sessions.get()).sum()
+    }
+}
+
+async fn start_one(
+    store: &FolderStore,
+    controller: &str,
+    namespace: &str,
+    name: &str,
+    dir: PathBuf,
+    fingerprint: &str,
+) -> Result<(Arc<Agent>, Vec<JoinHandle<()>>), FleetError> {
+    let fail = |message: String| FleetError::Agent { agent: name.to_owned(), message };
+    let key = ObjectKey::new(namespace, name);
+    let secret = enrollment::token_secret_name(&key);
+    let mut token = None;
+    for _ in 0..600 {
+        if let Some(t) = store
+            .read_secret(&secret)
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .as_ref()
+            .and_then(BootstrapToken::from_secret)
+        {
+            token = Some(t.token());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let token = token.ok_or_else(|| fail("no bootstrap token after 60 s".into()))?;
+    let state = StateDir::open(&dir).map_err(|e| fail(e.to_string()))?;
+    let id = AgentId::new(namespace, name);
+    let mut last = String::new();
+    let mut identity = None;
+    // The controller refuses enrollments beyond its bound on handshakes: retry, as an operator's
+    // script would.
+    for attempt in 0..50u32 {
+        match enroll::enroll(&state, controller, None, &token, fingerprint, &id).await {
+            Ok(i) => {
+                identity = Some(i);
+                break;
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt.min(20)) + 10)).await;
+    }
+    let identity = identity.ok_or_else(|| fail(format!("enrollment failed: {last}")))?;
+    let journal = Journal::open(&state, Duration::from_secs(3600), 10_000).map_err(|e| fail(e.to_string()))?;
+    let executor = Arc::new(Executor::new(journal, Envelope::none()));
+    let agent = Agent::new(state, identity, executor, 1_000);
+    let tasks = vec![tokio::spawn(agent.clone().run(Timing::default())), tokio::spawn(agent.clone().poll_telemetry())];
+    Ok((agent, tasks))
+}
+
+/// What one run of a plant of simulated agents measured.
+#[derive(Clone, Debug, Default)]
+pub struct Figures {
+    pub agents: usize,
+    /// Controller VmRSS with the manifests loaded and no agent connected (the baseline).
+    pub rss_before_kib: u64,
+    /// Controller VmRSS with every agent connected and configured.
+    pub rss_connected_kib: u64,
+    /// Controller CPU (user + system) over an idle window, as a share of one core.
+    pub idle_cpu: f64,
+    /// From starting the fleet (enrollment included) until every agent held a session.
+    pub all_connected: Duration,
+    /// From the slice edit until every agent applied the new revision.
+    pub change_applied: Duration,
+    /// From the slice edit until every EdgeAgent's status showed it applied.
+    pub change_in_status: Duration,
+    /// From a controller restart until every agent held a session again.
+    pub reconnected_after_restart: Duration,
+    /// Sessions the fleet opened to get back after the restart (one each is ideal).
+    pub sessions_after_restart: u64,
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU ticks of `pid` so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// Polls `f` every 50 ms until it holds, up to `limit`; the time it took, or `None`.
+pub fn until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// Runs a plant of `n` simulated agents against a standalone controller process, keeping the
+/// agents' state under `agents_root`: connect, configure, sit idle, change the slice every agent
+/// rides, restart the controller. Panics naming the step that did not finish within `limit`.
+pub fn measure(n: usize, agents_root: &Path, limit: Duration) -> Figures {
+    use crate::harness::Scenario;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let s = Scenario::new();
+    std::fs::create_dir_all(s.path("plant")).expect("plant");
+    std::fs::write(s.path("plant/fleet.yaml"), plant("fleet", n, 10)).expect("manifests");
+    for loaded in shopfloor_api::manifest::load_valid(&s.path("plant")).expect("manifests") {
+        if let Err(e) = loaded {
+            panic!("the generated plant does not validate: {e}");
+        }
+    }
+    let endpoint = s.controller();
+    let pid = s.pid("controller").expect("controller pid");
+    let names: Vec<String> = (0..n).map(agent_name).collect();
+    // Every token exists once the controller reconciled its agent.
+    let tokens = s.path("state/secrets");
+    until(limit, || std::fs::read_dir(&tokens).map(|d| d.count()).unwrap_or(0) > n).expect("bootstrap tokens");
+    let mut f = Figures { agents: n, rss_before_kib: proc_status_kib(pid, "VmRSS:"), ..Default::default() };
+
+    let started = std::time::Instant::now();
+    let fleet = rt
+        .block_on(Fleet::start(&s.path("plant"), &s.path("state"), &endpoint, "fleet", &names, agents_root, 32))
+        .expect("fleet");
+    until(limit, || fleet.connected() == n).unwrap_or_else(|| panic!("{} of {n} connected", fleet.connected()));
+    f.all_connected = started.elapsed();
+    until(limit, || rt.block_on(fleet.holding(None)) == n).expect("every agent configured");
+    // Each agent's plan holds its own equipment: revisions differ from agent to agent.
+    let first: Vec<Option<String>> = fleet.agents.iter().map(|a| rt.block_on(a.held_revision())).collect();
+
+    std::thread::sleep(Duration::from_secs(2));
+    let (t0, c0) = (std::time::Instant::now(), cpu_ticks(pid));
+    std::thread::sleep(Duration::from_secs(5));
+    // Linux reports CPU time in ticks of 1/100 s (USER_HZ).
+    f.idle_cpu = (cpu_ticks(pid) - c0) as f64 / 100.0 / t0.elapsed().as_secs_f64();
+    f.rss_connected_kib = proc_status_kib(pid, "VmRSS:");
+
+    std::fs::write(s.path("plant/fleet.yaml"), plant("fleet", n, 20)).expect("manifests");
+    let edited = std::time::Instant::now();
+    let changed = |rt: &tokio::runtime::Runtime| {
+        fleet.agents.iter().zip(&first).filter(|(a, was)| rt.block_on(a.held_revision()) != **was).count()
+    };
+    if until(limit, || changed(&rt) == n).is_none() {
+        let log = std::fs::read_to_string(s.path("controller.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        panic!("the slice change was applied by {} of {n} agents\n{}", changed(&rt), tail.join("\n"));
+    }
+    f.change_applied = edited.elapsed();
+    let second: Vec<String> = fleet.agents.iter().filter_map(|a| rt.block_on(a.held_revision())).collect();
+    let in_status = |(name, rev): (&String, &String)| {
+        let text =
+            std::fs::read_to_string(s.path(&format!("state/objects/edgeagents/fleet/{name}.yaml"))).unwrap_or_default();
+        text.contains(&format!("appliedRevision: {rev}"))
+    };
+    until(limit, || names.iter().zip(&second).all(in_status)).expect("the slice change in every EdgeAgent's status");
+    f.change_in_status = edited.elapsed();
+
+    let sessions = fleet.sessions();
+    s.kill("controller");
+    until(limit, || fleet.connected() == 0).expect("the fleet saw the controller go");
+    let restarted = std::time::Instant::now();
+    s.controller_on(&endpoint);
+    until(limit, || fleet.connected() == n)
+        .unwrap_or_else(|| panic!("{} of {n} reconnected after a controller restart", fleet.connected()));
+    f.reconnected_after_restart = restarted.elapsed();
+    f.sessions_after_restart = fleet.sessions() - sessions;
+    drop(fleet);
+    f
+}

@@ -1,0 +1,34 @@
+//! Scale, at a size CI affords: a fleet of simulated agents (the real agent code in one process)
+//! against a standalone controller process connects, takes its configuration, takes a change of
+//! the slice they all ride, and comes back after a controller restart without a reconnect storm.
+//! `cargo bench -p shopfloor-e2e --bench fleet` runs the same at 100–1,000 agents and more.
+
+use std::time::Duration;
+
+use shopfloor_e2e::fleet::measure;
+
+#[test]
+fn a_fleet_connects_follows_a_change_and_survives_a_controller_restart() {
+    let n = 60;
+    let dir = tempfile::tempdir().expect("agents' state");
+    let f = measure(n, dir.path(), Duration::from_secs(120));
+    println!("{f:?}");
+    // Each agent comes back with one session, give or take a handshake retried after a timeout:
+    // a storm would be many per agent.
+    assert!(
+        f.sessions_after_restart <= 2 * n as u64,
+        "{} sessions for {n} agents after a controller restart",
+        f.sessions_after_restart
+    );
+}
+
+#[test]
+fn the_generated_plant_validates() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("fleet.yaml"), shopfloor_e2e::fleet::plant("fleet", 3, 10)).expect("write");
+    let loaded = shopfloor_api::manifest::load_valid(dir.path()).expect("read");
+    assert_eq!(loaded.len(), 7);
+    for l in loaded {
+        l.expect("valid");
+    }
+}
