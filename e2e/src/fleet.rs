@@ -107,7 +107,7 @@ impl Fleet {
             let dir = agents_root.join(&name);
             starting.push(tokio::spawn(async move {
                 let _turn = gate.acquire_owned().await;
-                start_one(&*store, &controller, &namespace, &name, dir, &fingerprint).await
+                start_one(&store, &controller, &namespace, &name, dir, &fingerprint).await
             }));
         }
         let mut fleet = Fleet { agents: Vec::new(), tasks: Vec::new() };
