@@ -38,6 +38,8 @@ pub struct Metrics {
     /// The controller's clock minus this host's, measured at the latest handshake.
     pub clock_offset_seconds: Gauge<f64, AtomicU64>,
     pub sessions: Counter,
+    /// Every attempt to reach the controller, successful or not.
+    pub connect_attempts: Counter,
     pub commands: Family<CodeLabel, Counter>,
     /// Receipt to result on the agent, seconds.
     pub command_duration: Histogram,
@@ -56,6 +58,7 @@ impl Default for Metrics {
             rtt_seconds: Gauge::default(),
             clock_offset_seconds: Gauge::default(),
             sessions: Counter::default(),
+            connect_attempts: Counter::default(),
             commands: Family::default(),
             command_duration: Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0]),
             config_applies: Family::default(),
@@ -73,6 +76,11 @@ impl Default for Metrics {
             m.clock_offset_seconds.clone(),
         );
         r.register("sessions", "Sessions established with the controller", m.sessions.clone());
+        r.register(
+            "connect_attempts",
+            "Attempts to reach the controller, counted as each ends (refused, unanswered, or a session that ended)",
+            m.connect_attempts.clone(),
+        );
         r.register("commands", "Commands answered, by result code", m.commands.clone());
         r.register(
             "command_duration_seconds",

@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use shopfloor_api::{ControlCommand, EdgeAgent, Equipment, NetworkSlice, edge_agent::EdgeAgentStatus};
 
 use crate::{
-    agents::{book::AgentBook, observed::Observed, registry::Registry},
+    agents::{book::AgentBook, changes::Changes, observed::Observed, registry::Registry},
     endpoint::EndpointContext,
     engine::Engine,
     metrics::{KindLabel, Metrics},
@@ -24,6 +24,9 @@ use crate::{
 
 /// When to look at an object again.
 pub type Requeue = Option<Duration>;
+
+/// Agents reconciled (configurations pushed) at once.
+pub const FAN_OUT: usize = 64;
 
 /// A running controller's reconciler: the handles it shares with the endpoint and the stores'
 /// loops, and the plans cache. Each `reconcile_*` handles one object given a view of the others.
@@ -38,9 +41,9 @@ pub struct Reconciler<S: Store> {
     /// Plans for the world version they were computed from.
     plans: RwLock<(u64, Arc<Plans>)>,
     replica: String,
-    /// Poked when something the statuses depend on changed outside the store (an agent
-    /// connected, applied a configuration, reported values).
-    kick: Arc<tokio::sync::Notify>,
+    /// Agents whose statuses something outside the store changed (a connection, an applied
+    /// configuration, reported values).
+    changes: Arc<Changes>,
 }
 
 impl<S: Store> std::fmt::Debug for Reconciler<S> {
@@ -66,7 +69,7 @@ impl<S: Store> Reconciler<S> {
             metrics,
             plans: RwLock::new((u64::MAX, Arc::default())),
             replica: replica.into(),
-            kick: Arc::new(tokio::sync::Notify::new()),
+            changes: Arc::default(),
         })
     }
 
@@ -77,7 +80,7 @@ impl<S: Store> Reconciler<S> {
             registry: self.registry.clone(),
             observed: self.observed.clone(),
             metrics: self.metrics.clone(),
-            kick: self.kick.clone(),
+            changes: self.changes.clone(),
             replica: self.replica.clone(),
         }
     }
@@ -110,9 +113,9 @@ impl<S: Store> Reconciler<S> {
         &self.book
     }
 
-    /// Woken when an agent's connection or reports change what the statuses say.
-    pub fn kicked(&self) -> tokio::sync::futures::Notified<'_> {
-        self.kick.notified()
+    /// Agents whose connection or reports changed what their statuses say.
+    pub fn changes(&self) -> &Arc<Changes> {
+        &self.changes
     }
 
     /// The plans for `world`, recomputed only when `version` moved.
@@ -152,12 +155,8 @@ impl<S: Store> Reconciler<S> {
                 next = Some(next.map_or(d, |n: Duration| n.min(d)));
             }
         };
-        for a in &world.agents {
-            match self.reconcile_agent(a, &plans).await {
-                Ok(r) => soonest(r),
-                Err(e) => self.error("EdgeAgent", &ObjectKey::of(&a.metadata), &e),
-            }
-        }
+        let agents: Vec<&EdgeAgent> = world.agents.iter().collect();
+        soonest(self.reconcile_agents(&agents, &plans).await);
         for e in &world.equipment {
             self.reconcile_equipment(e, &plans);
         }
@@ -178,6 +177,60 @@ impl<S: Store> Reconciler<S> {
             }
         }
         next
+    }
+
+    /// Only what `changed` touches: those agents, their equipment, and the slices selecting
+    /// them — the pass after an agent's report, whatever the size of the fleet.
+    pub async fn reconcile_changed(&self, version: u64, world: &World, changed: &BTreeSet<ObjectKey>) {
+        if changed.is_empty() {
+            return;
+        }
+        let plans = self.plans(version, world);
+        let agents: Vec<&EdgeAgent> =
+            world.agents.iter().filter(|a| changed.contains(&ObjectKey::of(&a.metadata))).collect();
+        self.reconcile_agents(&agents, &plans).await;
+        for e in &world.equipment {
+            let ns = e.metadata.namespace.clone().unwrap_or_default();
+            if changed.contains(&ObjectKey::new(ns, e.spec.agent_ref.name.clone())) {
+                self.reconcile_equipment(e, &plans);
+            }
+        }
+        for s in &world.slices {
+            let selected = plans.slice_agents.get(&ObjectKey::of(&s.metadata));
+            if selected.is_some_and(|agents| agents.iter().any(|a| changed.contains(a))) {
+                self.reconcile_slice(s, &plans);
+            }
+        }
+    }
+
+    /// Reconciles `agents` side by side, at most [`FAN_OUT`] at once: a change every agent must
+    /// receive goes out in parallel, not one agent after another. The soonest requeue wins.
+    pub async fn reconcile_agents(&self, agents: &[&EdgeAgent], plans: &Plans) -> Requeue {
+        use futures::StreamExt;
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        let mut waiting = agents.iter();
+        let mut next: Requeue = None;
+        loop {
+            while in_flight.len() < FAN_OUT {
+                let Some(a) = waiting.next() else { break };
+                in_flight.push(self.reconcile_agent_keyed(a, plans));
+            }
+            let Some((key, r)) = in_flight.next().await else { break };
+            match r {
+                Ok(Some(d)) => next = Some(next.map_or(d, |n: Duration| n.min(d))),
+                Ok(None) => {}
+                Err(e) => self.error("EdgeAgent", &key, &e),
+            }
+        }
+        next
+    }
+
+    async fn reconcile_agent_keyed(
+        &self,
+        agent: &EdgeAgent,
+        plans: &Plans,
+    ) -> (ObjectKey, Result<Requeue, StoreError>) {
+        (ObjectKey::of(&agent.metadata), self.reconcile_agent(agent, plans).await)
     }
 
     fn error(&self, kind: &str, key: &ObjectKey, e: &StoreError) {

@@ -102,11 +102,15 @@ async fn deleted_commands_stay_deleted_while_their_manifest_remains() {
 
 #[tokio::test]
 async fn corrupt_state_is_moved_aside_not_ignored() {
-    let (dir, _manifests, store) = plant_store();
+    let (dir, manifests, store) = plant_store();
     let state = dir.path().join("state");
     store.load();
     let file = state.join("objects/edgeagents/plant-a/line-1.yaml");
     std::fs::write(&file, "uid: [unclosed").expect("corrupt");
+    // A running store reads each state file once and keeps it: the corruption is found by the
+    // next controller that reads the folder (a restart).
+    drop(store);
+    let store = FolderStore::open(&manifests, &state).expect("reopen");
     let world = store.load();
     assert_eq!(world.agents.len(), 3);
     let aside: Vec<_> = std::fs::read_dir(file.parent().expect("dir"))
@@ -205,4 +209,37 @@ async fn a_broken_file_keeps_its_objects_last_good_definition() {
     std::fs::remove_file(manifests.join("bomb.yaml")).expect("rm");
     std::fs::write(&path, good).expect("fix");
     assert!(store.load().refused.is_empty());
+}
+
+/// A pass over the plant reads no state file: statuses written are kept in memory and laid over
+/// the world, and a batch of them is made durable together.
+#[tokio::test]
+async fn statuses_are_kept_in_memory_and_written_in_batches() {
+    use shopfloor_api::edge_agent::EdgeAgentStatus;
+    let (dir, manifests, store) = plant_store();
+    let state = dir.path().join("state");
+    let world = store.load();
+    let keys: Vec<ObjectKey> = world.agents.iter().map(|a| ObjectKey::of(&a.metadata)).collect();
+    let updates: Vec<StatusUpdate> = keys
+        .iter()
+        .map(|k| {
+            StatusUpdate::EdgeAgent(k.clone(), EdgeAgentStatus { observed_generation: Some(7), ..Default::default() })
+        })
+        .collect();
+    let results = store.write_statuses(updates).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    // In memory: the world the next pass sees has them without reading a file.
+    let seen = store.current();
+    assert!(seen.agents.iter().all(|a| a.status.as_ref().and_then(|s| s.observed_generation) == Some(7)));
+    // On disk, for the next controller.
+    let reopened = FolderStore::open(&manifests, &state).expect("reopen");
+    let again = reopened.load();
+    assert!(again.agents.iter().all(|a| a.status.as_ref().and_then(|s| s.observed_generation) == Some(7)));
+    // No temporary file is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(state.join("objects/edgeagents/plant-a"))
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

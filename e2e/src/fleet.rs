@@ -140,6 +140,11 @@ impl Fleet {
     pub fn sessions(&self) -> u64 {
         self.agents.iter().map(|a| a.metrics.sessions.get()).sum()
     }
+
+    /// Attempts to reach the controller over the fleet's life, as each ended.
+    pub fn attempts(&self) -> u64 {
+        self.agents.iter().map(|a| a.metrics.connect_attempts.get()).sum()
+    }
 }
 
 async fn start_one(
@@ -212,6 +217,9 @@ pub struct Figures {
     pub reconnected_after_restart: Duration,
     /// Sessions the fleet opened to get back after the restart (one each is ideal).
     pub sessions_after_restart: u64,
+    /// Attempts the fleet made from the controller's death until all were back (failed ones
+    /// included; a reconnect storm shows here).
+    pub attempts_after_restart: u64,
 }
 
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
@@ -304,7 +312,7 @@ pub fn measure(n: usize, agents_root: &Path, limit: Duration) -> Figures {
     until(limit, || names.iter().zip(&second).all(in_status)).expect("the slice change in every EdgeAgent's status");
     f.change_in_status = edited.elapsed();
 
-    let sessions = fleet.sessions();
+    let (sessions, attempts) = (fleet.sessions(), fleet.attempts());
     s.kill("controller");
     until(limit, || fleet.connected() == 0).expect("the fleet saw the controller go");
     let restarted = std::time::Instant::now();
@@ -313,6 +321,7 @@ pub fn measure(n: usize, agents_root: &Path, limit: Duration) -> Figures {
         .unwrap_or_else(|| panic!("{} of {n} reconnected after a controller restart", fleet.connected()));
     f.reconnected_after_restart = restarted.elapsed();
     f.sessions_after_restart = fleet.sessions() - sessions;
+    f.attempts_after_restart = fleet.attempts() - attempts;
     drop(fleet);
     f
 }

@@ -116,7 +116,7 @@ impl Plant {
             loop {
                 c2.reconcile_world(0, &w2).await;
                 tokio::select! {
-                    () = c2.kicked() => {}
+                    () = c2.changes().wait() => {}
                     () = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
             }

@@ -5,10 +5,10 @@
 //! panics on any input.
 
 use bytes::{Bytes, BytesMut};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use prost::Message;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
 /// Default largest frame: 1 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
@@ -89,9 +89,13 @@ pub struct FrameReader<R> {
     max: usize,
 }
 
+/// A reader's buffer at first. Most messages are small; the buffer grows for a large one. The
+/// codec's default (8 KiB) would cost a controller that much per agent's control stream.
+const READ_BUFFER: usize = 512;
+
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(reader: R, max: usize) -> Self {
-        Self { inner: FramedRead::new(reader, codec(max)), max }
+        Self { inner: FramedRead::with_capacity(reader, codec(max), READ_BUFFER), max }
     }
 
     /// The next message, `Ok(None)` at a clean end of stream.
@@ -108,16 +112,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
-/// Writes frames to a stream.
+/// Writes frames to a stream: each frame is encoded and written whole, with no buffer kept
+/// between frames (the stream buffers; a writer per stream would otherwise hold 8 KiB).
 #[derive(Debug)]
 pub struct FrameWriter<W> {
-    inner: FramedWrite<W, LengthDelimitedCodec>,
+    inner: W,
     max: usize,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn new(writer: W, max: usize) -> Self {
-        Self { inner: FramedWrite::new(writer, codec(max)), max }
+        Self { inner: writer, max }
     }
 
     pub async fn send<M: Message>(&mut self, msg: &M) -> Result<(), FrameError> {
@@ -125,15 +130,16 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         if len > self.max {
             return Err(FrameError::TooLarge { len, max: self.max });
         }
-        self.inner.send(Bytes::from(msg.encode_to_vec())).await.map_err(|e| map_io(e, self.max))
+        self.inner.write_all(&encode_frame(msg)).await.map_err(|e| map_io(e, self.max))?;
+        self.inner.flush().await.map_err(|e| map_io(e, self.max))
     }
 
     pub fn get_mut(&mut self) -> &mut W {
-        self.inner.get_mut()
+        &mut self.inner
     }
 
     pub fn into_inner(self) -> W {
-        self.inner.into_inner()
+        self.inner
     }
 }
 

@@ -11,7 +11,6 @@ use prost::Message;
 use rustls_pki_types::CertificateDer;
 use shopfloor_trace::Tracer;
 use shopfloor_wire::{
-    backoff::Backoff,
     codec::{DEFAULT_MAX_FRAME, FrameReader, FrameWriter},
     conversation::agent::{AgentSide, Event, Introduction},
     pki,
@@ -25,6 +24,7 @@ use super::{
     command_streams::serve_commands,
     credentials::{Identity, load_credentials, resolve, store_credentials, unix_to_string},
     error::{Ended, SessionError},
+    reconnect::{Attempt, Reconnect},
     reports::send_reports,
 };
 use crate::{
@@ -37,8 +37,6 @@ use crate::{
 };
 
 const CONFIG: &str = "config.pb";
-/// How long a connection attempt waits for the controller's first answer.
-const HANDSHAKE_PATIENCE: Duration = Duration::from_millis(1000);
 /// A clock this far from the controller's is worth a warning in the log.
 const CLOCK_SKEW_WARNING: Duration = Duration::from_secs(1);
 
@@ -167,24 +165,17 @@ impl Agent {
         }
     }
 
-    /// Connects, serves, and reconnects, forever. A controller that refuses or fails is retried
-    /// with exponential backoff and full jitter (capped at 30 s), so a fleet does not hammer it;
-    /// a controller that does not answer at all, or a session that went silent (network down),
-    /// is retried within 0.25 s, since an unanswered handshake costs it nothing and the agent
-    /// should be back as soon as the network is.
+    /// Connects, serves, and reconnects, forever, when [`Reconnect`] says.
     pub async fn run(self: Arc<Self>, timing: Timing) {
-        let mut backoff = Backoff::default();
+        let mut policy = Reconnect::default();
         let mut silent_since: Option<Instant> = None;
         loop {
             let started = Instant::now();
-            let no_answer = match self.connect_once(timing).await {
+            let attempt = match self.connect_once(timing, policy.patience()).await {
                 Ok(ended) => {
                     tracing::warn!("disconnected: {}", ended.reason);
                     silent_since = None;
-                    // The controller went silent (network lost): like an unanswered handshake,
-                    // retry soon — it is the network that must come back, not the controller
-                    // that must recover.
-                    ended.silent
+                    Attempt::Ended { lasted: started.elapsed(), silent: ended.silent }
                 }
                 Err(e @ SessionError::NoAnswer(..)) => {
                     // Say it once per outage, not twice a second.
@@ -195,27 +186,21 @@ impl Agent {
                         }
                         Some(t) => tracing::debug!("{e} (silent for {:?})", t.elapsed()),
                     }
-                    true
+                    Attempt::NoAnswer
                 }
                 Err(e) => {
                     tracing::warn!("{e}");
-                    false
+                    Attempt::Failed
                 }
             };
-            if started.elapsed() > Duration::from_secs(10) {
-                backoff.reset();
-            }
-            let delay = if no_answer {
-                Backoff::new(Duration::from_millis(250), Duration::from_millis(250)).next_delay()
-            } else {
-                backoff.next_delay()
-            };
+            self.metrics.connect_attempts.inc();
+            let delay = policy.after(attempt);
             tracing::info!("reconnecting in {delay:?}");
             tokio::time::sleep(delay).await;
         }
     }
 
-    async fn connect_once(self: &Arc<Self>, timing: Timing) -> Result<Ended, SessionError> {
+    async fn connect_once(self: &Arc<Self>, timing: Timing, patience: Duration) -> Result<Ended, SessionError> {
         let creds = load_credentials(&self.state)?;
         let now = unix_secs();
         if creds.not_after <= now {
@@ -232,9 +217,9 @@ impl Agent {
             .map_err(|e| SessionError::Connect { addr: id.controller.clone(), message: e.to_string() })?;
         // A handshake nobody answers is abandoned quickly and retried: QUIC's own retransmission
         // backoff would otherwise leave the agent waiting seconds after the network comes back.
-        let conn = tokio::time::timeout(HANDSHAKE_PATIENCE, connecting)
+        let conn = tokio::time::timeout(patience, connecting)
             .await
-            .map_err(|_| SessionError::NoAnswer(id.controller.clone(), HANDSHAKE_PATIENCE))?
+            .map_err(|_| SessionError::NoAnswer(id.controller.clone(), patience))?
             .map_err(|e| SessionError::Connect {
                 addr: id.controller.clone(),
                 message: transport::explain(&e, &id.server_name),

@@ -1,6 +1,6 @@
 //! The agent's link to the controller: enrollment (`enroll`), the credentials it leaves in the
 //! state directory (`credentials`), the connection and its control stream driven by the wire's
-//! `AgentSide` (`connection`), command streams (`command_streams`) and telemetry reports
+//! `AgentSide` (`connection`) and when to dial again (`reconnect`), command streams (`command_streams`) and telemetry reports
 //! (`reports`). With or without a link, the agent holds its equipment at the last configuration
 //! it received.
 
@@ -9,4 +9,5 @@ pub mod connection;
 pub mod credentials;
 pub mod enroll;
 pub mod error;
+pub mod reconnect;
 pub mod reports;

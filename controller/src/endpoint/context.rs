@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::{
-    agents::{book::AgentBook, observed::Observed, registry::Registry},
+    agents::{book::AgentBook, changes::Changes, observed::Observed, registry::Registry},
     metrics::Metrics,
     store::Store,
 };
@@ -15,8 +15,8 @@ pub struct EndpointContext<S: Store> {
     pub registry: Arc<Registry>,
     pub observed: Arc<Observed>,
     pub metrics: Arc<Metrics>,
-    /// Woken when a connection or a report changes what the statuses say.
-    pub kick: Arc<tokio::sync::Notify>,
+    /// Agents whose connection or reports changed what their statuses say.
+    pub changes: Arc<Changes>,
     /// This replica's name, told to agents in the Welcome.
     pub replica: String,
 }
@@ -34,7 +34,7 @@ impl<S: Store> Clone for EndpointContext<S> {
             registry: self.registry.clone(),
             observed: self.observed.clone(),
             metrics: self.metrics.clone(),
-            kick: self.kick.clone(),
+            changes: self.changes.clone(),
             replica: self.replica.clone(),
         }
     }

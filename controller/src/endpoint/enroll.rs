@@ -75,6 +75,6 @@ pub(super) async fn serve<S: Store>(
     let _ = tx.get_mut().finish();
     // Let the answer reach the agent; it closes the connection itself.
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
-    ctx.kick.notify_one();
+    ctx.changes.mark(&key);
     Ok(())
 }

@@ -139,7 +139,7 @@ pub(super) async fn serve<S: Store>(
                     registered = true;
                     ctx.metrics.agents_connected.set(i64::try_from(ctx.registry.len()).unwrap_or(i64::MAX));
                     reports = Some(tokio::spawn(receive_reports(conn.clone(), key.clone(), ctx.clone())));
-                    ctx.kick.notify_one();
+                    ctx.changes.mark(&key);
                 }
                 Event::Applied(applied) => {
                     ctx.registry.set_held_revision(&key, Some(applied.revision.clone()));
@@ -161,7 +161,7 @@ pub(super) async fn serve<S: Store>(
                             format!("revision {}: {}", applied.revision, failures.join("; ")),
                         );
                     }
-                    ctx.kick.notify_one();
+                    ctx.changes.mark(&key);
                 }
                 Event::RenewalRequested(csr) => {
                     let response = match issuer.issue(&key, &csr, false).await {
@@ -194,7 +194,7 @@ pub(super) async fn serve<S: Store>(
         if ctx.registry.get(&key).is_none() {
             ctx.book.event(&key, true, "Disconnected", format!("disconnected: {why}"));
         }
-        ctx.kick.notify_one();
+        ctx.changes.mark(&key);
     }
     result.map(|_| ())
 }
@@ -214,6 +214,7 @@ async fn receive_reports<S: Store>(conn: quinn::Connection, agent: ObjectKey, ct
                         for (eq, values) in translate::readings(report) {
                             ctx.observed.record_readings(ObjectKey::new(agent.namespace.clone(), eq), values);
                         }
+                        ctx.changes.mark(&agent);
                     }
                     Ok(None) => break,
                     Err(e) => {

@@ -379,36 +379,33 @@ pub async fn run(
         Readers(slices.iter().map(Controller::store).collect()),
     );
     // Agent reports (connections, applied configurations, readings) change statuses without any
-    // API event: refresh them when the endpoint signals, at most twice a second.
+    // API event: refresh the agents they came from (their equipment and slices with them), at
+    // most twice a second.
     let refresh = {
         let ctx = ctx.clone();
         let mut stop = shutdown.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    () = ctx.core.kicked() => {}
+                    () = ctx.core.changes().wait() => {}
                     _ = stop.wait_for(|s| *s) => return,
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let plans = ctx.plans();
-                let agents = ctx.agents.state();
-                for a in
-                    agents.iter().filter_map(|a| a.0.as_ref().ok()).filter(|a| a.metadata.deletion_timestamp.is_none())
-                {
-                    if let Err(e) = ctx.core.reconcile_agent(a, &plans).await {
-                        tracing::warn!("agent refresh: {e}");
-                    }
-                }
-                for e in ctx.equipment.state() {
-                    if let Ok(e) = &e.0 {
-                        ctx.core.reconcile_equipment(e, &plans);
-                    }
-                }
-                for s in ctx.slices.state() {
-                    if let Ok(s) = &s.0 {
-                        ctx.core.reconcile_slice(s, &plans);
-                    }
-                }
+                let changed = ctx.core.changes().take();
+                let world = World {
+                    agents: ctx
+                        .agents
+                        .state()
+                        .iter()
+                        .filter_map(|a| a.0.as_ref().ok())
+                        .filter(|a| a.metadata.deletion_timestamp.is_none())
+                        .cloned()
+                        .collect(),
+                    equipment: ctx.equipment.state().iter().filter_map(|e| e.0.as_ref().ok()).cloned().collect(),
+                    slices: ctx.slices.state().iter().filter_map(|s| s.0.as_ref().ok()).cloned().collect(),
+                    ..Default::default()
+                };
+                ctx.core.reconcile_changed(ctx.version(), &world, &changed).await;
             }
         })
     };

@@ -1,57 +1,90 @@
 //! Standalone mode: the controller over a folder of manifests, no cluster. The folder is
-//! watched; every change (and every agent event) runs the same reconcile steps the Kubernetes
-//! controllers run.
+//! watched; a change of it runs every reconcile step the Kubernetes controllers run, over the
+//! whole plant. Between changes, a pass reconciles only the agents something happened to (a
+//! connection, a report) — from the store's memory, reading no file — and a full pass comes
+//! when a deadline is due or every [`TICK`].
 
-use std::{sync::Arc, time::Duration};
+pub mod store;
 
-use crate::{reconcile::Reconciler, standalone::store::FolderStore, store::StoreError};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use crate::{
+    agents::registry::Change,
+    reconcile::Reconciler,
+    store::{ObjectKey, StoreError},
+};
+use store::FolderStore;
 
 /// Quiet time after a change before the folder is re-read: editors write files in bursts.
 const DEBOUNCE: Duration = Duration::from_millis(150);
-/// Longest time between two passes: deadlines and status freshness do not wait for events.
-const TICK: Duration = Duration::from_secs(1);
+/// Longest time between two full passes: statuses that depend on time alone do not wait longer.
+pub const TICK: Duration = Duration::from_secs(5);
+
+/// What the next pass covers.
+enum Pass {
+    /// The folder changed: read it again, reconcile everything.
+    Reload,
+    /// A deadline or the tick: reconcile everything, from memory.
+    Full,
+    /// Only these agents.
+    Changed(BTreeSet<ObjectKey>),
+}
 
 /// Runs until the task is cancelled.
-pub mod store;
-
 pub async fn run(core: Arc<Reconciler<FolderStore>>) -> Result<(), StoreError> {
     let (_watcher, mut changes) = core.store().watch()?;
     let mut agents = core.registry().subscribe();
     let mut version: u64 = 0;
     let mut last_refused: Vec<String> = Vec::new();
     let mut world = core.store().load();
+    let mut pass = Pass::Full;
+    let mut wait = TICK;
     loop {
-        for r in world.refused.iter().filter(|r| !last_refused.contains(r)) {
-            tracing::error!("refused: {r}");
+        match pass {
+            Pass::Reload | Pass::Full => {
+                for r in world.refused.iter().filter(|r| !last_refused.contains(r)) {
+                    tracing::error!("refused: {r}");
+                }
+                last_refused = world.refused.clone();
+                wait = core.reconcile_world(version, &world).await.unwrap_or(TICK).min(TICK);
+            }
+            Pass::Changed(keys) => core.reconcile_changed(version, &world, &keys).await,
         }
-        last_refused = world.refused.clone();
-        let requeue = core.reconcile_world(version, &world).await;
-        let wait = requeue.unwrap_or(TICK).min(TICK);
-        let reload = tokio::select! {
+        let started = tokio::time::Instant::now();
+        pass = tokio::select! {
             Some(()) = changes.recv() => {
                 // Let the burst finish, then read the folder once.
                 tokio::time::sleep(DEBOUNCE).await;
                 while changes.try_recv().is_ok() {}
-                true
+                Pass::Reload
             }
-            _ = agents.recv() => false,
-            () = core.kicked() => false,
-            () = tokio::time::sleep(wait) => false,
+            change = agents.recv() => match change {
+                Ok(Change::Connected(k) | Change::Disconnected(k)) => Pass::Changed([k].into()),
+                // Missed changes: look at everyone.
+                Err(_) => Pass::Full,
+            },
+            () = core.changes().wait() => Pass::Changed(core.changes().take()),
+            () = tokio::time::sleep(wait) => Pass::Full,
         };
-        if reload {
-            world = core.store().load();
-            version += 1;
-            tracing::info!(
-                agents = world.agents.len(),
-                equipment = world.equipment.len(),
-                slices = world.slices.len(),
-                commands = world.commands.len(),
-                refused = world.refused.len(),
-                "manifests reloaded"
-            );
-        } else {
-            // Statuses written since the last read must be seen by the next pass.
-            world = core.store().load();
+        // The time waited counts against the next full pass's deadline.
+        wait = wait.saturating_sub(started.elapsed());
+        match &pass {
+            Pass::Reload => {
+                world = core.store().load();
+                version += 1;
+                tracing::info!(
+                    agents = world.agents.len(),
+                    equipment = world.equipment.len(),
+                    slices = world.slices.len(),
+                    commands = world.commands.len(),
+                    refused = world.refused.len(),
+                    "manifests reloaded"
+                );
+            }
+            // Statuses written since the last pass, from the store's memory.
+            Pass::Full => world = core.store().current(),
+            // A stale status in `world` only makes the writer compare and skip: no refresh.
+            Pass::Changed(_) => {}
         }
     }
 }

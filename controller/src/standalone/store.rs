@@ -11,7 +11,7 @@
 //! `kubectl apply` would put them.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     io::Write,
     path::{Path, PathBuf},
     sync::Mutex,
@@ -48,13 +48,36 @@ struct ObjectState {
     status: Option<serde_json::Value>,
 }
 
+/// The world as last loaded, and where each object sits in it.
+#[derive(Debug)]
+struct Cached {
+    world: World,
+    at: HashMap<KindKey, usize>,
+}
+
+impl Cached {
+    fn new(world: World) -> Self {
+        let mut at = HashMap::new();
+        let key = |m: &shopfloor_api::common::ObjectMeta| ObjectKey::of(m);
+        at.extend(world.agents.iter().enumerate().map(|(i, o)| (("EdgeAgent", key(&o.metadata)), i)));
+        at.extend(world.equipment.iter().enumerate().map(|(i, o)| (("Equipment", key(&o.metadata)), i)));
+        at.extend(world.slices.iter().enumerate().map(|(i, o)| (("NetworkSlice", key(&o.metadata)), i)));
+        at.extend(world.commands.iter().enumerate().map(|(i, o)| (("ControlCommand", key(&o.metadata)), i)));
+        Self { world, at }
+    }
+}
+
 /// Manifests in `manifests`, state in `state`.
 #[derive(Debug)]
 pub struct FolderStore {
     manifests: PathBuf,
     state: PathBuf,
-    // One writer at a time: status writes are read-modify-write of one file.
-    lock: Mutex<()>,
+    /// The state of every object seen, as last written: read from disk once, then kept here, so
+    /// a pass over the plant costs no file system calls. Its lock also makes each object's
+    /// read-modify-write of its file one at a time.
+    states: Mutex<HashMap<KindKey, ObjectState>>,
+    /// The world as of the last [`FolderStore::load`], with every status written since.
+    world: Mutex<Option<Cached>>,
     /// The last definition read without fault of every object, with its file.
     last_good: Mutex<BTreeMap<KindKey, (PathBuf, Object)>>,
 }
@@ -89,6 +112,23 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Res
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// A file written without a sync: the caller syncs a batch at once.
+fn write_unsynced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(path)?;
+    f.write_all(bytes)
+}
+
+fn status_value(update: &StatusUpdate) -> serde_json::Value {
+    match update {
+        StatusUpdate::EdgeAgent(_, s) => serde_json::to_value(s),
+        StatusUpdate::Equipment(_, s) => serde_json::to_value(s),
+        StatusUpdate::NetworkSlice(_, s) => serde_json::to_value(s),
+        StatusUpdate::ControlCommand(_, s) => serde_json::to_value(s),
+    }
+    .expect("status always serializes")
+}
+
 fn read_yaml<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
     match std::fs::read_to_string(path) {
         Ok(text) => serde_yaml::from_str(&text)
@@ -121,7 +161,7 @@ impl FolderStore {
         for sub in [state_dir::objects(&state), state_dir::secrets(&state)] {
             std::fs::create_dir_all(sub).map_err(io(format!("state directory {}", state.display())))?;
         }
-        Ok(Self { manifests, state, lock: Mutex::new(()), last_good: Mutex::default() })
+        Ok(Self { manifests, state, states: Mutex::default(), world: Mutex::default(), last_good: Mutex::default() })
     }
 
     pub fn manifests(&self) -> &Path {
@@ -218,9 +258,9 @@ impl FolderStore {
         });
         drop(last_good);
         let now = Timestamp::now();
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         for ((kind, key), mut object) in in_force {
-            match self.merge_state(&mut object, &key, now) {
+            match self.merge_state(&mut states, &mut object, &key, now) {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
@@ -235,12 +275,29 @@ impl FolderStore {
                 Object::ControlCommand(o) => world.commands.push(o),
             }
         }
+        drop(states);
+        *self.world.lock().unwrap_or_else(|p| p.into_inner()) = Some(Cached::new(world.clone()));
         world
+    }
+
+    /// The world as of the last [`FolderStore::load`] with the statuses written since, without
+    /// reading a file (the first call loads).
+    pub fn current(&self) -> World {
+        if let Some(c) = self.world.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return c.world.clone();
+        }
+        self.load()
     }
 
     /// Fills uid, creation time, generation and status from the state directory, recording new
     /// objects and bumping the generation when the spec changed. `false` for a deleted object.
-    fn merge_state(&self, object: &mut Object, key: &ObjectKey, now: Timestamp) -> Result<bool, StoreError> {
+    fn merge_state(
+        &self,
+        states: &mut HashMap<KindKey, ObjectState>,
+        object: &mut Object,
+        key: &ObjectKey,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
         let kind = object.kind();
         let hash = match &*object {
             Object::EdgeAgent(o) => spec_hash(&o.spec),
@@ -249,7 +306,8 @@ impl FolderStore {
             Object::ControlCommand(o) => spec_hash(&o.spec),
         };
         let path = self.object_path(kind, key);
-        let stored: Option<ObjectState> = match read_yaml(&path) {
+        let cached = states.get(&(kind, key.clone())).cloned();
+        let stored: Option<ObjectState> = match cached.map(|c| Ok(Some(c))).unwrap_or_else(|| read_yaml(&path)) {
             Ok(s) => s,
             Err(StoreError::Corrupt { what, message }) => {
                 // Keep the evidence, start the object afresh, and say so.
@@ -272,7 +330,7 @@ impl FolderStore {
                 status: None,
             },
         };
-        let mut dirty = !path.exists();
+        let mut dirty = !states.contains_key(&(kind, key.clone())) && !path.exists();
         if state.spec_sha256 != hash {
             state.generation += 1;
             state.spec_sha256 = hash;
@@ -281,6 +339,7 @@ impl FolderStore {
         if dirty {
             write_atomic(&path, &to_yaml(&state), 0o644).map_err(io(path.display().to_string()))?;
         }
+        states.insert((kind, key.clone()), state.clone());
         if state.deleted {
             return Ok(false);
         }
@@ -307,11 +366,30 @@ impl FolderStore {
         key: &ObjectKey,
         f: impl FnOnce(&mut ObjectState),
     ) -> Result<(), StoreError> {
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         let path = self.object_path(kind, key);
-        let mut state: ObjectState = read_yaml(&path)?.ok_or_else(|| StoreError::Gone { kind, key: key.clone() })?;
+        let mut state = match states.get(&(kind, key.clone())) {
+            Some(s) => s.clone(),
+            None => read_yaml(&path)?.ok_or_else(|| StoreError::Gone { kind, key: key.clone() })?,
+        };
         f(&mut state);
-        write_atomic(&path, &to_yaml(&state), 0o644).map_err(io(path.display().to_string()))
+        write_atomic(&path, &to_yaml(&state), 0o644).map_err(io(path.display().to_string()))?;
+        states.insert((kind, key.clone()), state);
+        Ok(())
+    }
+
+    /// Lays a written status over the cached world.
+    fn apply_to_world(&self, update: &StatusUpdate) {
+        let mut cached = self.world.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(c) = cached.as_mut() else { return };
+        let Some(&i) = c.at.get(&(update.kind(), update.key().clone())) else { return };
+        let w = &mut c.world;
+        match update {
+            StatusUpdate::EdgeAgent(_, s) => w.agents[i].status = Some(s.clone()),
+            StatusUpdate::Equipment(_, s) => w.equipment[i].status = Some(s.clone()),
+            StatusUpdate::NetworkSlice(_, s) => w.slices[i].status = Some(s.clone()),
+            StatusUpdate::ControlCommand(_, s) => w.commands[i].status = Some(s.clone()),
+        }
     }
 
     /// Watches the manifest folder; every change sends `()` (bursts are not coalesced here).
@@ -379,18 +457,82 @@ impl Store for FolderStore {
     }
 
     async fn write_status(&self, update: StatusUpdate) -> Result<(), StoreError> {
-        let value = match &update {
-            StatusUpdate::EdgeAgent(_, s) => serde_json::to_value(s),
-            StatusUpdate::Equipment(_, s) => serde_json::to_value(s),
-            StatusUpdate::NetworkSlice(_, s) => serde_json::to_value(s),
-            StatusUpdate::ControlCommand(_, s) => serde_json::to_value(s),
+        let value = status_value(&update);
+        self.update_state(update.kind(), update.key(), |state| state.status = Some(value))?;
+        self.apply_to_world(&update);
+        Ok(())
+    }
+
+    /// Group commit: every status of the batch is written to a temporary file, one `syncfs(2)`
+    /// makes them all durable, then each is renamed into place and each directory touched is
+    /// synced once — a few syncs per batch instead of two per object.
+    async fn write_statuses(&self, updates: Vec<StatusUpdate>) -> Vec<Result<(), StoreError>> {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let mut staged: Vec<Result<(PathBuf, PathBuf, ObjectState), StoreError>> = Vec::with_capacity(updates.len());
+        for update in &updates {
+            let (kind, key) = (update.kind(), update.key());
+            let path = self.object_path(kind, key);
+            let state = match states.get(&(kind, key.clone())) {
+                Some(s) => Ok(s.clone()),
+                None => read_yaml::<ObjectState>(&path)
+                    .and_then(|s| s.ok_or_else(|| StoreError::Gone { kind, key: key.clone() })),
+            };
+            staged.push(state.and_then(|mut state| {
+                state.status = Some(status_value(update));
+                let tmp = path.with_file_name(format!(
+                    ".{}.tmp-{}",
+                    path.file_name().and_then(|n| n.to_str()).unwrap_or("object"),
+                    std::process::id()
+                ));
+                write_unsynced(&tmp, &to_yaml(&state)).map_err(io(tmp.display().to_string()))?;
+                Ok((tmp, path, state))
+            }));
         }
-        .expect("status always serializes");
-        self.update_state(update.kind(), update.key(), |state| state.status = Some(value))
+        let synced =
+            std::fs::File::open(&self.state).and_then(|dir| rustix::fs::syncfs(&dir).map_err(std::io::Error::from));
+        let mut dirs = std::collections::BTreeSet::new();
+        let mut results = Vec::with_capacity(updates.len());
+        for (update, staged) in updates.iter().zip(staged) {
+            let result = staged.and_then(|(tmp, path, state)| {
+                if let Err(e) = &synced {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(StoreError::Io {
+                        what: format!("syncing {}", self.state.display()),
+                        source: std::io::Error::new(e.kind(), e.to_string()),
+                    });
+                }
+                std::fs::rename(&tmp, &path).map_err(io(path.display().to_string()))?;
+                if let Some(d) = path.parent() {
+                    dirs.insert(d.to_owned());
+                }
+                states.insert((update.kind(), update.key().clone()), state);
+                Ok(())
+            });
+            results.push(result);
+        }
+        for d in dirs {
+            if let Err(e) = std::fs::File::open(&d).and_then(|f| f.sync_all()) {
+                tracing::warn!(dir = %d.display(), "cannot sync the directory after renaming statuses into it: {e}");
+            }
+        }
+        drop(states);
+        for (update, result) in updates.iter().zip(&results) {
+            if result.is_ok() {
+                self.apply_to_world(update);
+            }
+        }
+        results
     }
 
     async fn delete_command(&self, key: &ObjectKey) -> Result<(), StoreError> {
-        self.update_state("ControlCommand", key, |state| state.deleted = true)
+        self.update_state("ControlCommand", key, |state| state.deleted = true)?;
+        let mut cached = self.world.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cached.as_mut() {
+            let mut world = std::mem::take(&mut c.world);
+            world.commands.retain(|c| ObjectKey::of(&c.metadata) != *key);
+            *c = Cached::new(world);
+        }
+        Ok(())
     }
 
     async fn create_secret_if_absent(&self, name: &str, data: SecretData) -> Result<SecretData, StoreError> {

@@ -122,6 +122,18 @@ impl StoreError {
 pub trait Store: Send + Sync + 'static {
     fn write_status(&self, update: StatusUpdate) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Records several statuses, with one result each in order. By default one by one; a store
+    /// that can make a batch durable at once (one sync for all) does so.
+    fn write_statuses(&self, updates: Vec<StatusUpdate>) -> impl Future<Output = Vec<Result<(), StoreError>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(updates.len());
+            for u in updates {
+                out.push(self.write_status(u).await);
+            }
+            out
+        }
+    }
+
     /// Deletes a finished ControlCommand (its `ttlSecondsAfterFinished` elapsed).
     fn delete_command(&self, key: &ObjectKey) -> impl Future<Output = Result<(), StoreError>> + Send;
 

@@ -97,8 +97,9 @@ async fn run<S: Store>(
                 }
             }
         }
-        for (key, update) in due {
-            let result = store.write_status(update.clone()).await;
+        // One batch: a store that can sync it at once (the folder store) pays one sync for all.
+        let results = store.write_statuses(due.iter().map(|(_, u)| u.clone()).collect()).await;
+        for ((key, update), result) in due.into_iter().zip(results) {
             let mut slots = slots.lock().unwrap_or_else(|p| p.into_inner());
             let slot = slots.entry(key.clone()).or_default();
             slot.last_write_at = Some(Instant::now());
