@@ -3,11 +3,12 @@
 //!
 //! A refusal or a failure backs off exponentially with full jitter up to 30 s, so a fleet does
 //! not hammer a controller that said no. Silence (a handshake nobody answers, a session that
-//! went quiet) is usually the network: the agent retries soon, within 1 s, so it is back as soon
-//! as the network is. But silence is also what an overloaded controller looks like, and an agent
-//! that abandons a half-done handshake to start a new one adds to the load it is waiting on: so
-//! each silent attempt in a row waits longer for its answer (1 s, then 2 s), and the delays
-//! between them grow and spread by jitter. A session that lasted resets both.
+//! went quiet) is usually the network: the agent retries soon, within 0.75 s, so it is back as
+//! soon as the network is. But silence is also what an overloaded controller looks like, and an
+//! agent that abandons a half-done handshake to start a new one adds to the load it is waiting
+//! on: so after silent attempts in a row an attempt waits longer for its answer (1 s, then
+//! 1.5 s), and the delays between them grow (0.25 s to 0.75 s) and spread by full jitter. A
+//! session that lasted resets both.
 
 use std::time::Duration;
 
@@ -17,9 +18,13 @@ use shopfloor_wire::backoff::Backoff;
 pub const STABLE: Duration = Duration::from_secs(10);
 /// The first attempts wait this long for the controller's answer...
 pub const FIRST_PATIENCE: Duration = Duration::from_millis(1000);
-/// ...and, after [`PATIENT_AFTER`] silent attempts in a row, this long.
-pub const LONG_PATIENCE: Duration = Duration::from_millis(2000);
+/// ...and, after [`PATIENT_AFTER`] silent attempts in a row, this long. Longer would let a
+/// partition that heals mid-attempt wait for QUIC's next retransmission: the time back after a
+/// partition must stay under 2 s.
+pub const LONG_PATIENCE: Duration = Duration::from_millis(1500);
 pub const PATIENT_AFTER: u32 = 3;
+/// The longest delay after silence.
+pub const SILENT_CAP: Duration = Duration::from_millis(750);
 
 /// How the last attempt ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +49,7 @@ impl Default for Reconnect {
     fn default() -> Self {
         Self {
             failed: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
-            silent: Backoff::new(Duration::from_millis(250), Duration::from_secs(1)),
+            silent: Backoff::new(Duration::from_millis(250), SILENT_CAP),
             silent_in_a_row: 0,
         }
     }
@@ -95,12 +100,12 @@ mod tests {
         let mut worst = Duration::ZERO;
         for i in 0..20 {
             let d = r.after(Attempt::NoAnswer);
-            assert!(d <= Duration::from_secs(1), "attempt {i}: {d:?}");
+            assert!(d <= SILENT_CAP, "attempt {i}: {d:?}");
             worst = worst.max(d);
         }
         assert_eq!(r.patience(), LONG_PATIENCE, "after silent attempts in a row, wait longer for the answer");
         // An agent back after a partition is at most a delay and a patience away from it.
-        assert!(worst + r.patience() <= Duration::from_secs(3));
+        assert!(worst + r.patience() <= Duration::from_millis(2250));
     }
 
     #[test]
