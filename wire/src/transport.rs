@@ -37,9 +37,9 @@ pub const COMMAND_STREAMS: u32 = 256;
 /// Transport parameters: keep-alive and idle timeout from `timing`; windows sized for control
 /// traffic (small messages); stream limits per side: an agent may open few streams, the
 /// controller many (one per command). `accept` is `(bidi, uni)` streams the peer may open.
-fn transport_config(timing: Timing, accept: (u32, u32)) -> TransportConfig {
+fn transport_config(timing: Timing, accept: (u32, u32), keep_alive: bool) -> TransportConfig {
     let mut t = TransportConfig::default();
-    t.keep_alive_interval(Some(timing.keep_alive));
+    t.keep_alive_interval(keep_alive.then_some(timing.keep_alive));
     t.max_idle_timeout(IdleTimeout::try_from(timing.idle_timeout).ok());
     // Plant networks (LAN, 5G URLLC) answer in well under 100 ms; starting from quinn's 333 ms
     // guess would leave a lost handshake packet unrepeated for about a second.
@@ -52,14 +52,18 @@ fn transport_config(timing: Timing, accept: (u32, u32)) -> TransportConfig {
     t
 }
 
-/// The controller's side: agents open the control stream and telemetry streams.
+/// The controller's side: agents open the control stream and telemetry streams. The controller
+/// sends no keep-alive of its own: each agent's keep-alive and the controller's acknowledgement
+/// of it keep both sides' idle timers fed, and an agent that goes away still times out. Pinging
+/// from both ends would double the packets an idle fleet costs the controller.
 pub fn server_transport_config(timing: Timing) -> TransportConfig {
-    transport_config(timing, (AGENT_BIDI_STREAMS, AGENT_UNI_STREAMS))
+    transport_config(timing, (AGENT_BIDI_STREAMS, AGENT_UNI_STREAMS), false)
 }
 
-/// The agent's side: the controller opens one stream per command and nothing else.
+/// The agent's side: the controller opens one stream per command and nothing else. The agent
+/// keeps the connection alive (and its NAT or firewall binding open).
 pub fn client_transport_config(timing: Timing) -> TransportConfig {
-    transport_config(timing, (COMMAND_STREAMS, 0))
+    transport_config(timing, (COMMAND_STREAMS, 0), true)
 }
 
 /// Connection attempts a server endpoint queues before the application takes them up; beyond

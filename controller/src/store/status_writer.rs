@@ -5,7 +5,7 @@
 //! they must be durable before it acts.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -23,9 +23,17 @@ struct Slot {
     last_write_at: Option<Instant>,
 }
 
+/// Every object's slot, and which of them hold a pending update: the writer looks at those
+/// only, so a wake costs what is pending, not the size of the plant.
+#[derive(Default)]
+struct Slots {
+    all: HashMap<Key, Slot>,
+    pending: HashSet<Key>,
+}
+
 /// Hands status updates to a background task that writes them through the store.
 pub struct StatusWriter {
-    slots: Arc<Mutex<HashMap<Key, Slot>>>,
+    slots: Arc<Mutex<Slots>>,
     wake: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -45,7 +53,7 @@ impl Drop for StatusWriter {
 impl StatusWriter {
     /// Starts the writer; `interval` is the minimum time between two writes of one object.
     pub fn start<S: Store>(store: Arc<S>, interval: Duration) -> Self {
-        let slots: Arc<Mutex<HashMap<Key, Slot>>> = Arc::default();
+        let slots: Arc<Mutex<Slots>> = Arc::default();
         let wake = Arc::new(tokio::sync::Notify::new());
         let task = tokio::spawn(run(store, slots.clone(), wake.clone(), interval));
         Self { slots, wake, task }
@@ -55,63 +63,63 @@ impl StatusWriter {
     pub fn submit(&self, update: StatusUpdate) {
         let key = (update.kind(), update.key().clone());
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = slots.entry(key).or_default();
+        let slot = slots.all.entry(key.clone()).or_default();
         if slot.last_written.as_ref() == Some(&update) {
             slot.pending = None;
+            slots.pending.remove(&key);
             return;
         }
         slot.pending = Some(update);
+        slots.pending.insert(key);
         drop(slots);
         self.wake.notify_one();
     }
 
     /// Number of objects with a write still pending.
     pub fn pending(&self) -> usize {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|s| s.pending.is_some()).count()
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).pending.len()
     }
 }
 
-async fn run<S: Store>(
-    store: Arc<S>,
-    slots: Arc<Mutex<HashMap<Key, Slot>>>,
-    wake: Arc<tokio::sync::Notify>,
-    interval: Duration,
-) {
+async fn run<S: Store>(store: Arc<S>, slots: Arc<Mutex<Slots>>, wake: Arc<tokio::sync::Notify>, interval: Duration) {
     loop {
         let now = Instant::now();
         let mut due = Vec::new();
         let mut next: Option<Instant> = None;
         {
-            let mut slots = slots.lock().unwrap_or_else(|p| p.into_inner());
-            for (key, slot) in slots.iter_mut() {
-                if slot.pending.is_none() {
-                    continue;
-                }
+            let mut guard = slots.lock().unwrap_or_else(|p| p.into_inner());
+            let Slots { all, pending } = &mut *guard;
+            pending.retain(|key| {
+                let Some(slot) = all.get_mut(key) else { return false };
                 let ready_at = slot.last_write_at.map_or(now, |t| t + interval);
-                if ready_at <= now {
-                    if let Some(update) = slot.pending.take() {
-                        due.push((key.clone(), update));
-                    }
-                } else {
+                if ready_at > now {
                     next = Some(next.map_or(ready_at, |n: Instant| n.min(ready_at)));
+                    return true;
                 }
-            }
+                if let Some(update) = slot.pending.take() {
+                    due.push((key.clone(), update));
+                }
+                false
+            });
         }
         // One batch: a store that can sync it at once (the folder store) pays one sync for all.
         let results = store.write_statuses(due.iter().map(|(_, u)| u.clone()).collect()).await;
         for ((key, update), result) in due.into_iter().zip(results) {
-            let mut slots = slots.lock().unwrap_or_else(|p| p.into_inner());
-            let slot = slots.entry(key.clone()).or_default();
+            let mut guard = slots.lock().unwrap_or_else(|p| p.into_inner());
+            let Slots { all, pending } = &mut *guard;
+            let slot = all.entry(key.clone()).or_default();
             slot.last_write_at = Some(Instant::now());
             match result {
                 Ok(()) => slot.last_written = Some(update),
                 Err(StoreError::Gone { .. }) => {
-                    slots.remove(&key);
+                    all.remove(&key);
+                    pending.remove(&key);
                 }
                 Err(e) => {
                     tracing::warn!(kind = key.0, object = %key.1, "status write failed, retrying: {e}");
                     // Keep the newest: a fresher update submitted meanwhile wins over the retry.
                     slot.pending.get_or_insert(update);
+                    pending.insert(key);
                 }
             }
         }
