@@ -186,12 +186,20 @@ impl<S: Store> Reconciler<S> {
             return;
         }
         let plans = self.plans(version, world);
-        let agents: Vec<&EdgeAgent> =
-            world.agents.iter().filter(|a| changed.contains(&ObjectKey::of(&a.metadata))).collect();
+        // Looked up by borrowed names: this pass runs after every report, and building an owned
+        // key for every object of the plant each time would cost more than the reconcile.
+        let changed_names: std::collections::HashSet<(&str, &str)> =
+            changed.iter().map(|k| (k.namespace.as_str(), k.name.as_str())).collect();
+        let is_changed =
+            |namespace: Option<&str>, name: &str| changed_names.contains(&(namespace.unwrap_or_default(), name));
+        let agents: Vec<&EdgeAgent> = world
+            .agents
+            .iter()
+            .filter(|a| is_changed(a.metadata.namespace.as_deref(), a.metadata.name.as_deref().unwrap_or_default()))
+            .collect();
         self.reconcile_agents(&agents, &plans).await;
         for e in &world.equipment {
-            let ns = e.metadata.namespace.clone().unwrap_or_default();
-            if changed.contains(&ObjectKey::new(ns, e.spec.agent_ref.name.clone())) {
+            if is_changed(e.metadata.namespace.as_deref(), &e.spec.agent_ref.name) {
                 self.reconcile_equipment(e, &plans);
             }
         }

@@ -19,6 +19,9 @@ use store::FolderStore;
 const DEBOUNCE: Duration = Duration::from_millis(150);
 /// Longest time between two full passes: statuses that depend on time alone do not wait longer.
 pub const TICK: Duration = Duration::from_secs(5);
+/// After the first agent's change, how long to gather others into the same pass: a fleet
+/// reporting all the time then costs a pass per batch, not a pass per report.
+const GATHER: Duration = Duration::from_millis(100);
 
 /// What the next pass covers.
 enum Pass {
@@ -63,7 +66,10 @@ pub async fn run(core: Arc<Reconciler<FolderStore>>) -> Result<(), StoreError> {
                 // Missed changes: look at everyone.
                 Err(_) => Pass::Full,
             },
-            () = core.changes().wait() => Pass::Changed(core.changes().take()),
+            () = core.changes().wait() => {
+                tokio::time::sleep(GATHER).await;
+                Pass::Changed(core.changes().take())
+            }
             () = tokio::time::sleep(wait) => Pass::Full,
         };
         // The time waited counts against the next full pass's deadline.
