@@ -18,7 +18,7 @@ use crate::{
     metrics::{KindLabel, Metrics},
     planner::{self, Plans},
     status::build::{self, AgentFacts},
-    store::status_writer::StatusWriter,
+    store::status_writer::{Pace, StatusWriter},
     store::{ObjectKey, StatusUpdate, Store, StoreError, World},
 };
 
@@ -53,12 +53,12 @@ impl<S: Store> std::fmt::Debug for Reconciler<S> {
 }
 
 impl<S: Store> Reconciler<S> {
-    pub fn new(store: Arc<S>, replica: impl Into<String>, status_interval: Duration) -> Arc<Self> {
+    pub fn new(store: Arc<S>, replica: impl Into<String>, status_pace: impl Into<Pace>) -> Arc<Self> {
         let registry = Arc::new(Registry::default());
         let metrics = Arc::new(Metrics::default());
         let engine = Engine::new(store.clone(), registry.clone(), metrics.clone());
         engine.follow_connections();
-        let statuses = Arc::new(StatusWriter::start(store.clone(), status_interval));
+        let statuses = Arc::new(StatusWriter::start(store.clone(), status_pace));
         Arc::new(Self {
             engine,
             book: Arc::new(AgentBook::new(store.clone(), statuses.clone())),

@@ -279,19 +279,27 @@ pub fn measure(n: usize, agents_root: &Path, limit: Duration) -> Figures {
     let fleet = rt
         .block_on(Fleet::start(&s.path("plant"), &s.path("state"), &endpoint, "fleet", &names, agents_root, 32))
         .expect("fleet");
+    eprintln!("fleet of {n}: enrolled; waiting for every session");
     until(limit, || fleet.connected() == n).unwrap_or_else(|| panic!("{} of {n} connected", fleet.connected()));
     f.all_connected = started.elapsed();
-    until(limit, || rt.block_on(fleet.holding(None)) == n).expect("every agent configured");
+    eprintln!("fleet of {n}: all connected in {:.2} s; waiting for every configuration", f.all_connected.as_secs_f64());
+    until(limit, || rt.block_on(fleet.holding(None)) == n)
+        .unwrap_or_else(|| panic!("{} of {n} agents hold a configuration", rt.block_on(fleet.holding(None))));
     // Each agent's plan holds its own equipment: revisions differ from agent to agent.
     let first: Vec<Option<String>> = fleet.agents.iter().map(|a| rt.block_on(a.held_revision())).collect();
 
-    std::thread::sleep(Duration::from_secs(2));
-    let (t0, c0) = (std::time::Instant::now(), cpu_ticks(pid));
+    // Settle first: the statuses of the connections just made are still being written.
     std::thread::sleep(Duration::from_secs(5));
+    // A longer window (SHOPFLOOR_FLEET_IDLE_SECS) leaves time to attach a profiler to the pid.
+    let idle = std::env::var("SHOPFLOOR_FLEET_IDLE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    eprintln!("fleet of {n}: all connected and configured; idle window of {idle} s on controller pid {pid}");
+    let (t0, c0) = (std::time::Instant::now(), cpu_ticks(pid));
+    std::thread::sleep(Duration::from_secs(idle));
     // Linux reports CPU time in ticks of 1/100 s (USER_HZ).
     f.idle_cpu = (cpu_ticks(pid) - c0) as f64 / 100.0 / t0.elapsed().as_secs_f64();
     f.rss_connected_kib = proc_status_kib(pid, "VmRSS:");
 
+    eprintln!("fleet of {n}: idle CPU {:.1}%; changing the slice", f.idle_cpu * 100.0);
     std::fs::write(s.path("plant/fleet.yaml"), plant("fleet", n, 20)).expect("manifests");
     let edited = std::time::Instant::now();
     let changed = |rt: &tokio::runtime::Runtime| {
@@ -312,6 +320,10 @@ pub fn measure(n: usize, agents_root: &Path, limit: Duration) -> Figures {
     until(limit, || names.iter().zip(&second).all(in_status)).expect("the slice change in every EdgeAgent's status");
     f.change_in_status = edited.elapsed();
 
+    eprintln!(
+        "fleet of {n}: the change in every status after {:.2} s; restarting the controller",
+        f.change_in_status.as_secs_f64()
+    );
     let (sessions, attempts) = (fleet.sessions(), fleet.attempts());
     s.kill("controller");
     until(limit, || fleet.connected() == 0).expect("the fleet saw the controller go");

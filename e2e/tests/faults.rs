@@ -326,6 +326,9 @@ mod cluster {
 fn loss_and_a_partition_do_not_lose_commands_or_telemetry() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let s = Scenario::new();
+    // Telemetry is followed through `observedAt` of a value that does not change, which the
+    // controller otherwise refreshes in the status once a minute.
+    s.set_env("SHOPFLOOR_STATUS_REFRESH", "1s");
     std::fs::create_dir_all(s.path("plant")).expect("plant");
     let modbus = s.modbus_sim("sim", &[]);
     let port = modbus.rsplit(':').next().expect("port").to_owned();

@@ -13,6 +13,7 @@ use shopfloor_controller::{
     reconcile::Reconciler,
     standalone,
     standalone::store::FolderStore,
+    store::status_writer::Pace,
 };
 
 /// Reconciles a plant's EdgeAgents, Equipment, NetworkSlices and ControlCommands onto its edge
@@ -58,6 +59,30 @@ struct Args {
     /// http://otel-collector:4318). Off unless given.
     #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// How often a status whose only change is freshness (an agent's lastSeen and rttMicros,
+    /// the observedAt of a value that did not change) is rewritten, at most; changes of phase,
+    /// condition, revision or value are written within a second.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration, env = "SHOPFLOOR_STATUS_REFRESH")]
+    status_refresh: Duration,
+    /// Refresh-only status writes per second over the whole plant, at most.
+    #[arg(long, value_name = "N", default_value_t = Pace::DEFAULT_REFRESHES_PER_SECOND, value_parser = clap::value_parser!(u32).range(1..))]
+    status_refreshes_per_second: u32,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<shopfloor_api::Duration>()
+        .map(Into::into)
+        .map_err(|e| format!("`{s}` is not a duration like 60s or 5m: {e}"))
+}
+
+impl Args {
+    fn status_pace(&self) -> Pace {
+        Pace {
+            interval: Duration::from_secs(1),
+            refresh: self.status_refresh,
+            refreshes_per_second: self.status_refreshes_per_second,
+        }
+    }
 }
 
 /// Points the command engine at the OTLP collector, if one is configured.
@@ -113,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
 async fn run_standalone(args: &Args, dir: &PathBuf, health: Arc<metrics::Health>) -> anyhow::Result<()> {
     let store = FolderStore::open(dir, &args.state_dir)
         .with_context(|| format!("cannot use {} with state directory {}", dir.display(), args.state_dir.display()))?;
-    let core = Reconciler::new(Arc::new(store), args.replica(), Duration::from_secs(1));
+    let core = Reconciler::new(Arc::new(store), args.replica(), args.status_pace());
     trace_commands(&core, args)?;
     let (addr, _http) = metrics::serve(args.http, core.metrics().clone(), health.clone())
         .await
@@ -150,7 +175,7 @@ async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Resul
         "cannot reach a Kubernetes API server (no in-cluster config and no usable kubeconfig); use --standalone <dir> to run without a cluster",
     )?;
     let store = KubeStore::with_instance(client.clone(), &args.namespace, Some(args.replica()));
-    let core = Reconciler::new(Arc::new(store), args.replica(), Duration::from_secs(1));
+    let core = Reconciler::new(Arc::new(store), args.replica(), args.status_pace());
     trace_commands(&core, args)?;
     let (addr, _http) = metrics::serve(args.http, core.metrics().clone(), health.clone()).await?;
     let ca = endpoint::ensure_ca(&**core.store()).await.context("cannot load or create the plant CA Secret")?;

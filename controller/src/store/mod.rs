@@ -70,6 +70,28 @@ impl StatusUpdate {
         }
     }
 
+    /// This update as written to the store if time stood still: without the fields that only
+    /// say how fresh it is (an agent's `lastSeen` and `rttMicros`, each reported value's
+    /// `observedAt`). Two updates that are equal here differ only in freshness.
+    pub fn without_freshness(&self) -> StatusUpdate {
+        let mut settled = self.clone();
+        match &mut settled {
+            StatusUpdate::EdgeAgent(_, s) => {
+                if let Some(c) = s.connection.as_mut() {
+                    c.last_seen = None;
+                    c.rtt_micros = None;
+                }
+            }
+            StatusUpdate::Equipment(_, s) => {
+                for r in &mut s.reported {
+                    r.observed_at = shopfloor_api::common::Time(jiff::Timestamp::UNIX_EPOCH);
+                }
+            }
+            StatusUpdate::NetworkSlice(..) | StatusUpdate::ControlCommand(..) => {}
+        }
+        settled
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             StatusUpdate::EdgeAgent(..) => "EdgeAgent",
@@ -166,4 +188,41 @@ pub trait Store: Send + Sync + 'static {
     /// Records an event. Best effort: a failure is logged at warn by the store, never returned,
     /// and never holds up the caller's work for long.
     fn publish_event(&self, event: ObjectEvent) -> impl Future<Output = ()> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shopfloor_api::{
+        common::Time,
+        edge_agent::{AgentPhase, ConnectionStatus},
+    };
+
+    fn agent(phase: AgentPhase, seen: i64, rtt: i64) -> StatusUpdate {
+        let at = |s| Some(Time(jiff::Timestamp::from_second(s).expect("time")));
+        StatusUpdate::EdgeAgent(
+            ObjectKey::new("plant-a", "line-1"),
+            EdgeAgentStatus {
+                phase: Some(phase),
+                connection: Some(ConnectionStatus {
+                    connected_since: at(0),
+                    last_seen: at(seen),
+                    rtt_micros: Some(rtt),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn freshness_is_last_seen_and_rtt_but_not_the_phase_or_the_session() {
+        let a = agent(AgentPhase::Connected, 10, 800);
+        assert_eq!(a.without_freshness(), agent(AgentPhase::Connected, 70, 950).without_freshness());
+        assert_ne!(a.without_freshness(), agent(AgentPhase::Disconnected, 10, 800).without_freshness());
+        let StatusUpdate::EdgeAgent(k, mut reconnected) = a.clone() else { unreachable!() };
+        reconnected.connection.as_mut().expect("connection").connected_since =
+            Some(Time(jiff::Timestamp::from_second(60).expect("time")));
+        assert_ne!(a.without_freshness(), StatusUpdate::EdgeAgent(k, reconnected).without_freshness());
+    }
 }

@@ -3,6 +3,14 @@
 //! Telemetry arrives many times a second; the API server sees at most one write per second per
 //! object. Command transitions do not go through here: the engine writes them directly, because
 //! they must be durable before it acts.
+//!
+//! A status that differs from the last one written only in freshness (`lastSeen`, `rttMicros`,
+//! the `observedAt` of unchanged values) is a refresh, not a change: it is written at most once
+//! per refresh period per object and, over all objects, at most at a fixed rate. An idle fleet
+//! otherwise rewrites two objects per agent per reporting interval: at 500 agents that was
+//! two-thirds of the standalone controller's idle CPU (creating the files), and in a cluster it
+//! would be thousands of API writes per second at 10,000 agents. Phases, conditions, revisions
+//! and changed values are still written within the interval.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -15,6 +23,63 @@ use tokio::time::Instant;
 use crate::store::{ObjectKey, StatusUpdate, Store, StoreError};
 
 type Key = (&'static str, ObjectKey);
+
+/// How often statuses are written.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Pace {
+    /// The least time between two writes of one object.
+    pub interval: Duration,
+    /// The least time between two writes of one object that only refresh it.
+    pub refresh: Duration,
+    /// Refresh-only writes per second over all objects.
+    pub refreshes_per_second: u32,
+}
+
+impl Pace {
+    /// Refreshes every minute at most, 50 a second over the whole plant.
+    pub const DEFAULT_REFRESH: Duration = Duration::from_secs(60);
+    pub const DEFAULT_REFRESHES_PER_SECOND: u32 = 50;
+}
+
+impl From<Duration> for Pace {
+    fn from(interval: Duration) -> Self {
+        Pace {
+            interval,
+            refresh: Self::DEFAULT_REFRESH.max(interval),
+            refreshes_per_second: Self::DEFAULT_REFRESHES_PER_SECOND,
+        }
+    }
+}
+
+/// Refresh-only writes allowed now: a token bucket holding at most one second's worth.
+struct Budget {
+    tokens: f64,
+    at: Instant,
+    rate: f64,
+}
+
+impl Budget {
+    fn new(rate: u32, now: Instant) -> Self {
+        let rate = f64::from(rate.max(1));
+        Self { tokens: rate, at: now, rate }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        self.tokens = (self.tokens + (now - self.at).as_secs_f64() * self.rate).min(self.rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// When the next token is there.
+    fn next(&self, now: Instant) -> Instant {
+        now + Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).max(0.001))
+    }
+}
 
 #[derive(Default)]
 struct Slot {
@@ -51,11 +116,11 @@ impl Drop for StatusWriter {
 }
 
 impl StatusWriter {
-    /// Starts the writer; `interval` is the minimum time between two writes of one object.
-    pub fn start<S: Store>(store: Arc<S>, interval: Duration) -> Self {
+    /// Starts the writer at `pace`.
+    pub fn start<S: Store>(store: Arc<S>, pace: impl Into<Pace>) -> Self {
         let slots: Arc<Mutex<Slots>> = Arc::default();
         let wake = Arc::new(tokio::sync::Notify::new());
-        let task = tokio::spawn(run(store, slots.clone(), wake.clone(), interval));
+        let task = tokio::spawn(run(store, slots.clone(), wake.clone(), pace.into()));
         Self { slots, wake, task }
     }
 
@@ -81,19 +146,31 @@ impl StatusWriter {
     }
 }
 
-async fn run<S: Store>(store: Arc<S>, slots: Arc<Mutex<Slots>>, wake: Arc<tokio::sync::Notify>, interval: Duration) {
+async fn run<S: Store>(store: Arc<S>, slots: Arc<Mutex<Slots>>, wake: Arc<tokio::sync::Notify>, pace: Pace) {
+    let mut budget = Budget::new(pace.refreshes_per_second, Instant::now());
     loop {
         let now = Instant::now();
         let mut due = Vec::new();
         let mut next: Option<Instant> = None;
+        let mut later = |at: Instant| next = Some(next.map_or(at, |n: Instant| n.min(at)));
         {
             let mut guard = slots.lock().unwrap_or_else(|p| p.into_inner());
             let Slots { all, pending } = &mut *guard;
             pending.retain(|key| {
                 let Some(slot) = all.get_mut(key) else { return false };
-                let ready_at = slot.last_write_at.map_or(now, |t| t + interval);
+                let Some(update) = slot.pending.as_ref() else { return false };
+                let refresh_only = slot
+                    .last_written
+                    .as_ref()
+                    .is_some_and(|written| written.without_freshness() == update.without_freshness());
+                let wait = if refresh_only { pace.refresh } else { pace.interval };
+                let ready_at = slot.last_write_at.map_or(now, |t| t + wait);
                 if ready_at > now {
-                    next = Some(next.map_or(ready_at, |n: Instant| n.min(ready_at)));
+                    later(ready_at);
+                    return true;
+                }
+                if refresh_only && !budget.take(now) {
+                    later(budget.next(now));
                     return true;
                 }
                 if let Some(update) = slot.pending.take() {
@@ -103,7 +180,11 @@ async fn run<S: Store>(store: Arc<S>, slots: Arc<Mutex<Slots>>, wake: Arc<tokio:
             });
         }
         // One batch: a store that can sync it at once (the folder store) pays one sync for all.
-        let results = store.write_statuses(due.iter().map(|(_, u)| u.clone()).collect()).await;
+        let results = if due.is_empty() {
+            Vec::new()
+        } else {
+            store.write_statuses(due.iter().map(|(_, u)| u.clone()).collect()).await
+        };
         for ((key, update), result) in due.into_iter().zip(results) {
             let mut guard = slots.lock().unwrap_or_else(|p| p.into_inner());
             let Slots { all, pending } = &mut *guard;
@@ -211,5 +292,67 @@ mod tests {
         writer.submit(update("press", "r1"));
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(store.0.lock().expect("lock").len(), 1);
+    }
+
+    fn report(name: &str, value: f64, at_second: i64) -> StatusUpdate {
+        use shopfloor_api::{common::Time, equipment::ReportedValue};
+        StatusUpdate::Equipment(
+            ObjectKey::new("plant-a", name),
+            EquipmentStatus {
+                applied_revision: Some("r1".into()),
+                reported: vec![ReportedValue {
+                    property: "speed".into(),
+                    value: shopfloor_api::value::Value::Float(value),
+                    observed_at: Time(jiff::Timestamp::from_second(at_second).expect("time")),
+                }],
+                ..Default::default()
+            },
+        )
+    }
+
+    fn writes_of(store: &Recorder, name: &str) -> Vec<(Instant, StatusUpdate)> {
+        store.0.lock().expect("lock").iter().filter(|(_, u)| u.key().name == name).cloned().collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_status_that_only_got_fresher_is_rewritten_once_per_refresh_period() {
+        let store = Arc::new(Recorder::default());
+        let pace =
+            Pace { interval: Duration::from_secs(1), refresh: Duration::from_secs(60), refreshes_per_second: 50 };
+        let writer = StatusWriter::start(store.clone(), pace);
+        // An idle machine reporting the same value every 5 s for two minutes.
+        for i in 0..24 {
+            writer.submit(report("press", 0.5, i * 5));
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        let writes = writes_of(&store, "press");
+        assert!((2..=3).contains(&writes.len()), "the first write and one refresh a minute: {} writes", writes.len());
+        // A changed value is written within the interval, refresh period or not.
+        writer.submit(report("press", 0.7, 121));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(writes_of(&store, "press").last().map(|(_, u)| u.clone()), Some(report("press", 0.7, 121)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refreshes_over_the_whole_plant_keep_to_their_rate() {
+        let store = Arc::new(Recorder::default());
+        let pace = Pace { interval: Duration::from_secs(1), refresh: Duration::from_secs(1), refreshes_per_second: 10 };
+        let writer = StatusWriter::start(store.clone(), pace);
+        let names: Vec<String> = (0..100).map(|i| format!("m{i}")).collect();
+        for n in &names {
+            writer.submit(report(n, 0.5, 0));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(store.0.lock().expect("lock").len(), 100, "first writes are not refreshes");
+        let start = Instant::now();
+        for n in &names {
+            writer.submit(report(n, 0.5, 5));
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let refreshed = store.0.lock().expect("lock").iter().filter(|(at, _)| *at > start).count();
+        // At most 10 a second plus the bucket's first second: 60 in 5 s, not 100.
+        assert!((40..=61).contains(&refreshed), "{refreshed} refreshes in 5 s");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(writer.pending(), 0, "every refresh lands eventually");
     }
 }
