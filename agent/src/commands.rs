@@ -3,7 +3,7 @@
 //! Order of checks: the journal (a redelivered id is answered with its recorded result), the
 //! deadline (a command arriving late never touches the equipment), the action and its
 //! parameters (types, declared ranges, required), the properties' interlock limits, the plant's
-//! safety envelope, then — under the equipment's lock, in arrival order — the deadline again and
+//! safety envelope, the rate limits (commands that write only), then — under the equipment's lock, in arrival order — the deadline again and
 //! the preconditions against a fresh read, the deadline once more, and again before every write
 //! (an action stopped part-way reports which writes happened). Deadlines are on the agent's
 //! monotonic clock (see [`crate::clock`]). A dry run stops before writing and reports what it
@@ -25,7 +25,11 @@ use tokio::{
     time::Instant,
 };
 
-use shopfloor_wire::value;
+use shopfloor_wire::{
+    proto::RateLimit as ProtoRateLimit,
+    rate::{Limiter, RateLimit},
+    value,
+};
 
 use crate::{
     clock::{Offset, WallClock},
@@ -42,6 +46,10 @@ pub struct Executor {
     envelope: Envelope,
     running: StdMutex<HashMap<String, watch::Receiver<Option<CommandResult>>>>,
     wall: WallClock,
+    /// The equipment's and actions' rate limits, by equipment and action, on the monotonic clock
+    /// since `origin`.
+    rates: StdMutex<Limiter<(String, Option<String>)>>,
+    origin: Instant,
 }
 
 /// When a command arrived and when it must stop touching the equipment.
@@ -129,6 +137,8 @@ impl Executor {
             envelope,
             running: StdMutex::default(),
             wall: WallClock::system(),
+            rates: StdMutex::default(),
+            origin: Instant::now(),
         }
     }
 
@@ -250,6 +260,9 @@ impl Executor {
         {
             return refuse(ResultCode::OutOfEnvelope, why);
         }
+        if !plan.is_empty() && !cmd.dry_run {
+            self.admit_rate(&eq, cmd)?;
+        }
         let _turn = eq.lock.lock().await;
         if past() {
             return refuse(
@@ -356,6 +369,39 @@ impl Executor {
 
     /// Validates the command against the equipment and returns the writes, the reads and the
     /// time allowed.
+    /// Takes a token from the equipment's and the action's rate limits. The agent allows one
+    /// command more than the burst: the controller admitted each command against the same limit
+    /// on its own clock, and the link's jitter may bring two of them closer together.
+    fn admit_rate(&self, eq: &Equipment, cmd: &Command) -> Result<(), Refusal> {
+        let name = &eq.config.name;
+        let with_slack = |r: &ProtoRateLimit| RateLimit { per_minute: r.per_minute, burst: r.burst.saturating_add(1) };
+        let mut limits = Vec::new();
+        let mut fields = Vec::new();
+        if let Some(r) = &eq.config.rate_limit {
+            limits.push(((name.clone(), None), with_slack(r)));
+            fields.push("spec.rateLimit".to_owned());
+        }
+        if let Some((i, a)) = eq.config.actions.iter().enumerate().find(|(_, a)| a.name == cmd.action)
+            && let Some(r) = &a.rate_limit
+        {
+            limits.push(((name.clone(), Some(a.name.clone())), with_slack(r)));
+            fields.push(format!("spec.actions[{i}].rateLimit"));
+        }
+        let admitted = self.rates.lock().unwrap_or_else(|p| p.into_inner()).admit(&limits, self.origin.elapsed());
+        admitted.or_else(|e| {
+            refuse(
+                ResultCode::RateLimited,
+                format!(
+                    "{name} {} allows {} per minute with a burst of {} (the agent's own check, one above the controller's burst); not executed, the next may pass in {:.1} s",
+                    fields.get(e.which).map_or("rateLimit", String::as_str),
+                    e.limit.per_minute,
+                    e.limit.burst - 1,
+                    e.retry_after.as_secs_f64().min(86_400.0)
+                ),
+            )
+        })
+    }
+
     fn plan(&self, eq: &Equipment, cmd: &Command) -> Result<(Plan, Vec<PropertyConfig>, Duration), Refusal> {
         let name = &eq.config.name;
         let params: HashMap<&str, &parameter::Kind> =

@@ -76,9 +76,11 @@ fn conveyor(addr: std::net::SocketAddr) -> EquipmentConfig {
                 },
             ],
             timeout_ms: 2000,
+            rate_limit: None,
         }],
         reporting_interval_ms: 1000,
         slice: String::new(),
+        rate_limit: None,
     }
 }
 
@@ -509,4 +511,65 @@ async fn an_unreachable_device_fails_its_setpoints_without_stopping_the_others()
         applied.equipment.iter().map(|e| (e.equipment.as_str(), e.properties[0].result)).collect();
     assert_eq!(by["dead-conveyor"], ApplyResult::Failed as i32);
     assert_eq!(by["conveyor"], ApplyResult::Applied as i32);
+}
+
+#[tokio::test]
+async fn the_agent_enforces_rate_limits_itself_with_one_command_of_slack() {
+    use shopfloor_wire::proto::RateLimit;
+    let r = rig("").await;
+    let mut conveyor = conveyor(r.sim.addr);
+    conveyor.rate_limit = Some(RateLimit { per_minute: 6, burst: 2 });
+    let mut robot = robot();
+    robot.actions = vec![ActionConfig {
+        name: "run".into(),
+        writes: vec![ActionWrite {
+            property: "program".into(),
+            source: Some(action_write::Source::Value(value::int_value(7))),
+        }],
+        timeout_ms: 1000,
+        rate_limit: Some(RateLimit { per_minute: 1, burst: 1 }),
+        ..Default::default()
+    }];
+    r.exec.equipment().install(&[conveyor, robot], &Default::default());
+
+    // Burst 2, plus one the agent allows for the link's jitter: the fourth write is refused.
+    let writes: Vec<Command> = (0..4)
+        .map(|i| cmd(&format!("w{i}"), "conveyor", "write", &[("property", text("belt-speed")), ("value", num(1.0))]))
+        .collect();
+    let mut codes = Vec::new();
+    for c in &writes {
+        codes.push(code(&r.exec.execute(c, arrive(c)).await));
+    }
+    assert_eq!(codes, [ResultCode::Ok, ResultCode::Ok, ResultCode::Ok, ResultCode::RateLimited]);
+    assert_eq!(r.sim.device.writes_to("holding", 0), 3, "the refused command never reached the machine");
+    let refused = r.exec.execute(&writes[3], arrive(&writes[3])).await;
+    assert!(refused.replayed, "a refusal is journalled like any result: a redelivery is not a new command");
+    assert!(
+        refused.message.contains("conveyor spec.rateLimit allows 6 per minute with a burst of 2"),
+        "{}",
+        refused.message
+    );
+    // Reads and dry runs never touch a setpoint and pass.
+    let read = cmd("read", "conveyor", "read", &[("property", text("belt-speed"))]);
+    assert_eq!(code(&r.exec.execute(&read, arrive(&read)).await), ResultCode::Ok);
+    let mut dry = cmd("dry", "conveyor", "write", &[("property", text("belt-speed")), ("value", num(1.0))]);
+    dry.dry_run = true;
+    assert_eq!(code(&r.exec.execute(&dry, arrive(&dry)).await), ResultCode::DryRunOk);
+
+    // An action's own limit: 1 + 1 of slack, then refused naming the action's field.
+    let runs: Vec<Command> = (0..3).map(|i| cmd(&format!("run{i}"), "robot", "run", &[])).collect();
+    let mut results = Vec::new();
+    for c in &runs {
+        results.push(r.exec.execute(c, arrive(c)).await);
+    }
+    assert_eq!(results.iter().map(code).collect::<Vec<_>>(), [ResultCode::Ok, ResultCode::Ok, ResultCode::RateLimited]);
+    assert!(
+        results[2].message.contains("robot spec.actions[0].rateLimit allows 1 per minute"),
+        "{}",
+        results[2].message
+    );
+}
+
+fn text(s: &str) -> parameter::Kind {
+    parameter::Kind::Text(s.into())
 }

@@ -201,6 +201,9 @@ pub enum ResultCode {
     AgentOffline,
     DeviceError,
     Internal,
+    /// Over a `rateLimit` of the equipment or of the action; the message names it and says
+    /// when the next command is allowed.
+    RateLimited,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -75,6 +75,27 @@ pub struct EquipmentSpec {
     /// The NetworkSlice this equipment's traffic rides on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_slice_ref: Option<LocalRef>,
+    /// At most this many commands that write (the built-in `write` and every action; not `read`,
+    /// not dry runs) reach the equipment, enforced by the controller and again by the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket: `burst` commands at once, refilled at `perMinute` a minute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimit {
+    /// Commands a minute, sustained.
+    #[schemars(range(min = 1, max = 60000))]
+    pub per_minute: u32,
+    /// Commands at once after a quiet spell (default 1).
+    #[serde(default = "one_command")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub burst: u32,
+}
+
+fn one_command() -> u32 {
+    1
 }
 
 /// Modbus TCP endpoint of the equipment, as seen from the agent's host.
@@ -230,6 +251,9 @@ pub struct Action {
     #[serde(default = "default_action_timeout")]
     #[schemars(length(max = 32))]
     pub timeout: Duration,
+    /// At most this many runs of this action, on top of the equipment's own `rateLimit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 fn default_action_timeout() -> Duration {

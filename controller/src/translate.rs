@@ -143,11 +143,22 @@ fn equipment(name: &str, spec: &EquipmentSpec) -> proto::EquipmentConfig {
                     })
                     .collect(),
                 timeout_ms: millis(&a.timeout),
+                rate_limit: a.rate_limit.map(proto_rate_limit),
             })
             .collect(),
         reporting_interval_ms: millis(&spec.reporting.interval),
         slice: spec.network_slice_ref.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+        rate_limit: spec.rate_limit.map(proto_rate_limit),
     }
+}
+
+fn proto_rate_limit(r: shopfloor_api::equipment::RateLimit) -> proto::RateLimit {
+    proto::RateLimit { per_minute: r.per_minute, burst: r.burst }
+}
+
+/// The limit the controller's engine enforces, for an Equipment's or an action's `rateLimit`.
+pub fn rate_limit(r: shopfloor_api::equipment::RateLimit) -> shopfloor_wire::rate::RateLimit {
+    shopfloor_wire::rate::RateLimit { per_minute: r.per_minute, burst: r.burst }
 }
 
 fn slice(name: &str, spec: &NetworkSliceSpec) -> proto::SliceConfig {
@@ -237,6 +248,7 @@ fn result_code(code: proto::ResultCode) -> shopfloor_api::control_command::Resul
         W::DeadlineExceeded => C::DeadlineExceeded,
         W::AgentOffline => C::AgentOffline,
         W::DeviceError => C::DeviceError,
+        W::RateLimited => C::RateLimited,
         W::Internal | W::Unspecified => C::Internal,
     }
 }

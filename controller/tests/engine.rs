@@ -270,3 +270,76 @@ async fn finished_commands_are_deleted_after_their_ttl() {
     rig.engine.reconcile(&cmd, Some(&eq)).await.expect("reconcile");
     assert_eq!(rig.store.deleted.lock().expect("lock").clone(), vec![key]);
 }
+
+/// The commands `name`, `name-1`, … as distinct objects (own uid and name).
+fn copies(cmd: &ControlCommand, n: usize) -> Vec<ControlCommand> {
+    (0..n)
+        .map(|i| {
+            let mut c = cmd.clone();
+            c.metadata.name = Some(format!("{}-{i}", cmd.metadata.name.as_deref().unwrap_or("cmd")));
+            c.metadata.uid = Some(format!("uid-{i}-{}", cmd.metadata.uid.as_deref().unwrap_or("")));
+            c
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn commands_over_a_rate_limit_are_rejected_naming_the_limit_and_never_sent() {
+    use shopfloor_api::equipment::RateLimit;
+    let (cmd, mut eq) = command("start-infeed");
+    eq.spec.rate_limit = Some(RateLimit { per_minute: 6, burst: 2 });
+    let action = eq.spec.actions.iter().position(|a| a.name == cmd.spec.action).expect("action");
+    let rig = rig(Arc::default());
+    let session = connect(&rig, "line-1", Script::Succeed);
+    let cmds = copies(&cmd, 3);
+    for c in &cmds {
+        rig.engine.reconcile(c, Some(&eq)).await.expect("reconcile");
+    }
+    for c in &cmds[..2] {
+        settle(&rig.store, &ObjectKey::of(&c.metadata), CommandPhase::Succeeded).await;
+    }
+    let s = last_status(&rig.store, &ObjectKey::of(&cmds[2].metadata));
+    assert_eq!(s.phase, Some(CommandPhase::Rejected));
+    let result = s.result.expect("result");
+    assert_eq!(result.code, ResultCode::RateLimited);
+    assert!(
+        result
+            .message
+            .contains("Equipment plant-a/infeed-conveyor spec.rateLimit allows 6 per minute with a burst of 2"),
+        "{}",
+        result.message
+    );
+    assert!(result.message.contains("the next command may pass in"), "{}", result.message);
+    assert_eq!(session.seen.lock().expect("lock").len(), 2, "the refused command never left");
+    // Reconciled again (a watch event), the admitted commands take no second token, and a
+    // read never counts.
+    for c in &cmds[..2] {
+        rig.engine.reconcile(c, Some(&eq)).await.expect("reconcile");
+    }
+    let (mut read, _) = command("start-infeed");
+    read.spec.action = "read".into();
+    read.metadata.name = Some("read-belt".into());
+    read.metadata.uid = Some("uid-read-belt".into());
+    read.spec.parameters = [("property".to_owned(), ParameterValue::Name("belt-speed".into()))].into();
+    for r in copies(&read, 3) {
+        rig.engine.reconcile(&r, Some(&eq)).await.expect("reconcile");
+        settle(&rig.store, &ObjectKey::of(&r.metadata), CommandPhase::Succeeded).await;
+    }
+
+    // An action's own limit, on top of the equipment's, is named by its field.
+    let (cmd, mut eq) = command("start-infeed");
+    eq.spec.actions[action].rate_limit = Some(RateLimit { per_minute: 1, burst: 1 });
+    let rig = self::rig(Arc::default());
+    connect(&rig, "line-1", Script::Succeed);
+    let cmds = copies(&cmd, 2);
+    for c in &cmds {
+        rig.engine.reconcile(c, Some(&eq)).await.expect("reconcile");
+    }
+    let result = last_status(&rig.store, &ObjectKey::of(&cmds[1].metadata)).result.expect("result");
+    assert_eq!(result.code, ResultCode::RateLimited);
+    assert!(
+        result.message.contains(&format!("spec.actions[{action}].rateLimit allows 1 per minute")),
+        "{}",
+        result.message
+    );
+}

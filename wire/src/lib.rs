@@ -1,7 +1,7 @@
 //! Shopfloor's control protocol between the controller and its edge agents: the messages
 //! (`proto`, protobuf), their framing (`codec`), the PKI (`pki`), TLS with the agent identity in
-//! the certificate (`tls`, `identity`), the QUIC transport (`transport`) and reconnection backoff
-//! (`backoff`). See `docs/protocol.md`.
+//! the certificate (`tls`, `identity`), the QUIC transport (`transport`), reconnection backoff
+//! (`backoff`) and the command rate limits both ends enforce (`rate`). See `docs/protocol.md`.
 //!
 //! This crate never depends on Kubernetes: the agent links it, and a third party can implement
 //! the protocol from `proto/shopfloor.proto` and the documentation alone.
@@ -14,6 +14,7 @@ pub mod conversation;
 pub mod identity;
 pub mod pki;
 pub mod proto;
+pub mod rate;
 pub mod time;
 pub mod tls;
 pub mod transport;

@@ -67,9 +67,25 @@ pub(super) fn equipment_spec_rules(spec: &EquipmentSpec) -> Violations {
             v.push(format!("{at}.name"), format!("duplicate action name `{}`: action names must be unique", a.name));
         }
         action(&mut v, &at, a, &spec.properties);
+        if let Some(r) = &a.rate_limit {
+            rate_limit(&mut v, &format!("{at}.rateLimit"), r);
+        }
     }
     v.duration_between("spec.reporting.interval", &spec.reporting.interval, MS(100), None);
+    if let Some(r) = &spec.rate_limit {
+        rate_limit(&mut v, "spec.rateLimit", r);
+    }
     v
+}
+
+/// The schema's ranges of a `rateLimit`.
+fn rate_limit(v: &mut Violations, at: &str, r: &RateLimit) {
+    if !(1..=60_000).contains(&r.per_minute) {
+        v.push(format!("{at}.perMinute"), format!("is {}; must be between 1 and 60000", r.per_minute));
+    }
+    if !(1..=1000).contains(&r.burst) {
+        v.push(format!("{at}.burst"), format!("is {}; must be between 1 and 1000", r.burst));
+    }
 }
 
 pub(super) fn limits(v: &mut Violations, at: &str, ty: ValueType, min: Option<f64>, max: Option<f64>) {

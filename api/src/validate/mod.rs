@@ -18,7 +18,7 @@ use crate::{
     edge_agent::{EdgeAgent, EdgeAgentSpec},
     equipment::{
         Access, Action, Equipment, EquipmentSpec, MAX_ACTIONS, MAX_PARAMETERS, MAX_PROPERTIES, MAX_WRITES, ModbusTable,
-        Property, RegisterType,
+        Property, RateLimit, RegisterType,
     },
     network_slice::{NetworkSlice, NetworkSliceSpec},
     object::Object,

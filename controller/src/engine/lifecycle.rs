@@ -92,7 +92,8 @@ pub fn phase_for(code: ResultCode) -> CommandPhase {
         | C::OutOfLimits
         | C::OutOfEnvelope
         | C::PreconditionFailed
-        | C::AgentOffline => CommandPhase::Rejected,
+        | C::AgentOffline
+        | C::RateLimited => CommandPhase::Rejected,
         C::DeviceError | C::Internal => CommandPhase::Failed,
     }
 }
@@ -401,6 +402,7 @@ mod tests {
     fn agent_result_codes_map_to_phases() {
         assert_eq!(phase_for(ResultCode::OutOfEnvelope), CommandPhase::Rejected);
         assert_eq!(phase_for(ResultCode::PreconditionFailed), CommandPhase::Rejected);
+        assert_eq!(phase_for(ResultCode::RateLimited), CommandPhase::Rejected);
         assert_eq!(phase_for(ResultCode::DeadlineExceeded), CommandPhase::Expired);
         assert_eq!(phase_for(ResultCode::DeviceError), CommandPhase::Failed);
         assert_eq!(phase_for(ResultCode::DryRunOk), CommandPhase::Succeeded);

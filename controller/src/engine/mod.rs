@@ -34,8 +34,10 @@ use crate::{
     },
     metrics::{Metrics, PhaseLabel},
     store::{ObjectEvent, ObjectKey, StatusUpdate, Store, StoreError},
+    translate,
 };
 use shopfloor_trace::{TraceContext, Tracer};
+use shopfloor_wire::rate::{Exceeded, Limiter, RateLimit};
 
 /// When a command should be looked at again.
 pub type Requeue = Option<Duration>;
@@ -76,7 +78,14 @@ struct Inner<S> {
     transitions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Where command spans go (nowhere unless an OTLP collector is configured).
     tracer: std::sync::RwLock<Tracer>,
+    /// The equipment's and actions' rate limits, on this process's monotonic clock. A restarted
+    /// controller starts with full buckets; the agent enforces the limits again.
+    rates: Mutex<Limiter<RateKey>>,
+    origin: std::time::Instant,
 }
+
+/// A rate-limit bucket: an equipment, or one action of it.
+type RateKey = (ObjectKey, Option<String>);
 
 /// An unfinished command as last reconciled, with its target Equipment if that exists.
 type Waiting = (ControlCommand, Option<Equipment>);
@@ -105,6 +114,8 @@ impl<S: Store> Engine<S> {
                 redrive_rx: Mutex::new(Some(redrive_rx)),
                 transitions: Mutex::default(),
                 tracer: std::sync::RwLock::default(),
+                rates: Mutex::default(),
+                origin: std::time::Instant::now(),
             }),
         }
     }
@@ -318,6 +329,17 @@ impl<S: Store> Engine<S> {
             self.transition(&cmd, Event::Tick).await?;
             return Ok(until(deadline.checked_add(lifecycle::RESULT_GRACE).unwrap_or(deadline)));
         }
+        // A first send only: a redelivery carries a command that was admitted already.
+        if status.phase == Some(CommandPhase::Pending) {
+            let limits = rate_limits(&cmd, equipment);
+            let now = self.inner.origin.elapsed();
+            let admitted = self.inner.rates.lock().unwrap_or_else(|p| p.into_inner()).admit(&limits, now);
+            if let Err(exceeded) = admitted {
+                self.release(&cmd.uid, connected.connection_id);
+                self.transition(&cmd, rate_limited(equipment, &limits, exceeded)).await?;
+                return self.ttl(&cmd, &self.status_of(&cmd)).await;
+            }
+        }
         let sent = self.transition(&cmd, Event::Dispatched { agent: agent.name.clone() }).await;
         let Ok(Some((status, Effect::Send))) = sent else {
             self.release(&cmd.uid, connected.connection_id);
@@ -522,4 +544,45 @@ fn refusal(cmd: &Cmd, equipment: Option<&Equipment>) -> Option<Event> {
     };
     let code = violations.first()?.code;
     Some(Event::Refused { code, violations })
+}
+
+/// The limits a command must pass, with their buckets: the equipment's, then its action's. A
+/// command that cannot write (a `read`, a dry run) passes none.
+fn rate_limits(cmd: &Cmd, equipment: &Equipment) -> Vec<(RateKey, RateLimit)> {
+    let spec = &cmd.object.spec;
+    if spec.dry_run || spec.action == "read" {
+        return Vec::new();
+    }
+    let key = ObjectKey::of(&equipment.metadata);
+    let action = equipment.spec.actions.iter().find(|a| a.name == spec.action);
+    let mut limits = Vec::new();
+    if let Some(r) = equipment.spec.rate_limit {
+        limits.push(((key.clone(), None), translate::rate_limit(r)));
+    }
+    if let Some(r) = action.and_then(|a| a.rate_limit) {
+        limits.push(((key, Some(spec.action.clone())), translate::rate_limit(r)));
+    }
+    limits
+}
+
+/// The refusal of a command over a rate limit, naming the limit and when a command may pass.
+fn rate_limited(equipment: &Equipment, limits: &[(RateKey, RateLimit)], exceeded: Exceeded) -> Event {
+    let action = limits.get(exceeded.which).and_then(|((_, action), _)| action.as_deref());
+    let field = match action.and_then(|a| equipment.spec.actions.iter().position(|x| x.name == a)) {
+        Some(i) => format!("spec.actions[{i}].rateLimit"),
+        None => "spec.rateLimit".to_owned(),
+    };
+    let message = format!(
+        "Equipment {} {field} allows {}; the next command may pass in {:.1} s: retry then, or raise the limit",
+        ObjectKey::of(&equipment.metadata),
+        exceeded.limit,
+        exceeded.retry_after.as_secs_f64()
+    );
+    Event::Refused {
+        code: ResultCode::RateLimited,
+        violations: vec![CommandViolation {
+            code: ResultCode::RateLimited,
+            violation: Violation { field: "spec.action".into(), message },
+        }],
+    }
 }
