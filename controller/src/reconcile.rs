@@ -12,7 +12,12 @@ use jiff::Timestamp;
 use shopfloor_api::{ControlCommand, EdgeAgent, Equipment, NetworkSlice, edge_agent::EdgeAgentStatus};
 
 use crate::{
-    agents::{book::AgentBook, changes::Changes, observed::Observed, registry::Registry},
+    agents::{
+        book::AgentBook,
+        changes::{Changes, Marked},
+        observed::Observed,
+        registry::Registry,
+    },
     endpoint::EndpointContext,
     engine::Engine,
     metrics::{KindLabel, Metrics},
@@ -179,12 +184,14 @@ impl<S: Store> Reconciler<S> {
         next
     }
 
-    /// Only what `changed` touches: those agents, their equipment, and the slices selecting
-    /// them — the pass after an agent's report, whatever the size of the fleet.
-    pub async fn reconcile_changed(&self, version: u64, world: &World, changed: &BTreeSet<ObjectKey>) {
-        if changed.is_empty() {
+    /// Only what `marked` touches: those agents, their equipment, and the slices selecting the
+    /// agents whose session or configuration changed — the pass after an agent's report,
+    /// whatever the size of the fleet.
+    pub async fn reconcile_changed(&self, version: u64, world: &World, marked: &Marked) {
+        if marked.is_empty() {
             return;
         }
+        let changed = &marked.agents;
         let plans = self.plans(version, world);
         // Looked up by borrowed names: this pass runs after every report, and building an owned
         // key for every object of the plant each time would cost more than the reconcile.
@@ -205,7 +212,7 @@ impl<S: Store> Reconciler<S> {
         }
         for s in &world.slices {
             let selected = plans.slice_agents.get(&ObjectKey::of(&s.metadata));
-            if selected.is_some_and(|agents| agents.iter().any(|a| changed.contains(a))) {
+            if selected.is_some_and(|agents| agents.iter().any(|a| marked.sessions.contains(a))) {
                 self.reconcile_slice(s, &plans);
             }
         }

@@ -68,3 +68,26 @@ async fn a_slice_is_ready_only_when_its_agents_applied_the_current_revision() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(slice_ready(&store, &key).await, ("True".into(), "Applied".into()));
 }
+
+#[tokio::test]
+async fn readings_reconcile_their_agent_but_leave_the_slices_alone() {
+    use shopfloor_controller::{
+        agents::changes::{Change, Changes},
+        metrics::KindLabel,
+    };
+    let core = Reconciler::new(Arc::new(MemoryStore::default()), "test", Duration::from_millis(1));
+    let world = plant();
+    let agent = ObjectKey::of(&world.agents[0].metadata);
+    let count = |kind: &str| core.metrics().reconciliations.get_or_create(&KindLabel { kind: kind.into() }).get();
+    let marks = Changes::default();
+
+    marks.mark(&agent, Change::Readings);
+    core.reconcile_changed(1, &world, &marks.take()).await;
+    assert_eq!(count("EdgeAgent"), 1, "the agent that reported is reconciled");
+    assert_eq!(count("NetworkSlice"), 0, "readings do not change what a slice's status counts");
+
+    marks.mark(&agent, Change::Readings);
+    marks.mark(&agent, Change::Session);
+    core.reconcile_changed(1, &world, &marks.take()).await;
+    assert!(count("NetworkSlice") >= 1, "a session change is recounted in the slices selecting the agent");
+}

@@ -11,7 +11,10 @@ use shopfloor_wire::{
 };
 
 use super::{context::EndpointContext, issuer::Issuer};
-use crate::store::{ObjectKey, Store};
+use crate::{
+    agents::changes::Change,
+    store::{ObjectKey, Store},
+};
 
 /// An enrollment connection must send its request within this.
 const ENROLL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,6 +78,6 @@ pub(super) async fn serve<S: Store>(
     let _ = tx.get_mut().finish();
     // Let the answer reach the agent; it closes the connection itself.
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
-    ctx.changes.mark(&key);
+    ctx.changes.mark(&key, Change::Session);
     Ok(())
 }

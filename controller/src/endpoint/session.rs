@@ -22,6 +22,7 @@ use tokio::sync::{Mutex, mpsc};
 use super::{context::EndpointContext, issuer::Issuer};
 use crate::{
     agents::{
+        changes::Change,
         port::{AgentSession, Dispatch, Reply, SessionError},
         registry::Connected,
     },
@@ -139,7 +140,7 @@ pub(super) async fn serve<S: Store>(
                     registered = true;
                     ctx.metrics.agents_connected.set(i64::try_from(ctx.registry.len()).unwrap_or(i64::MAX));
                     reports = Some(tokio::spawn(receive_reports(conn.clone(), key.clone(), ctx.clone())));
-                    ctx.changes.mark(&key);
+                    ctx.changes.mark(&key, Change::Session);
                 }
                 Event::Applied(applied) => {
                     ctx.registry.set_held_revision(&key, Some(applied.revision.clone()));
@@ -161,7 +162,7 @@ pub(super) async fn serve<S: Store>(
                             format!("revision {}: {}", applied.revision, failures.join("; ")),
                         );
                     }
-                    ctx.changes.mark(&key);
+                    ctx.changes.mark(&key, Change::Session);
                 }
                 Event::RenewalRequested(csr) => {
                     let response = match issuer.issue(&key, &csr, false).await {
@@ -194,7 +195,7 @@ pub(super) async fn serve<S: Store>(
         if ctx.registry.get(&key).is_none() {
             ctx.book.event(&key, true, "Disconnected", format!("disconnected: {why}"));
         }
-        ctx.changes.mark(&key);
+        ctx.changes.mark(&key, Change::Session);
     }
     result.map(|_| ())
 }
@@ -214,7 +215,7 @@ async fn receive_reports<S: Store>(conn: quinn::Connection, agent: ObjectKey, ct
                         for (eq, values) in translate::readings(report) {
                             ctx.observed.record_readings(ObjectKey::new(agent.namespace.clone(), eq), values);
                         }
-                        ctx.changes.mark(&agent);
+                        ctx.changes.mark(&agent, Change::Readings);
                     }
                     Ok(None) => break,
                     Err(e) => {

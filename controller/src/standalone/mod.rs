@@ -6,12 +6,12 @@
 
 pub mod store;
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use crate::{
-    agents::registry::Change,
+    agents::{changes::Marked, registry::Change},
     reconcile::Reconciler,
-    store::{ObjectKey, StoreError},
+    store::StoreError,
 };
 use store::FolderStore;
 
@@ -30,7 +30,7 @@ enum Pass {
     /// A deadline or the tick: reconcile everything, from memory.
     Full,
     /// Only these agents.
-    Changed(BTreeSet<ObjectKey>),
+    Changed(Marked),
 }
 
 /// Runs until the task is cancelled.
@@ -62,7 +62,7 @@ pub async fn run(core: Arc<Reconciler<FolderStore>>) -> Result<(), StoreError> {
                 Pass::Reload
             }
             change = agents.recv() => match change {
-                Ok(Change::Connected(k) | Change::Disconnected(k)) => Pass::Changed([k].into()),
+                Ok(Change::Connected(k) | Change::Disconnected(k)) => Pass::Changed(Marked::session(k)),
                 // Missed changes: look at everyone.
                 Err(_) => Pass::Full,
             },

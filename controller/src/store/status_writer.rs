@@ -13,7 +13,8 @@
 //! and changed values are still written within the interval.
 
 use std::{
-    collections::{HashMap, HashSet},
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -51,49 +52,23 @@ impl From<Duration> for Pace {
     }
 }
 
-/// Refresh-only writes allowed now: a token bucket holding at most one second's worth.
-struct Budget {
-    tokens: f64,
-    at: Instant,
-    rate: f64,
-}
-
-impl Budget {
-    fn new(rate: u32, now: Instant) -> Self {
-        let rate = f64::from(rate.max(1));
-        Self { tokens: rate, at: now, rate }
-    }
-
-    fn take(&mut self, now: Instant) -> bool {
-        self.tokens = (self.tokens + (now - self.at).as_secs_f64() * self.rate).min(self.rate);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// When the next token is there.
-    fn next(&self, now: Instant) -> Instant {
-        now + Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).max(0.001))
-    }
-}
-
 #[derive(Default)]
 struct Slot {
     pending: Option<StatusUpdate>,
     last_written: Option<StatusUpdate>,
     last_write_at: Option<Instant>,
+    /// In the refresh queue (at most once).
+    queued: bool,
 }
 
-/// Every object's slot, and which of them hold a pending update: the writer looks at those
-/// only, so a wake costs what is pending, not the size of the plant.
+/// Every object's slot; which of them hold a pending change (the writer looks at those only, so
+/// a wake costs what is pending, not the size of the plant); and the objects waiting for their
+/// refresh, earliest first.
 #[derive(Default)]
 struct Slots {
     all: HashMap<Key, Slot>,
     pending: HashSet<Key>,
+    refreshes: BinaryHeap<Reverse<(Instant, Key)>>,
 }
 
 /// Hands status updates to a background task that writes them through the store.
@@ -101,6 +76,7 @@ pub struct StatusWriter {
     slots: Arc<Mutex<Slots>>,
     wake: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
+    refresh: Duration,
 }
 
 impl std::fmt::Debug for StatusWriter {
@@ -118,36 +94,55 @@ impl Drop for StatusWriter {
 impl StatusWriter {
     /// Starts the writer at `pace`.
     pub fn start<S: Store>(store: Arc<S>, pace: impl Into<Pace>) -> Self {
+        let pace = pace.into();
         let slots: Arc<Mutex<Slots>> = Arc::default();
         let wake = Arc::new(tokio::sync::Notify::new());
-        let task = tokio::spawn(run(store, slots.clone(), wake.clone(), pace.into()));
-        Self { slots, wake, task }
+        let task = tokio::spawn(run(store, slots.clone(), wake.clone(), pace));
+        Self { slots, wake, task, refresh: pace.refresh }
     }
 
-    /// Queues `update`, replacing any not yet written for the same object.
+    /// Queues `update`, replacing any not yet written for the same object. A change wakes the
+    /// writer; a refresh joins the refresh queue once per period and otherwise wakes no one.
     pub fn submit(&self, update: StatusUpdate) {
         let key = (update.kind(), update.key().clone());
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = slots.all.entry(key.clone()).or_default();
+        let mut guard = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let Slots { all, pending, refreshes } = &mut *guard;
+        let slot = all.entry(key.clone()).or_default();
         if slot.last_written.as_ref() == Some(&update) {
             slot.pending = None;
-            slots.pending.remove(&key);
+            pending.remove(&key);
             return;
         }
+        let refresh_only =
+            slot.last_written.as_ref().is_some_and(|w| w.without_freshness() == update.without_freshness());
         slot.pending = Some(update);
-        slots.pending.insert(key);
-        drop(slots);
+        if refresh_only {
+            pending.remove(&key);
+            if !slot.queued {
+                // Once per object per refresh period: the writer learns when to wake next.
+                slot.queued = true;
+                let at = slot.last_write_at.map_or_else(Instant::now, |t| t + self.refresh);
+                refreshes.push(Reverse((at, key)));
+                drop(guard);
+                self.wake.notify_one();
+            }
+            return;
+        }
+        pending.insert(key);
+        drop(guard);
         self.wake.notify_one();
     }
 
-    /// Number of objects with a write still pending.
+    /// Number of objects with a write still pending, refreshes included.
     pub fn pending(&self) -> usize {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner()).pending.len()
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.all.values().filter(|s| s.pending.is_some()).count()
     }
 }
 
 async fn run<S: Store>(store: Arc<S>, slots: Arc<Mutex<Slots>>, wake: Arc<tokio::sync::Notify>, pace: Pace) {
-    let mut budget = Budget::new(pace.refreshes_per_second, Instant::now());
+    // Refreshes go out in one batch a second at most, `refreshes_per_second` of them.
+    let mut refresh_tick = Instant::now();
     loop {
         let now = Instant::now();
         let mut due = Vec::new();
@@ -155,22 +150,12 @@ async fn run<S: Store>(store: Arc<S>, slots: Arc<Mutex<Slots>>, wake: Arc<tokio:
         let mut later = |at: Instant| next = Some(next.map_or(at, |n: Instant| n.min(at)));
         {
             let mut guard = slots.lock().unwrap_or_else(|p| p.into_inner());
-            let Slots { all, pending } = &mut *guard;
+            let Slots { all, pending, refreshes } = &mut *guard;
             pending.retain(|key| {
                 let Some(slot) = all.get_mut(key) else { return false };
-                let Some(update) = slot.pending.as_ref() else { return false };
-                let refresh_only = slot
-                    .last_written
-                    .as_ref()
-                    .is_some_and(|written| written.without_freshness() == update.without_freshness());
-                let wait = if refresh_only { pace.refresh } else { pace.interval };
-                let ready_at = slot.last_write_at.map_or(now, |t| t + wait);
+                let ready_at = slot.last_write_at.map_or(now, |t| t + pace.interval);
                 if ready_at > now {
                     later(ready_at);
-                    return true;
-                }
-                if refresh_only && !budget.take(now) {
-                    later(budget.next(now));
                     return true;
                 }
                 if let Some(update) = slot.pending.take() {
@@ -178,6 +163,35 @@ async fn run<S: Store>(store: Arc<S>, slots: Arc<Mutex<Slots>>, wake: Arc<tokio:
                 }
                 false
             });
+            if now >= refresh_tick {
+                let mut taken = 0;
+                while taken < pace.refreshes_per_second.max(1) {
+                    let Some(Reverse((at, _))) = refreshes.peek() else { break };
+                    if *at > now {
+                        break;
+                    }
+                    let Some(Reverse((_, key))) = refreshes.pop() else { break };
+                    let Some(slot) = all.get_mut(&key) else { continue };
+                    slot.queued = false;
+                    // Written since it was queued (a change went out): its refresh starts over.
+                    let ready_at = slot.last_write_at.map_or(now, |t| t + pace.refresh);
+                    if slot.pending.is_some() && ready_at > now {
+                        slot.queued = true;
+                        refreshes.push(Reverse((ready_at, key)));
+                        continue;
+                    }
+                    if let Some(update) = slot.pending.take() {
+                        due.push((key, update));
+                        taken += 1;
+                    }
+                }
+                if taken > 0 {
+                    refresh_tick = now + Duration::from_secs(1);
+                }
+            }
+            if let Some(Reverse((at, _))) = refreshes.peek() {
+                later((*at).max(refresh_tick));
+            }
         }
         // One batch: a store that can sync it at once (the folder store) pays one sync for all.
         let results = if due.is_empty() {
@@ -187,7 +201,7 @@ async fn run<S: Store>(store: Arc<S>, slots: Arc<Mutex<Slots>>, wake: Arc<tokio:
         };
         for ((key, update), result) in due.into_iter().zip(results) {
             let mut guard = slots.lock().unwrap_or_else(|p| p.into_inner());
-            let Slots { all, pending } = &mut *guard;
+            let Slots { all, pending, .. } = &mut *guard;
             let slot = all.entry(key.clone()).or_default();
             slot.last_write_at = Some(Instant::now());
             match result {
