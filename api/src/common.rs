@@ -68,6 +68,9 @@ pub mod condition_type {
     pub const APPLIED: &str = "Applied";
     /// The agent's clock is within a second of the controller's.
     pub const CLOCK_SYNCHRONIZED: &str = "ClockSynchronized";
+    /// The control link's estimated one-way delay is within the packet delay budget of the
+    /// slice the equipment rides on.
+    pub const LINK_WITHIN_BUDGET: &str = "LinkWithinBudget";
 }
 
 /// Keeps `conditions` a list-map keyed by `type`, so server-side apply merges one condition at a

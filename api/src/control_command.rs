@@ -74,6 +74,12 @@ pub struct ControlCommandSpec {
     /// writing.
     #[serde(default)]
     pub dry_run: bool,
+    /// Refuse the command (`LinkOverBudget`) instead of sending it while the control link's
+    /// estimated one-way delay exceeds the packet delay budget of the equipment's NetworkSlice.
+    /// Default: on for URLLC slices (`snssai.sst: 2`), off otherwise; without a
+    /// `qos.packetDelayBudget` on the slice there is nothing to compare with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_link_within_budget: Option<bool>,
     /// Delete the command this many seconds after it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
@@ -204,6 +210,9 @@ pub enum ResultCode {
     /// Over a `rateLimit` of the equipment or of the action; the message names it and says
     /// when the next command is allowed.
     RateLimited,
+    /// The control link's delay was over the slice's packet delay budget and the command
+    /// required it within (`requireLinkWithinBudget`); it was not sent.
+    LinkOverBudget,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -241,6 +241,7 @@ mod tests {
                 when_offline: Default::default(),
                 preconditions: vec![],
                 dry_run: false,
+                require_link_within_budget: None,
                 ttl_seconds_after_finished: None,
             },
         );

@@ -44,6 +44,7 @@ pub struct ExecArgs {
     pub timeout: Duration,
     pub wait: bool,
     pub reject_offline: bool,
+    pub allow_slow_link: bool,
 }
 
 /// A command name unique enough for a person typing commands: equipment, action and time.
@@ -70,6 +71,7 @@ pub async fn run(backend: &Backend, args: ExecArgs) -> anyhow::Result<ExitCode> 
             when_offline: if args.reject_offline { WhenOffline::Reject } else { WhenOffline::Queue },
             preconditions: vec![],
             dry_run: args.dry_run,
+            require_link_within_budget: args.allow_slow_link.then_some(false),
             ttl_seconds_after_finished: Some(3600),
         },
     );

@@ -84,6 +84,10 @@ enum Command {
         /// Fail at once if the agent is offline instead of waiting until the deadline.
         #[arg(long)]
         reject_offline: bool,
+        /// Send it even while the link is over its slice's packet delay budget (a URLLC slice
+        /// refuses that by default).
+        #[arg(long)]
+        allow_slow_link: bool,
     },
     /// Print the command line that enrolls an agent on its plant host.
     Enroll {
@@ -131,7 +135,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", inspect::equipment_table(&b.equipment().await?, now));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Exec { equipment, action, params, dry_run, timeout, no_wait, reject_offline } => {
+        Command::Exec { equipment, action, params, dry_run, timeout, no_wait, reject_offline, allow_slow_link } => {
             let b = backend(&cli).await?;
             let args = exec::ExecArgs {
                 equipment: equipment.clone(),
@@ -141,6 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 timeout: *timeout,
                 wait: !no_wait,
                 reject_offline: *reject_offline,
+                allow_slow_link: *allow_slow_link,
             };
             exec::run(&b, args).await
         }

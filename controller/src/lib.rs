@@ -19,6 +19,7 @@ pub mod endpoint;
 pub mod engine;
 pub mod enrollment;
 pub mod kube;
+pub mod link_budget;
 pub mod log_limit;
 pub mod metrics;
 pub mod planner;

@@ -20,9 +20,13 @@ use crate::{
     },
     endpoint::EndpointContext,
     engine::Engine,
+    link_budget::{self, LinkBudget},
     metrics::{KindLabel, Metrics},
     planner::{self, Plans},
-    status::build::{self, AgentFacts},
+    status::{
+        build::{self, AgentFacts},
+        link,
+    },
     store::status_writer::{Pace, StatusWriter},
     store::{ObjectKey, StatusUpdate, Store, StoreError, World},
 };
@@ -132,6 +136,7 @@ impl<S: Store> Reconciler<S> {
             }
         }
         let plans = Arc::new(planner::plan(&world.agents, &world.equipment, &world.slices));
+        self.engine.set_link_budgets(link_budget::budgets(&plans));
         *self.plans.write().unwrap_or_else(|p| p.into_inner()) = (version, plans.clone());
         plans
     }
@@ -292,7 +297,12 @@ impl<S: Store> Reconciler<S> {
             applied: applied.as_ref(),
             replica: &self.replica,
         };
-        let status = build::edge_agent(&agent, &facts, Timestamp::now());
+        let now = Timestamp::now();
+        let mut status = build::edge_agent(&agent, &facts, now);
+        let budgets: Vec<LinkBudget> =
+            plan.map(|p| link_budget::of_plan(&key, p).map(|(_, b)| b).collect()).unwrap_or_default();
+        let rtt = connected.as_ref().map(|c| c.session.rtt());
+        link::set(&mut status.conditions, &budgets, rtt, agent.metadata.generation, now);
         if agent.status.as_ref() != Some(&status) {
             self.statuses.submit(StatusUpdate::EdgeAgent(key, status));
         }
@@ -313,9 +323,21 @@ impl<S: Store> Reconciler<S> {
         let agent = ObjectKey::new(key.namespace.clone(), eq.spec.agent_ref.name.clone());
         let applied = self.observed.applied(&agent);
         let readings = self.observed.readings(&key);
-        let connected = self.registry.get(&agent).is_some();
+        let session = self.registry.get(&agent);
+        let connected = session.is_some();
         let desired = plans.agents.get(&agent).filter(|p| p.equipment.contains_key(&key.name)).map(|p| p.revision());
-        let status = build::equipment(eq, &problems, connected, desired, applied.as_ref(), &readings, Timestamp::now());
+        let now = Timestamp::now();
+        let mut status = build::equipment(eq, &problems, connected, desired, applied.as_ref(), &readings, now);
+        let budget: Vec<LinkBudget> = plans
+            .agents
+            .get(&agent)
+            .into_iter()
+            .flat_map(|p| link_budget::of_plan(&agent, p))
+            .filter(|(k, _)| *k == key)
+            .map(|(_, b)| b)
+            .collect();
+        let rtt = session.map(|c| c.session.rtt());
+        link::set(&mut status.conditions, &budget, rtt, eq.metadata.generation, now);
         if eq.status.as_ref() != Some(&status) {
             self.statuses.submit(StatusUpdate::Equipment(key, status));
         }

@@ -343,3 +343,46 @@ async fn commands_over_a_rate_limit_are_rejected_naming_the_limit_and_never_sent
         result.message
     );
 }
+
+#[tokio::test]
+async fn a_command_that_requires_the_slice_budget_is_refused_over_a_slow_link() {
+    use shopfloor_controller::link_budget::LinkBudget;
+    let (cmd, eq) = command("start-infeed");
+    let rig = rig(Arc::default());
+    // The fake link's round trip is 600 µs: 0.3 ms one way.
+    let session = connect(&rig, "line-1", Script::Succeed);
+    let budget = |micros: u64, urllc: bool| {
+        [(
+            ObjectKey::of(&eq.metadata),
+            LinkBudget { slice: "control-urllc".into(), budget: Duration::from_micros(micros), urllc },
+        )]
+        .into()
+    };
+    rig.engine.set_link_budgets(budget(200, true));
+    let cmds = copies(&cmd, 4);
+    rig.engine.reconcile(&cmds[0], Some(&eq)).await.expect("reconcile");
+    let s = last_status(&rig.store, &ObjectKey::of(&cmds[0].metadata));
+    assert_eq!(s.phase, Some(CommandPhase::Rejected));
+    let result = s.result.expect("result");
+    assert_eq!(result.code, ResultCode::LinkOverBudget);
+    assert!(
+        result.message.contains("estimated one-way delay 0.3 ms")
+            && result.message.contains("exceeds the 0.2 ms packet delay budget of NetworkSlice control-urllc"),
+        "{}",
+        result.message
+    );
+    assert!(session.seen.lock().expect("lock").is_empty(), "never sent");
+
+    // The command may waive it; a slice that is not URLLC does not require it; a link within
+    // the budget passes.
+    let mut waived = cmds[1].clone();
+    waived.spec.require_link_within_budget = Some(false);
+    rig.engine.reconcile(&waived, Some(&eq)).await.expect("reconcile");
+    settle(&rig.store, &ObjectKey::of(&waived.metadata), CommandPhase::Succeeded).await;
+    rig.engine.set_link_budgets(budget(200, false));
+    rig.engine.reconcile(&cmds[2], Some(&eq)).await.expect("reconcile");
+    settle(&rig.store, &ObjectKey::of(&cmds[2].metadata), CommandPhase::Succeeded).await;
+    rig.engine.set_link_budgets(budget(1000, true));
+    rig.engine.reconcile(&cmds[3], Some(&eq)).await.expect("reconcile");
+    settle(&rig.store, &ObjectKey::of(&cmds[3].metadata), CommandPhase::Succeeded).await;
+}

@@ -381,3 +381,79 @@ fn loss_and_a_partition_do_not_lose_commands_or_telemetry() {
     let writes = s.sim_writes("sim", "holding", 0);
     assert_eq!(writes.len(), 10, "each command wrote once, none during the partition: {writes:?}");
 }
+
+/// The conveyor of [`fixtures::modbus_conveyor`] on a URLLC slice with a 20 ms packet delay
+/// budget.
+fn urllc_slice() -> &'static str {
+    "apiVersion: shopfloor.io/v1alpha1\nkind: NetworkSlice\nmetadata: {name: control-urllc, namespace: plant-a}\n\
+     spec:\n  snssai: {sst: 2}\n  dnn: plant\n  qos: {fiveQi: 82, packetDelayBudget: 20ms, gbr: {uplink: 1Mbps, downlink: 1Mbps}, arp: {priorityLevel: 1, preemptionCapability: MayPreempt, preemptionVulnerability: NotPreemptable}}\n  \
+     agentSelector: {matchLabels: {line: one}}\n  steering: {interface: lo, routingTable: 100, fwmark: 100}\n"
+}
+
+fn link_condition(s: &Scenario, plural: &str, name: &str) -> Option<(String, String)> {
+    let conds = s.status(plural, name)["conditions"].as_sequence()?.clone();
+    let c = conds.iter().find(|c| c["type"] == "LinkWithinBudget")?;
+    Some((c["status"].as_str()?.to_owned(), c["message"].as_str().unwrap_or_default().to_owned()))
+}
+
+#[test]
+fn a_link_over_the_slice_budget_is_shown_and_refuses_commands_that_require_it() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let s = Scenario::new();
+    std::fs::create_dir_all(s.path("plant")).expect("plant");
+    let modbus = s.modbus_sim("sim", &[]);
+    let port = modbus.rsplit(':').next().expect("port").to_owned();
+    let plant = fixtures::modbus_conveyor(&port, "200ms")
+        .replace(
+            "metadata: {name: line-1, namespace: plant-a}",
+            "metadata: {name: line-1, namespace: plant-a, labels: {line: one}}",
+        )
+        .replace(
+            "  agentRef: {name: line-1}\n",
+            "  agentRef: {name: line-1}\n  networkSliceRef: {name: control-urllc}\n",
+        );
+    std::fs::write(s.path("plant/plant.yaml"), format!("{plant}---\n{}", urllc_slice())).expect("plant");
+    let endpoint = s.controller();
+    let proxy = s.agent_behind_proxy(&rt, "line-1", &endpoint, 13);
+    let s = &s;
+    let within = |want: &'static str| {
+        move || {
+            let (status, message) = link_condition(s, "equipment", "conveyor")?;
+            (status == want && link_condition(s, "edgeagents", "line-1")?.0 == want).then_some(message)
+        }
+    };
+    let message = eventually("the link within the budget on loopback", Duration::from_secs(30), within("True"));
+    assert!(message.contains("20.0 ms packet delay budget of NetworkSlice control-urllc"), "{message}");
+    let write = |value: &str| {
+        s.plugin(&["exec", "conveyor", "write", "property=belt-speed", &format!("value={value}"), "--timeout", "10s"])
+    };
+    let (code, out) = write("1.10");
+    assert_eq!(code, 0, "{out}");
+
+    // 40 ms each way: 40 ms one way against a 20 ms budget.
+    proxy.set(shopfloor_e2e::proxy::Impairment { delay: Duration::from_millis(40), ..Default::default() });
+    let message = eventually("the link over the budget", Duration::from_secs(60), within("False"));
+    assert!(message.contains("exceeds the 20.0 ms packet delay budget"), "{message}");
+    let (code, out) = write("1.20");
+    assert_ne!(code, 0, "refused: {out}");
+    assert!(out.contains("LinkOverBudget") || out.contains("exceeds the 20.0 ms"), "{out}");
+    // An operator may send one anyway.
+    let (code, out) = s.plugin(&[
+        "exec",
+        "conveyor",
+        "write",
+        "property=belt-speed",
+        "value=1.25",
+        "--timeout",
+        "10s",
+        "--allow-slow-link",
+    ]);
+    assert_eq!(code, 0, "{out}");
+
+    proxy.set(shopfloor_e2e::proxy::Impairment::default());
+    eventually("the link back within the budget", Duration::from_secs(60), within("True"));
+    let (code, out) = write("1.30");
+    assert_eq!(code, 0, "{out}");
+    let writes = s.sim_writes("sim", "holding", 0);
+    assert_eq!(writes.len(), 3, "the refused command never reached the machine: {writes:?}");
+}

@@ -93,7 +93,8 @@ pub fn phase_for(code: ResultCode) -> CommandPhase {
         | C::OutOfEnvelope
         | C::PreconditionFailed
         | C::AgentOffline
-        | C::RateLimited => CommandPhase::Rejected,
+        | C::RateLimited
+        | C::LinkOverBudget => CommandPhase::Rejected,
         C::DeviceError | C::Internal => CommandPhase::Failed,
     }
 }
@@ -246,6 +247,7 @@ mod tests {
             when_offline,
             preconditions: vec![],
             dry_run: false,
+            require_link_within_budget: None,
             ttl_seconds_after_finished: None,
         }
     }

@@ -32,6 +32,7 @@ use crate::{
         port::{Dispatch, Reply},
         registry::{Change, Registry},
     },
+    link_budget::{self, LinkBudget},
     metrics::{Metrics, PhaseLabel},
     store::{ObjectEvent, ObjectKey, StatusUpdate, Store, StoreError},
     translate,
@@ -82,6 +83,8 @@ struct Inner<S> {
     /// controller starts with full buckets; the agent enforces the limits again.
     rates: Mutex<Limiter<RateKey>>,
     origin: std::time::Instant,
+    /// The delay budgets of the slices equipment rides on, by equipment, from the latest plans.
+    link_budgets: std::sync::RwLock<Arc<HashMap<ObjectKey, LinkBudget>>>,
 }
 
 /// A rate-limit bucket: an equipment, or one action of it.
@@ -116,6 +119,7 @@ impl<S: Store> Engine<S> {
                 tracer: std::sync::RwLock::default(),
                 rates: Mutex::default(),
                 origin: std::time::Instant::now(),
+                link_budgets: std::sync::RwLock::default(),
             }),
         }
     }
@@ -331,6 +335,15 @@ impl<S: Store> Engine<S> {
         }
         // A first send only: a redelivery carries a command that was admitted already.
         if status.phase == Some(CommandPhase::Pending) {
+            let budget = self.link_budget(&ObjectKey::of(&equipment.metadata));
+            if let Some(budget) = budget
+                && link_budget::required(&cmd.object.spec, &budget)
+                && !link_budget::within(&budget, connected.session.rtt())
+            {
+                self.release(&cmd.uid, connected.connection_id);
+                self.transition(&cmd, over_budget(equipment, &budget, connected.session.rtt())).await?;
+                return self.ttl(&cmd, &self.status_of(&cmd)).await;
+            }
             let limits = rate_limits(&cmd, equipment);
             let now = self.inner.origin.elapsed();
             let admitted = self.inner.rates.lock().unwrap_or_else(|p| p.into_inner()).admit(&limits, now);
@@ -364,6 +377,15 @@ impl<S: Store> Engine<S> {
             engine.deliver(cmd, connected.session, dispatch, connected.connection_id).await;
         });
         Ok(until(deadline.checked_add(lifecycle::RESULT_GRACE).unwrap_or(deadline)))
+    }
+
+    /// Replaces the delay budgets commands are held to (after the plans changed).
+    pub fn set_link_budgets(&self, budgets: HashMap<ObjectKey, LinkBudget>) {
+        *self.inner.link_budgets.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(budgets);
+    }
+
+    fn link_budget(&self, equipment: &ObjectKey) -> Option<LinkBudget> {
+        self.inner.link_budgets.read().unwrap_or_else(|p| p.into_inner()).get(equipment).cloned()
     }
 
     /// Sends one command and records what comes back; the stream ending without a result leaves
@@ -583,6 +605,24 @@ fn rate_limited(equipment: &Equipment, limits: &[(RateKey, RateLimit)], exceeded
         violations: vec![CommandViolation {
             code: ResultCode::RateLimited,
             violation: Violation { field: "spec.action".into(), message },
+        }],
+    }
+}
+
+/// The refusal of a command that requires a link within its slice's delay budget, sent while
+/// the link is over it.
+fn over_budget(equipment: &Equipment, budget: &LinkBudget, rtt: Duration) -> Event {
+    let message = format!(
+        "Equipment {}: {}; not sent. Retry when the link recovers (see the LinkWithinBudget condition), \
+         or set spec.requireLinkWithinBudget: false to send it over a slow link",
+        ObjectKey::of(&equipment.metadata),
+        link_budget::describe(budget, rtt)
+    );
+    Event::Refused {
+        code: ResultCode::LinkOverBudget,
+        violations: vec![CommandViolation {
+            code: ResultCode::LinkOverBudget,
+            violation: Violation { field: "spec.requireLinkWithinBudget".into(), message },
         }],
     }
 }

@@ -1,6 +1,8 @@
 //! How what the controller knows becomes the status of EdgeAgents, Equipment and
 //! NetworkSlices: `build` computes each status (pure), `conditions` keeps their conditions'
-//! transition times honest. `store::status_writer` records them.
+//! transition times honest, `link` says whether the control link meets its slices' delay
+//! budgets. `store::status_writer` records them.
 
 pub mod build;
 pub mod conditions;
+pub mod link;
