@@ -278,6 +278,7 @@ impl<S: Store> Reconciler<S> {
         if let (Some(c), Some(plan)) = (&connected, plan)
             && c.held_revision.as_deref() != Some(plan.revision())
             && !agent.spec.suspend
+            && self.registry.claim_push(&key, c.connection_id, plan.revision())
         {
             let plan = Arc::new(plan.clone());
             match c.session.push_config(plan.clone()).await {
@@ -287,7 +288,10 @@ impl<S: Store> Reconciler<S> {
                     // desired and applied revisions differ in the status.
                     tracing::info!(agent = %key, revision = plan.revision(), "configuration pushed");
                 }
-                Err(e) => tracing::warn!(agent = %key, "configuration push failed: {e}"),
+                Err(e) => {
+                    self.registry.release_push(&key, c.connection_id);
+                    tracing::warn!(agent = %key, "configuration push failed: {e}")
+                }
             }
         }
         let applied = self.observed.applied(&key);

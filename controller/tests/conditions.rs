@@ -91,3 +91,78 @@ async fn readings_reconcile_their_agent_but_leave_the_slices_alone() {
     core.reconcile_changed(1, &world, &marks.take()).await;
     assert!(count("NetworkSlice") >= 1, "a session change is recounted in the slices selecting the agent");
 }
+
+/// A session that counts configuration pushes and never answers them.
+#[derive(Default)]
+struct Silent {
+    pushes: std::sync::atomic::AtomicUsize,
+}
+
+impl shopfloor_controller::agents::port::AgentSession for Silent {
+    fn rtt(&self) -> Duration {
+        Duration::from_micros(500)
+    }
+
+    fn push_config(
+        &self,
+        _: Arc<shopfloor_controller::planner::AgentPlan>,
+    ) -> futures::future::BoxFuture<'_, Result<(), shopfloor_controller::agents::port::SessionError>> {
+        self.pushes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn dispatch(
+        &self,
+        _: shopfloor_controller::agents::port::Dispatch,
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<
+            tokio::sync::mpsc::Receiver<shopfloor_controller::agents::port::Reply>,
+            shopfloor_controller::agents::port::SessionError,
+        >,
+    > {
+        Box::pin(async { Err(shopfloor_controller::agents::port::SessionError::Closed) })
+    }
+
+    fn close(&self, _: &str) {}
+}
+
+#[tokio::test]
+async fn a_revision_is_pushed_once_per_connection_while_its_answer_is_on_the_way() {
+    use shopfloor_controller::agents::registry::Connected;
+    let core = Reconciler::new(Arc::new(MemoryStore::default()), "test", Duration::from_millis(1));
+    let world = plant();
+    let plans = core.plans(1, &world);
+    let agent = world.agents.iter().find(|a| plans.agents.contains_key(&ObjectKey::of(&a.metadata))).expect("planned");
+    let key = ObjectKey::of(&agent.metadata);
+    let connect = |id: u64| {
+        let session = Arc::new(Silent::default());
+        core.registry().connect(
+            key.clone(),
+            Connected {
+                session: session.clone(),
+                connection_id: id,
+                connected_since: jiff::Timestamp::now(),
+                remote: ([127, 0, 0, 1], 4433).into(),
+                agent_version: "test".into(),
+                protocol_version: 1,
+                held_revision: None,
+                clock_offset_micros: None,
+                envelope_sha256: None,
+                envelope_problem: None,
+            },
+        );
+        session
+    };
+    let first = connect(1);
+    // Passes after every report, before the agent's ConfigApplied arrives.
+    for _ in 0..5 {
+        core.reconcile_agent(agent, &plans).await.expect("reconcile");
+    }
+    assert_eq!(first.pushes.load(std::sync::atomic::Ordering::SeqCst), 1, "pushed once, not once per pass");
+    // A new connection has not received it.
+    let second = connect(2);
+    core.reconcile_agent(agent, &plans).await.expect("reconcile");
+    core.reconcile_agent(agent, &plans).await.expect("reconcile");
+    assert_eq!(second.pushes.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

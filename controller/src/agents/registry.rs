@@ -3,7 +3,7 @@
 //! the command engine and the configuration pusher look sessions up here.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::{Arc, RwLock},
 };
@@ -54,6 +54,10 @@ pub enum Change {
 pub struct Registry {
     agents: RwLock<BTreeMap<ObjectKey, Connected>>,
     changes: broadcast::Sender<Change>,
+    /// The revision last pushed on each agent's connection, by connection id: a pass that runs
+    /// before the agent's ConfigApplied does not push it again (under load, every report's pass
+    /// did, doubling the pushes of a fleet connecting at once).
+    pushed: std::sync::Mutex<HashMap<ObjectKey, (u64, String)>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -64,7 +68,7 @@ impl std::fmt::Debug for Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        Self { agents: RwLock::default(), changes: broadcast::channel(1024).0 }
+        Self { agents: RwLock::default(), changes: broadcast::channel(1024).0, pushed: Default::default() }
     }
 }
 
@@ -95,6 +99,25 @@ impl Registry {
     pub fn set_held_revision(&self, agent: &ObjectKey, revision: Option<String>) {
         if let Some(c) = self.agents.write().unwrap_or_else(|p| p.into_inner()).get_mut(agent) {
             c.held_revision = revision;
+        }
+    }
+
+    /// Claims the push of `revision` on connection `connection_id`: false when it was pushed on
+    /// that connection already (the agent's ConfigApplied is on its way).
+    pub fn claim_push(&self, agent: &ObjectKey, connection_id: u64, revision: &str) -> bool {
+        let mut pushed = self.pushed.lock().unwrap_or_else(|p| p.into_inner());
+        if pushed.get(agent).is_some_and(|(id, r)| *id == connection_id && r == revision) {
+            return false;
+        }
+        pushed.insert(agent.clone(), (connection_id, revision.to_owned()));
+        true
+    }
+
+    /// Gives a claim back after a push that failed, so the next pass tries again.
+    pub fn release_push(&self, agent: &ObjectKey, connection_id: u64) {
+        let mut pushed = self.pushed.lock().unwrap_or_else(|p| p.into_inner());
+        if pushed.get(agent).is_some_and(|(id, _)| *id == connection_id) {
+            pushed.remove(agent);
         }
     }
 
