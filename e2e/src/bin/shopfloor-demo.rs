@@ -160,6 +160,23 @@ fn demo(s: &Scenario, ui: &Ui, keep_running: bool) -> Result<(), String> {
     ui.ok(&format!("{phase}: {}", field(&out, "result:")));
     summary.push(("belt-speed 2.2 m/s refused by the plant's safety envelope (max 2.0)".into(), phase == "Rejected"));
 
+    ui.step("Commands over an action's rate limit are refused (press-plc set-cycle-time: 6 a minute, burst 1)");
+    // The bucket refills one command every 10 s: if the steps since the first change took that
+    // long, one more passes before the refusal.
+    let mut out = String::new();
+    for seconds in ["16", "17"] {
+        out = s.plugin(&["exec", "press-plc", "set-cycle-time", &format!("seconds={seconds}")]).1;
+        if field(&out, "phase:") == "Rejected" {
+            break;
+        }
+    }
+    let phase = field(&out, "phase:");
+    ui.ok(&format!("{phase}: {}", field(&out, "result:")));
+    summary.push((
+        "a second cycle-time change within 10 s refused by the action's rate limit".into(),
+        phase == "Rejected",
+    ));
+
     ui.step("A command to an offline agent waits for its deadline, then expires");
     s.kill("agent-utilities");
     eventually("utilities disconnected", Duration::from_secs(15), || {
