@@ -1,6 +1,8 @@
 //! Conditions that tell the truth, through the controller's core: a report of an older revision
 //! never makes a NetworkSlice Ready.
 
+mod support;
+
 use std::{path::Path, sync::Arc, time::Duration};
 
 use shopfloor_api::manifest::{self, Object};
@@ -129,7 +131,6 @@ impl shopfloor_controller::agents::port::AgentSession for Silent {
 
 #[tokio::test]
 async fn a_revision_is_pushed_once_per_connection_while_its_answer_is_on_the_way() {
-    use shopfloor_controller::agents::registry::Connected;
     let core = Reconciler::new(Arc::new(MemoryStore::default()), "test", Duration::from_millis(1));
     let world = plant();
     let plans = core.plans(1, &world);
@@ -137,21 +138,7 @@ async fn a_revision_is_pushed_once_per_connection_while_its_answer_is_on_the_way
     let key = ObjectKey::of(&agent.metadata);
     let connect = |id: u64| {
         let session = Arc::new(Silent::default());
-        core.registry().connect(
-            key.clone(),
-            Connected {
-                session: session.clone(),
-                connection_id: id,
-                connected_since: jiff::Timestamp::now(),
-                remote: ([127, 0, 0, 1], 4433).into(),
-                agent_version: "test".into(),
-                protocol_version: 1,
-                held_revision: None,
-                clock_offset_micros: None,
-                envelope_sha256: None,
-                envelope_problem: None,
-            },
-        );
+        core.registry().connect(key.clone(), support::connected(session.clone(), id));
         session
     };
     let first = connect(1);

@@ -1,8 +1,9 @@
 //! The command engine over an in-memory store and scripted agent sessions.
 
+mod support;
+
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
     path::Path,
     sync::{Arc, Mutex},
     time::Duration,
@@ -18,7 +19,7 @@ use shopfloor_api::{
 use shopfloor_controller::{
     agents::{
         port::{AgentSession, Dispatch, Outcome, Reply, SessionError},
-        registry::{Connected, Registry},
+        registry::Registry,
     },
     engine::Engine,
     metrics::Metrics,
@@ -118,21 +119,7 @@ fn rig(store: Arc<MemoryStore>) -> Rig {
 
 fn connect(rig: &Rig, agent: &str, script: Script) -> Arc<FakeSession> {
     let session = Arc::new(FakeSession { script, store: rig.store.clone(), seen: Mutex::default() });
-    rig.registry.connect(
-        ObjectKey::new("plant-a", agent),
-        Connected {
-            session: session.clone(),
-            connection_id: 1,
-            connected_since: Timestamp::now(),
-            remote: SocketAddr::from(([127, 0, 0, 1], 4433)),
-            agent_version: "test".into(),
-            protocol_version: 1,
-            held_revision: None,
-            clock_offset_micros: None,
-            envelope_sha256: None,
-            envelope_problem: None,
-        },
-    );
+    rig.registry.connect(ObjectKey::new("plant-a", agent), support::connected(session.clone(), 1));
     session
 }
 

@@ -3,9 +3,10 @@
 //! folder store of standalone mode, and the in-memory store. Nothing here calls `reconcile`
 //! after the agent comes back: the engine must notice the connection itself, in every mode.
 
+mod support;
+
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
     path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -23,7 +24,7 @@ use shopfloor_api::{
 use shopfloor_controller::{
     agents::{
         port::{AgentSession, Dispatch, Outcome, Reply, SessionError},
-        registry::{Connected, Registry},
+        registry::Registry,
     },
     engine::Engine,
     kube::store::KubeStore,
@@ -93,21 +94,7 @@ impl AgentSession for Session {
 
 fn connect(registry: &Registry, agent: &ObjectKey, connection_id: u64, answer: Answer) -> Arc<Session> {
     let session = Arc::new(Session { answer, seen: Mutex::default() });
-    registry.connect(
-        agent.clone(),
-        Connected {
-            session: session.clone(),
-            connection_id,
-            connected_since: Timestamp::now(),
-            remote: SocketAddr::from(([127, 0, 0, 1], 4433)),
-            agent_version: "test".into(),
-            protocol_version: 1,
-            held_revision: None,
-            clock_offset_micros: None,
-            envelope_sha256: None,
-            envelope_problem: None,
-        },
-    );
+    registry.connect(agent.clone(), support::connected(session.clone(), connection_id));
     session
 }
 
