@@ -1,7 +1,8 @@
 //! Commands dispatched per second through the controller's engine to an agent over real QUIC
 //! with mutual TLS on loopback (in one process), first without tracing (the baseline), then with
-//! both sides exporting their spans over OTLP/HTTP to a local receiver. Prints figures, asserts
-//! nothing.
+//! both sides exporting their spans over OTLP/HTTP to a local receiver, then (when /dev/shm
+//! exists) with the agent's journal on tmpfs, where an fsync costs next to nothing: the ratio to
+//! the baseline is the share of the time the disk takes. Prints figures, asserts nothing.
 //!
 //!     cargo bench -p shopfloor-e2e --bench commands
 
@@ -79,10 +80,10 @@ async fn collector() -> (String, Arc<AtomicUsize>) {
 
 /// Runs the batches on a fresh plant (the store's history grows with every command, so each
 /// configuration starts from the same state), exporting spans to `collector` if given.
-async fn measure(collector: Option<&str>) -> Vec<f64> {
+async fn measure(collector: Option<&str>, journal_root: &std::path::Path) -> Vec<f64> {
     let world = objects(&fixtures::robot_cell_with_template("60s"));
     let template = world.commands[0].clone();
-    let plant = Plant::start(world).await;
+    let plant = Plant::start_on(world, shopfloor_agent::clock::WallClock::system(), journal_root).await;
     if let Some(url) = collector {
         plant.core.engine().trace_to(Tracer::otlp(url, "shopfloor-controller").expect("controller tracer"));
         plant.agent.trace_to(Tracer::otlp(url, "shopfloor-agent").expect("agent tracer"));
@@ -98,8 +99,9 @@ const BATCHES: [usize; 3] = [1, 100, 1000];
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let baseline = measure(None).await;
-    println!("without tracing (baseline):");
+    let disk = std::env::temp_dir();
+    let baseline = measure(None, &disk).await;
+    println!("without tracing, the agent's journal in {} (baseline):", disk.display());
     for (batch, dt) in BATCHES.iter().zip(&baseline) {
         println!(
             "{batch:>5} commands created at once: all finished in {:.1} ms = {:.0} commands/s",
@@ -108,7 +110,7 @@ async fn main() {
         );
     }
     let (url, requests) = collector().await;
-    let traced = measure(Some(&url)).await;
+    let traced = measure(Some(&url), &disk).await;
     println!("with both sides exporting spans over OTLP/HTTP to a local receiver:");
     for ((batch, dt), base) in BATCHES.iter().zip(&traced).zip(&baseline) {
         println!(
@@ -120,4 +122,20 @@ async fn main() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     println!("export requests received: {}", requests.load(Ordering::Relaxed));
+    let shm = std::path::Path::new("/dev/shm");
+    if !shm.is_dir() {
+        println!("NOT MEASURED: no /dev/shm here, so the journal's fsync cost cannot be separated");
+        return;
+    }
+    let tmpfs = measure(None, shm).await;
+    println!("without tracing, the agent's journal on tmpfs /dev/shm (fsync next to free):");
+    for ((batch, dt), base) in BATCHES.iter().zip(&tmpfs).zip(&baseline) {
+        println!(
+            "{batch:>5} commands created at once: all finished in {:.1} ms = {:.0} commands/s ({:.2}x the baseline's time; the disk's share, derived: {:.0}%)",
+            dt * 1e3,
+            *batch as f64 / dt,
+            dt / base,
+            (1.0 - dt / base) * 100.0
+        );
+    }
 }

@@ -71,8 +71,14 @@ impl Plant {
 
     /// As [`Plant::start`], with the agent's wall clock at `wall` (skewed to play a host whose
     /// clock is wrong).
-    pub async fn start_with_agent_clock(mut world: World, wall: WallClock) -> Self {
-        let dir = tempfile::tempdir().expect("tmp");
+    pub async fn start_with_agent_clock(world: World, wall: WallClock) -> Self {
+        Self::start_on(world, wall, &std::env::temp_dir()).await
+    }
+
+    /// As [`Plant::start`], with the agent's state directory (its journal, fsynced per command)
+    /// under `root`: a tmpfs there takes the disk out of the figures.
+    pub async fn start_on(mut world: World, wall: WallClock, root: &std::path::Path) -> Self {
+        let dir = tempfile::tempdir_in(root).expect("tmp");
         let core = Reconciler::new(Arc::new(MemoryStore::default()), "in-process", Duration::from_millis(200));
         let ca = endpoint::ensure_ca(&**core.store()).await.expect("ca");
         let fingerprint = ca.fingerprint();
