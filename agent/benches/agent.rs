@@ -69,7 +69,7 @@ async fn main() {
         Envelope::default(),
     ));
     let cfg = ApplyConfig { revision: "r".into(), equipment: (0..100).map(equipment).collect(), ..Default::default() };
-    apply::apply(exec.equipment(), exec.envelope(), &cfg).await;
+    apply::apply(exec.equipment(), exec.envelope(), exec.fail_safes(), &cfg).await;
     println!(
         "resident memory: {:.1} MiB at start of the benchmark process, +{:.1} MiB with 100 simulated equipment of 10 properties",
         idle as f64 / 1024.0,

@@ -1,6 +1,8 @@
 //! Applying a configuration: for each equipment, write each desired setpoint that is not
 //! already there, read it back, and report per property. Idempotent: a second apply of the same
-//! configuration writes nothing. A failing device does not stop the others.
+//! configuration writes nothing. A failing device does not stop the others. An equipment whose
+//! fail-safe is engaged is installed but its setpoints are held back (reported `Pending`) until
+//! the fail-safe is lifted.
 
 use shopfloor_wire::{
     proto::{ApplyConfig, ApplyResult, ConfigApplied, EquipmentResult, PropertyResult, ValueType},
@@ -9,7 +11,7 @@ use shopfloor_wire::{
 
 use shopfloor_wire::value;
 
-use crate::{envelope::Envelope, equipment::registry::EquipmentRegistry};
+use crate::{envelope::Envelope, equipment::registry::EquipmentRegistry, fail_safe::FailSafes};
 
 /// Read-back tolerance of a property: half the smallest step its register can hold.
 fn tolerance(p: &shopfloor_wire::proto::PropertyConfig) -> f64 {
@@ -21,8 +23,13 @@ fn tolerance(p: &shopfloor_wire::proto::PropertyConfig) -> f64 {
 }
 
 /// Applies `cfg`: steers its slices, installs its equipment in `equipment`, writes setpoints
-/// within their limits and the plant's `envelope`.
-pub async fn apply(equipment: &EquipmentRegistry, envelope: &Envelope, cfg: &ApplyConfig) -> ConfigApplied {
+/// within their limits and the plant's `envelope`, except where `fail_safes` holds them back.
+pub async fn apply(
+    equipment: &EquipmentRegistry,
+    envelope: &Envelope,
+    fail_safes: &FailSafes,
+    cfg: &ApplyConfig,
+) -> ConfigApplied {
     // Slices first: the equipment's connections are then made with their slice's marking.
     let slice_results = equipment.slice_backend().apply(&cfg.slices, &cfg.equipment).await;
     let markings = if equipment.slice_backend().steers() {
@@ -55,9 +62,19 @@ pub async fn apply(equipment: &EquipmentRegistry, envelope: &Envelope, cfg: &App
             continue;
         };
         let _turn = eq.lock.lock().await;
+        let held = fail_safes.holding(&name);
         for p in eq.config.properties.iter().filter(|p| p.desired.is_some()) {
             let desired = p.desired.unwrap_or_default();
             let mut pr = PropertyResult { property: p.name.clone(), desired: Some(desired), ..Default::default() };
+            if let Some(e) = &held {
+                pr.result = ApplyResult::Pending as i32;
+                pr.message = format!(
+                    "held back: the fail-safe is engaged ({}); it applies once the fail-safe is lifted",
+                    e.message
+                );
+                er.properties.push(pr);
+                continue;
+            }
             let checked = value::coerce(&desired, p.r#type())
                 .ok_or_else(|| format!("{} does not fit a {:?} property", value::display(&desired), p.r#type()))
                 .and_then(|v| {

@@ -8,6 +8,12 @@
 //!     properties:
 //!       belt-speed: {min: 0.0, max: 2.0}
 //!     deniedActions: [start]
+//!     # Required whatever the controller's configuration says; it can only make the
+//!     # configuration's fail-safe stricter (see `fail_safe`).
+//!     failSafe:
+//!       after: 5s
+//!       values: [{property: running, value: false}]
+//!       resume: Manual
 //! ```
 //!
 //! An envelope the agent is configured with fails closed: if the file is missing, unreadable or
@@ -37,6 +43,55 @@ pub struct EquipmentEnvelope {
     pub properties: BTreeMap<String, Limits>,
     #[serde(default)]
     pub denied_actions: Vec<String>,
+    #[serde(default)]
+    pub fail_safe: Option<FailSafeRequirement>,
+}
+
+/// A fail-safe the plant requires of one equipment, in the shape of the Equipment's
+/// `spec.failSafe`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailSafeRequirement {
+    /// A duration such as `5s`, `500ms` or `2m`, between 1 s and 1 h.
+    pub after: String,
+    pub values: Vec<SafeValue>,
+    #[serde(default)]
+    pub resume: Resume,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafeValue {
+    pub property: String,
+    pub value: Scalar,
+}
+
+/// A property value as YAML writes it.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum Resume {
+    #[default]
+    Manual,
+    Automatic,
+}
+
+impl FailSafeRequirement {
+    fn after(&self) -> Result<std::time::Duration, String> {
+        let d: jiff::SignedDuration =
+            self.after.parse().map_err(|e| format!("after: `{}` is not a duration such as 5s: {e}", self.after))?;
+        let d = std::time::Duration::try_from(d).map_err(|_| format!("after: `{}` is negative", self.after))?;
+        if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600)).contains(&d) {
+            return Err(format!("after: `{}` must be between 1s and 1h", self.after));
+        }
+        Ok(d)
+    }
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -95,6 +150,13 @@ impl Envelope {
         let mut env: Envelope =
             serde_yaml::from_str(&text).map_err(|e| EnvelopeError::Invalid(path.to_owned(), e.to_string()))?;
         for (eq, e) in &env.equipment {
+            if let Some(f) = &e.fail_safe {
+                let at = |m: String| EnvelopeError::Invalid(path.to_owned(), format!("equipment.{eq}.failSafe.{m}"));
+                f.after().map_err(at)?;
+                if f.values.is_empty() {
+                    return Err(at("values: a fail-safe must write at least one property".into()));
+                }
+            }
             for (p, l) in &e.properties {
                 if let (Some(lo), Some(hi)) = (l.min, l.max)
                     && lo > hi
@@ -135,6 +197,27 @@ impl Envelope {
             ));
         }
         Ok(())
+    }
+
+    /// The fail-safe the plant requires of `equipment`, if any.
+    pub fn fail_safe(&self, equipment: &str) -> Option<crate::fail_safe::Requirement> {
+        use shopfloor_wire::proto::{NamedValue, Value, value::Kind};
+        let f = self.equipment.get(equipment)?.fail_safe.as_ref()?;
+        let kind = |s: Scalar| match s {
+            Scalar::Bool(b) => Kind::BoolValue(b),
+            Scalar::Int(i) => Kind::IntValue(i),
+            Scalar::Float(x) => Kind::FloatValue(x),
+        };
+        Some(crate::fail_safe::Requirement {
+            // Checked at load.
+            after: f.after().unwrap_or(std::time::Duration::from_secs(1)),
+            values: f
+                .values
+                .iter()
+                .map(|v| NamedValue { name: v.property.clone(), value: Some(Value { kind: Some(kind(v.value)) }) })
+                .collect(),
+            automatic: f.resume == Resume::Automatic,
+        })
     }
 
     pub fn action_denied(&self, equipment: &str, action: &str) -> Option<String> {

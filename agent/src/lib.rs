@@ -6,6 +6,8 @@
 //! - `journal`: exactly-once command execution under redelivery, across restarts;
 //! - `equipment`: the registry of installed equipment and the drivers behind one trait;
 //! - `envelope`: the plant's local safety envelope, which can only narrow limits;
+//! - `fail_safe`: the dead-man switch: what to write when the controller is silent, when it
+//!   engages and what lifts it (decisions pure in `fail_safe::watchdog`);
 //! - `commands`: validation, deadline, envelope, preconditions, journal, execution;
 //! - `apply`: idempotent configuration apply with read-back;
 //! - `telemetry`: bounded buffering of readings while disconnected;
@@ -22,6 +24,7 @@ pub mod clock;
 pub mod commands;
 pub mod envelope;
 pub mod equipment;
+pub mod fail_safe;
 pub mod journal;
 pub mod link;
 pub mod metrics;

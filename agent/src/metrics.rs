@@ -48,6 +48,8 @@ pub struct Metrics {
     pub telemetry_dropped: Counter,
     pub slices_applied: Gauge,
     pub slices_failed: Gauge,
+    /// Equipment held at its safe values.
+    pub fail_safes_engaged: Gauge,
 }
 
 impl Default for Metrics {
@@ -66,6 +68,7 @@ impl Default for Metrics {
             telemetry_dropped: Counter::default(),
             slices_applied: Gauge::default(),
             slices_failed: Gauge::default(),
+            fail_safes_engaged: Gauge::default(),
         };
         let mut r = Registry::with_prefix("shopfloor_agent");
         r.register("connected", "1 while a session with the controller is up", m.connected.clone());
@@ -92,6 +95,11 @@ impl Default for Metrics {
         r.register("telemetry_dropped", "Readings dropped because the buffer was full", m.telemetry_dropped.clone());
         r.register("slices_applied", "Network slices steered on this host", m.slices_applied.clone());
         r.register("slices_failed", "Network slices that could not be steered", m.slices_failed.clone());
+        r.register(
+            "fail_safes_engaged",
+            "Equipment whose fail-safe is engaged (safe values written, setpoints held back)",
+            m.fail_safes_engaged.clone(),
+        );
         *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = r;
         m
     }

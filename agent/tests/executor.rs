@@ -7,6 +7,7 @@ use shopfloor_agent::{
     clock::WallClock,
     commands::{Arrival, Executor},
     envelope::Envelope,
+    fail_safe::Engagement,
     journal::Journal,
     state::StateDir,
 };
@@ -15,8 +16,8 @@ use shopfloor_wire::value;
 use shopfloor_wire::{
     proto::{
         ActionConfig, ActionWrite, ApplyConfig, ApplyResult, Command, CommandResult, EquipmentConfig, ModbusMapping,
-        ModbusTable, ModbusTcp, Operator, Parameter, ParameterConfig, Precondition, PropertyConfig, RegisterType,
-        ResultCode, Simulated, ValueType, action_write, equipment_config::Protocol, parameter,
+        ModbusTable, ModbusTcp, NamedValue, Operator, Parameter, ParameterConfig, Precondition, PropertyConfig,
+        RegisterType, ResultCode, Simulated, ValueType, action_write, equipment_config::Protocol, parameter,
     },
     time::now_micros,
 };
@@ -81,6 +82,7 @@ fn conveyor(addr: std::net::SocketAddr) -> EquipmentConfig {
         reporting_interval_ms: 1000,
         slice: String::new(),
         rate_limit: None,
+        fail_safe: None,
     }
 }
 
@@ -261,6 +263,7 @@ async fn a_deleted_envelope_fails_closed() {
     let applied = apply::apply(
         restarted.equipment(),
         restarted.envelope(),
+        restarted.fail_safes(),
         &ApplyConfig { revision: "r1".into(), equipment: vec![conveyor(r.sim.addr)], ..Default::default() },
     )
     .await;
@@ -487,11 +490,11 @@ async fn apply_is_idempotent_and_reads_back() {
     let r = rig("").await;
     let cfg =
         ApplyConfig { revision: "r1".into(), equipment: vec![conveyor(r.sim.addr), robot()], ..Default::default() };
-    let first = apply::apply(r.exec.equipment(), r.exec.envelope(), &cfg).await;
+    let first = apply::apply(r.exec.equipment(), r.exec.envelope(), r.exec.fail_safes(), &cfg).await;
     let results: Vec<i32> = first.equipment.iter().flat_map(|e| &e.properties).map(|p| p.result).collect();
     assert_eq!(results, vec![ApplyResult::Applied as i32]);
     assert_eq!(r.sim.device.writes_to("holding", 0), 1);
-    let second = apply::apply(r.exec.equipment(), r.exec.envelope(), &cfg).await;
+    let second = apply::apply(r.exec.equipment(), r.exec.envelope(), r.exec.fail_safes(), &cfg).await;
     assert!(!apply::has_failures(&second));
     assert_eq!(r.sim.device.writes_to("holding", 0), 1, "a setpoint already in place is not rewritten");
 }
@@ -506,7 +509,7 @@ async fn an_unreachable_device_fails_its_setpoints_without_stopping_the_others()
     let mut other = conveyor(dead);
     other.name = "dead-conveyor".into();
     let cfg = ApplyConfig { revision: "r1".into(), equipment: vec![other, conveyor(r.sim.addr)], ..Default::default() };
-    let applied = apply::apply(r.exec.equipment(), r.exec.envelope(), &cfg).await;
+    let applied = apply::apply(r.exec.equipment(), r.exec.envelope(), r.exec.fail_safes(), &cfg).await;
     let by: std::collections::HashMap<_, _> =
         applied.equipment.iter().map(|e| (e.equipment.as_str(), e.properties[0].result)).collect();
     assert_eq!(by["dead-conveyor"], ApplyResult::Failed as i32);
@@ -572,4 +575,116 @@ async fn the_agent_enforces_rate_limits_itself_with_one_command_of_slack() {
 
 fn text(s: &str) -> parameter::Kind {
     parameter::Kind::Text(s.into())
+}
+
+fn boolean(b: bool) -> parameter::Kind {
+    parameter::Kind::Value(value::bool_value(b))
+}
+
+/// The conveyor with a fail-safe: after 1 s of silence, `running` false, then `belt-speed` 0.
+fn conveyor_with_fail_safe(addr: std::net::SocketAddr) -> ApplyConfig {
+    let mut eq = conveyor(addr);
+    eq.fail_safe = Some(shopfloor_wire::proto::FailSafe {
+        after_ms: 1000,
+        values: vec![
+            NamedValue { name: "running".into(), value: Some(value::bool_value(false)) },
+            NamedValue { name: "belt-speed".into(), value: Some(value::float_value(0.0)) },
+        ],
+        resume_automatic: false,
+    });
+    ApplyConfig { revision: "r1".into(), equipment: vec![eq], ..Default::default() }
+}
+
+fn engage(exec: &Executor) {
+    exec.fail_safes()
+        .engage("conveyor", Engagement { since_unix_micros: now_micros(), message: "test engagement".into() });
+}
+
+#[tokio::test]
+async fn an_engaged_fail_safe_writes_its_values_refuses_writes_and_holds_setpoints_back_until_resumed() {
+    let r = rig("").await;
+    let cfg = conveyor_with_fail_safe(r.sim.addr);
+    r.exec.fail_safes().arm(&cfg, r.exec.envelope());
+    apply::apply(r.exec.equipment(), r.exec.envelope(), r.exec.fail_safes(), &cfg).await;
+    let start = cmd("start", "conveyor", "start", &[("speed", num(1.5))]);
+    assert_eq!(code(&r.exec.execute(&start, arrive(&start)).await), ResultCode::Ok);
+    assert_eq!(r.sim.device.regs.lock().expect("lock").coils.get(&0), Some(&true));
+
+    engage(&r.exec);
+    let values = &cfg.equipment[0].fail_safe.as_ref().expect("fail-safe").values;
+    let safe = r.exec.write_safe_values("conveyor", values, "fail-safe/conveyor/1").await;
+    assert_eq!(code(&safe), ResultCode::Ok, "{}", safe.message);
+    assert_eq!(safe.message, "wrote running=false, belt-speed=0");
+    {
+        let regs = r.sim.device.regs.lock().expect("lock");
+        assert_eq!((regs.coils.get(&0), regs.holding.get(&0)), (Some(&false), Some(&0)));
+    }
+    // Writes are refused, reads are not.
+    let write = cmd("w1", "conveyor", "write", &[("property", text("running")), ("value", boolean(true))]);
+    let refused = r.exec.execute(&write, arrive(&write)).await;
+    assert_eq!(code(&refused), ResultCode::FailSafeEngaged, "{}", refused.message);
+    assert!(refused.message.contains("resume-fail-safe"), "{}", refused.message);
+    let read = cmd("r1", "conveyor", "read", &[("property", text("running"))]);
+    assert_eq!(code(&r.exec.execute(&read, arrive(&read)).await), ResultCode::Ok);
+    // A new configuration does not undo it: its setpoint waits.
+    let applied = apply::apply(r.exec.equipment(), r.exec.envelope(), r.exec.fail_safes(), &cfg).await;
+    let speed = &applied.equipment[0].properties[0];
+    assert_eq!(speed.result(), ApplyResult::Pending);
+    assert!(speed.message.contains("held back"), "{}", speed.message);
+    assert_eq!(r.sim.device.regs.lock().expect("lock").holding.get(&0), Some(&0));
+
+    let resume = cmd("resume", "conveyor", "resume-fail-safe", &[]);
+    let resumed = r.exec.execute(&resume, arrive(&resume)).await;
+    assert_eq!(code(&resumed), ResultCode::Ok, "{}", resumed.message);
+    assert!(resumed.message.contains("lifted"), "{}", resumed.message);
+    let again = cmd("resume-2", "conveyor", "resume-fail-safe", &[]);
+    let nothing = r.exec.execute(&again, arrive(&again)).await;
+    assert!(code(&nothing) == ResultCode::Ok && nothing.message.contains("not engaged"), "{}", nothing.message);
+    let applied = apply::apply(r.exec.equipment(), r.exec.envelope(), r.exec.fail_safes(), &cfg).await;
+    assert_eq!(applied.equipment[0].properties[0].result(), ApplyResult::Applied);
+    assert_eq!(r.sim.device.regs.lock().expect("lock").holding.get(&0), Some(&120));
+    let write = cmd("w2", "conveyor", "write", &[("property", text("running")), ("value", boolean(true))]);
+    assert_eq!(code(&r.exec.execute(&write, arrive(&write)).await), ResultCode::Ok);
+}
+
+#[tokio::test]
+async fn safe_values_are_checked_by_the_envelope_never_rate_limited_and_one_refusal_does_not_stop_the_others() {
+    let r = rig("equipment:\n  conveyor:\n    properties:\n      belt-speed: {min: 0.5}\n").await;
+    let mut cfg = conveyor_with_fail_safe(r.sim.addr);
+    cfg.equipment[0].rate_limit = Some(shopfloor_wire::proto::RateLimit { per_minute: 1, burst: 1 });
+    r.exec.equipment().install(&cfg.equipment, &Default::default());
+    r.exec.fail_safes().arm(&cfg, r.exec.envelope());
+    // Spend the rate limit (its burst, plus the agent's one command of slack).
+    for i in 0..2 {
+        let c = cmd(&format!("w{i}"), "conveyor", "write", &[("property", text("running")), ("value", boolean(true))]);
+        assert_eq!(code(&r.exec.execute(&c, arrive(&c)).await), ResultCode::Ok);
+    }
+    engage(&r.exec);
+    let values = &cfg.equipment[0].fail_safe.as_ref().expect("fail-safe").values;
+    let safe = r.exec.write_safe_values("conveyor", values, "fail-safe/conveyor/2").await;
+    assert_eq!(code(&safe), ResultCode::DeviceError);
+    assert!(safe.message.starts_with("wrote running=false; belt-speed not written"), "{}", safe.message);
+    assert!(safe.message.contains("safety envelope"), "{}", safe.message);
+    assert_eq!(r.sim.device.regs.lock().expect("lock").coils.get(&0), Some(&false));
+    assert_eq!(r.sim.device.writes_to("holding", 0), 0);
+}
+
+#[tokio::test]
+async fn the_plants_envelope_requires_a_fail_safe_the_configuration_lacks() {
+    let r = rig(
+        "equipment:\n  conveyor:\n    failSafe:\n      after: 1s\n      values: [{property: running, value: false}]\n",
+    )
+    .await;
+    let cfg = ApplyConfig { revision: "r1".into(), equipment: vec![conveyor(r.sim.addr)], ..Default::default() };
+    r.exec.fail_safes().arm(&cfg, r.exec.envelope());
+    let states = r.exec.fail_safes().states();
+    assert_eq!(states.len(), 1);
+    assert!(states[0].required_by_envelope && states[0].after_ms == 1000 && !states[0].engaged);
+    let (due, _) = r.exec.fail_safes().due();
+    assert!(due.is_empty(), "not before its second of silence");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (due, silence) = r.exec.fail_safes().due();
+    assert_eq!(due.iter().map(|(eq, _)| eq.as_str()).collect::<Vec<_>>(), ["conveyor"]);
+    assert!(silence >= Duration::from_secs(1));
+    assert!(due[0].1.required_by_envelope);
 }

@@ -217,11 +217,12 @@ fn linux_backend_steers_marks_shapes_and_removes_exactly_what_it_created() {
 
     // Before any slice, the plant is unreachable: the main table has no route to it.
     let unsteered = ApplyConfig { slices: vec![], ..cfg.clone() };
-    let applied = rt.block_on(apply::apply(executor.equipment(), executor.envelope(), &unsteered));
+    let applied =
+        rt.block_on(apply::apply(executor.equipment(), executor.envelope(), executor.fail_safes(), &unsteered));
     let r = &applied.equipment[0].properties[0];
     assert_eq!(r.result, ApplyResult::Failed as i32, "the plant must be unreachable unsteered: {r:?}");
 
-    let applied = rt.block_on(apply::apply(executor.equipment(), executor.envelope(), &cfg));
+    let applied = rt.block_on(apply::apply(executor.equipment(), executor.envelope(), executor.fail_safes(), &cfg));
     let by_name = |n: &str| applied.slices.iter().find(|s| s.slice == n).cloned().expect(n);
     assert!(by_name("control").ok, "{:?}", by_name("control"));
     let busy = by_name("busy");
@@ -248,7 +249,7 @@ fn linux_backend_steers_marks_shapes_and_removes_exactly_what_it_created() {
     assert!(shaper["bytes"].as_u64().unwrap_or(0) > 0, "the slice's traffic went through the shaper: {shaper}");
 
     // Applying the same configuration again changes nothing.
-    let again = rt.block_on(apply::apply(executor.equipment(), executor.envelope(), &cfg));
+    let again = rt.block_on(apply::apply(executor.equipment(), executor.envelope(), executor.fail_safes(), &cfg));
     assert!(again.slices.iter().find(|s| s.slice == "control").is_some_and(|s| s.ok));
     assert_eq!(rules_with_mark("0x64").len(), 1, "no duplicate rule");
     assert_eq!(json("ip -j route show table 100").len(), 2, "default + the operator's route");

@@ -71,6 +71,9 @@ pub mod condition_type {
     /// The control link's estimated one-way delay is within the packet delay budget of the
     /// slice the equipment rides on.
     pub const LINK_WITHIN_BUDGET: &str = "LinkWithinBudget";
+    /// The equipment's dead-man fail-safe has engaged: the agent wrote its safe values and
+    /// holds the desired setpoints back until it is resumed.
+    pub const FAIL_SAFE: &str = "FailSafe";
 }
 
 /// Keeps `conditions` a list-map keyed by `type`, so server-side apply merges one condition at a

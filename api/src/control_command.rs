@@ -213,6 +213,9 @@ pub enum ResultCode {
     /// The control link's delay was over the slice's packet delay budget and the command
     /// required it within (`requireLinkWithinBudget`); it was not sent.
     LinkOverBudget,
+    /// The equipment's fail-safe is engaged: commands that write are refused until it is
+    /// resumed (`resume-fail-safe`, or the link's return when `resume` is `Automatic`).
+    FailSafeEngaged,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

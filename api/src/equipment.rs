@@ -19,6 +19,8 @@ pub const MAX_ACTIONS: usize = 16;
 pub const MAX_PARAMETERS: usize = 16;
 /// Most property writes one action may perform.
 pub const MAX_WRITES: usize = 8;
+/// The built-in action that lifts an engaged fail-safe whose `resume` is `Manual`.
+pub const ACTION_RESUME_FAIL_SAFE: &str = "resume-fail-safe";
 
 /// A machine one agent drives: how to reach it, the properties it exposes with their setpoints
 /// and interlock limits, and the actions an operator may run on it.
@@ -50,7 +52,8 @@ pub const MAX_WRITES: usize = 8;
     {"rule": "!has(self.modbusTcp) || self.properties.all(p, has(p.modbus))", "message": "every property of modbusTcp equipment needs a modbus mapping", "fieldPath": ".properties"},
     {"rule": "self.properties.all(p, self.properties.exists_one(q, q.name == p.name))", "message": "property names must be unique", "fieldPath": ".properties"},
     {"rule": "self.actions.all(a, self.actions.exists_one(b, b.name == a.name))", "message": "action names must be unique", "fieldPath": ".actions"},
-    {"rule": "self.actions.all(a, a.writes.all(w, self.properties.exists(p, p.name == w.property && p.access == 'ReadWrite')))", "message": "every action write must name a ReadWrite property of this equipment", "fieldPath": ".actions"}
+    {"rule": "self.actions.all(a, a.writes.all(w, self.properties.exists(p, p.name == w.property && p.access == 'ReadWrite')))", "message": "every action write must name a ReadWrite property of this equipment", "fieldPath": ".actions"},
+    {"rule": "!has(self.failSafe) || self.failSafe.values.all(v, self.properties.exists(p, p.name == v.property && p.access == 'ReadWrite'))", "message": "every failSafe value must name a ReadWrite property of this equipment", "fieldPath": ".failSafe.values"}
 ]))]
 pub struct EquipmentSpec {
     /// The EdgeAgent that drives this equipment.
@@ -79,6 +82,55 @@ pub struct EquipmentSpec {
     /// not dry runs) reach the equipment, enforced by the controller and again by the agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// What the agent writes on its own when it has not heard from the controller for a while.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_safe: Option<FailSafe>,
+}
+
+/// A dead-man switch: after `after` without a sign of life from the controller, the agent
+/// writes `values` (through the same interlock limits, envelope and journal as any write),
+/// holds the desired setpoints back and refuses commands that write until it is resumed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "duration(self.after) >= duration('1s') && duration(self.after) <= duration('1h')", "message": "after must be between 1s and 1h", "fieldPath": ".after"},
+    {"rule": "self.values.all(v, self.values.exists_one(w, w.property == v.property))", "message": "each property may have one safe value", "fieldPath": ".values"}
+]))]
+pub struct FailSafe {
+    /// How long the control link may be silent before the fail-safe engages (Go duration,
+    /// 1s to 1h).
+    #[schemars(length(max = 32))]
+    pub after: Duration,
+    /// The safe value of each property to write, in order.
+    #[schemars(length(min = 1, max = 64))]
+    pub values: Vec<SafeValue>,
+    /// What lifts it once the link is back (default `Manual`).
+    #[serde(default)]
+    pub resume: Resume,
+}
+
+/// One safe value. Its type and the property's interlock limits are checked by the controller,
+/// not by a CEL rule: `value` is an untyped scalar, which the API server's CEL type-checker
+/// cannot see.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SafeValue {
+    /// A ReadWrite property of this equipment.
+    #[schemars(length(min = 1, max = 63))]
+    pub property: String,
+    pub value: Value,
+}
+
+/// How an engaged fail-safe is lifted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Resume {
+    /// An operator runs the built-in `resume-fail-safe` action (`kubectl shopfloor exec
+    /// <equipment> resume-fail-safe`); until then the safe values stay.
+    #[default]
+    Manual,
+    /// As soon as the agent is back in session with the controller, it returns to the desired
+    /// setpoints.
+    Automatic,
 }
 
 /// A token bucket: `burst` commands at once, refilled at `perMinute` a minute.
@@ -234,7 +286,7 @@ fn one() -> f64 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.name != 'read' && self.name != 'write'", "message": "read and write are built-in actions and cannot be redeclared", "fieldPath": ".name"},
+    {"rule": "self.name != 'read' && self.name != 'write' && self.name != 'resume-fail-safe'", "message": "read, write and resume-fail-safe are built-in actions and cannot be redeclared", "fieldPath": ".name"},
     {"rule": "self.parameters.all(p, self.parameters.exists_one(q, q.name == p.name))", "message": "parameter names must be unique", "fieldPath": ".parameters"},
     {"rule": "self.writes.all(w, !has(w.parameter) || self.parameters.exists(p, p.name == w.parameter))", "message": "a write's parameter must be declared in parameters", "fieldPath": ".writes"}
 ]))]

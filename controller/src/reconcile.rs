@@ -25,7 +25,7 @@ use crate::{
     planner::{self, Plans},
     status::{
         build::{self, AgentFacts},
-        link,
+        fail_safe, link,
     },
     store::status_writer::{Pace, StatusWriter},
     store::{ObjectKey, StatusUpdate, Store, StoreError, World},
@@ -342,6 +342,15 @@ impl<S: Store> Reconciler<S> {
             .collect();
         let rtt = session.map(|c| c.session.rtt());
         link::set(&mut status.conditions, &budget, rtt, eq.metadata.generation, now);
+        fail_safe::set(
+            &mut status.conditions,
+            &key.name,
+            eq.spec.fail_safe.as_ref(),
+            self.observed.fail_safe(&agent, &key.name).as_ref(),
+            connected,
+            eq.metadata.generation,
+            now,
+        );
         if eq.status.as_ref() != Some(&status) {
             self.statuses.submit(StatusUpdate::Equipment(key, status));
         }

@@ -18,7 +18,7 @@ use shopfloor_wire::proto;
 
 use crate::{
     agents::{
-        observed::{AppliedReport, PropertyResult, Reading},
+        observed::{AppliedReport, FailSafeReport, PropertyResult, Reading},
         port::{Dispatch, Outcome},
     },
     planner::AgentPlan,
@@ -149,6 +149,15 @@ fn equipment(name: &str, spec: &EquipmentSpec) -> proto::EquipmentConfig {
         reporting_interval_ms: millis(&spec.reporting.interval),
         slice: spec.network_slice_ref.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
         rate_limit: spec.rate_limit.map(proto_rate_limit),
+        fail_safe: spec.fail_safe.as_ref().map(|f| proto::FailSafe {
+            after_ms: millis(&f.after),
+            values: f
+                .values
+                .iter()
+                .map(|v| proto::NamedValue { name: v.property.clone(), value: Some(value(v.value)) })
+                .collect(),
+            resume_automatic: f.resume == shopfloor_api::equipment::Resume::Automatic,
+        }),
     }
 }
 
@@ -249,6 +258,7 @@ fn result_code(code: proto::ResultCode) -> shopfloor_api::control_command::Resul
         W::AgentOffline => C::AgentOffline,
         W::DeviceError => C::DeviceError,
         W::RateLimited => C::RateLimited,
+        W::FailSafeEngaged => C::FailSafeEngaged,
         W::Internal | W::Unspecified => C::Internal,
     }
 }
@@ -323,6 +333,27 @@ pub fn outcome(r: &proto::CommandResult) -> Outcome {
         started_at: ts(r.started_unix_micros),
         finished_at: ts(r.finished_unix_micros),
     }
+}
+
+/// A report's fail-safes by equipment name.
+pub fn fail_safes(report: &proto::Report) -> BTreeMap<String, FailSafeReport> {
+    report
+        .fail_safes
+        .iter()
+        .map(|f| {
+            (
+                f.equipment.clone(),
+                FailSafeReport {
+                    engaged: f.engaged,
+                    since: f.engaged.then(|| Timestamp::from_microsecond(f.engaged_unix_micros).ok()).flatten(),
+                    after: std::time::Duration::from_millis(f.after_ms),
+                    automatic: f.resume_automatic,
+                    required_by_envelope: f.required_by_envelope,
+                    message: f.message.clone(),
+                },
+            )
+        })
+        .collect()
 }
 
 /// A report's readings by equipment name; readings without a value or a valid time are skipped.

@@ -178,7 +178,9 @@ async fn main() -> anyhow::Result<()> {
             let slice_backend =
                 slice_backend.or(file.slice_backend).unwrap_or_else(|| slices::DEFAULT_BACKEND.to_string());
             let backend = slices::backend(&slice_backend).map_err(|e| anyhow::anyhow!("--slice-backend: {e}"))?;
-            let executor = Arc::new(Executor::new(journal, envelope).with_slice_backend(backend));
+            let fail_safes = Arc::new(shopfloor_agent::fail_safe::FailSafes::load(state.clone()));
+            let executor =
+                Arc::new(Executor::new(journal, envelope).with_slice_backend(backend).with_fail_safes(fail_safes));
             let agent =
                 Agent::new(state, identity, executor, telemetry_buffer.or(file.telemetry_buffer).unwrap_or(10_000));
             tracing::info!(agent = %format!("{}/{}", agent.identity.namespace, agent.identity.name), controller = %agent.identity.controller, "starting");

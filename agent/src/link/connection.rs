@@ -90,7 +90,9 @@ impl Agent {
             }
         };
         tracing::info!(revision = %cfg.revision, "restoring the last configuration from disk");
-        let applied = apply::apply(self.executor.equipment(), self.executor.envelope(), &cfg).await;
+        self.executor.fail_safes().arm(&cfg, self.executor.envelope());
+        let applied =
+            apply::apply(self.executor.equipment(), self.executor.envelope(), self.executor.fail_safes(), &cfg).await;
         self.record_apply(&applied);
         *self.held.lock().await = Some(cfg);
         Some(applied)
@@ -99,7 +101,9 @@ impl Agent {
     async fn take_config(&self, cfg: ApplyConfig) -> Result<proto::ConfigApplied, SessionError> {
         // Persist first: after a crash the agent restores what the controller last asked for.
         self.state.write(CONFIG, &cfg.encode_to_vec(), 0o600)?;
-        let applied = apply::apply(self.executor.equipment(), self.executor.envelope(), &cfg).await;
+        self.executor.fail_safes().arm(&cfg, self.executor.envelope());
+        let applied =
+            apply::apply(self.executor.equipment(), self.executor.envelope(), self.executor.fail_safes(), &cfg).await;
         self.record_apply(&applied);
         tracing::info!(revision = %cfg.revision, failures = apply::needs_retry(self.executor.equipment(), &applied), "configuration applied");
         *self.held.lock().await = Some(cfg);
@@ -130,6 +134,8 @@ impl Agent {
         self.metrics.telemetry_buffered.set(i64::try_from(buffer.len()).unwrap_or(i64::MAX));
         let counted = self.metrics.telemetry_dropped.get();
         self.metrics.telemetry_dropped.inc_by(buffer.dropped_total().saturating_sub(counted));
+        let engaged = self.executor.fail_safes().states().iter().filter(|s| s.engaged).count();
+        self.metrics.fail_safes_engaged.set(i64::try_from(engaged).unwrap_or(i64::MAX));
     }
 
     /// Now on the controller's clock, as far as the latest handshake measured it.
@@ -165,8 +171,27 @@ impl Agent {
         }
     }
 
-    /// Connects, serves, and reconnects, forever, when [`Reconnect`] says.
+    /// Applies the held configuration again (after a fail-safe was lifted, or to retry).
+    async fn reapply(&self) -> Option<proto::ConfigApplied> {
+        let cfg = self.held.lock().await.clone()?;
+        let applied =
+            apply::apply(self.executor.equipment(), self.executor.envelope(), self.executor.fail_safes(), &cfg).await;
+        self.record_apply(&applied);
+        Some(applied)
+    }
+
+    /// Connects, serves, and reconnects, forever, when [`Reconnect`] says; meanwhile engages
+    /// fail-safes whenever the controller falls silent.
     pub async fn run(self: Arc<Self>, timing: Timing) {
+        let dead_man = tokio::spawn(super::dead_man::engage_when_silent(self.executor.clone(), self.offset.clone()));
+        // Ends only with the task that runs the agent.
+        struct Abort(tokio::task::JoinHandle<()>);
+        impl Drop for Abort {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let _dead_man = Abort(dead_man);
         let mut policy = Reconnect::default();
         let mut silent_since: Option<Instant> = None;
         loop {
@@ -211,6 +236,8 @@ impl Agent {
         let tls = tls::client_config(&creds.ca, vec![creds.cert.clone()], creds.key)
             .map_err(|e| SessionError::Tls(e.to_string()))?;
         let endpoint = transport::client_endpoint(addr).map_err(|e| SessionError::Tls(e.to_string()))?;
+        // A live link must be heard several times within the shortest fail-safe's `after`.
+        let timing = Timing { keep_alive: self.executor.fail_safes().keep_alive(timing.keep_alive), ..timing };
         let config = transport::client_config(tls, timing).map_err(|e| SessionError::Tls(e.to_string()))?;
         let connecting = endpoint
             .connect_with(config, addr, &id.server_name)
@@ -297,7 +324,16 @@ impl Agent {
             self.tracer.clone(),
             offset,
         ));
-        let reports = tokio::spawn(send_reports(conn.clone(), self.telemetry.clone()));
+        let reports =
+            tokio::spawn(send_reports(conn.clone(), self.telemetry.clone(), self.executor.fail_safes().clone()));
+        let fail_safes = self.executor.fail_safes();
+        if !fail_safes.session_began().is_empty()
+            && let Some(applied) = self.reapply().await
+            && let Some(m) = side.applied(applied)
+        {
+            tx.send(&m).await.map_err(|e| SessionError::Protocol(e.to_string()))?;
+        }
+        let liveness = tokio::spawn(super::dead_man::hear(conn.clone(), fail_safes.clone()));
         let mut renew_check = tokio::time::interval(Duration::from_secs(1));
         let mut renewing: Option<pki::KeyPair> = None;
         let mut retry_at: Option<(Instant, Duration)> = None;
@@ -350,12 +386,15 @@ impl Agent {
                         }
                     }
                     if let Some((at, wait)) = retry_at && Instant::now() >= at
-                        && let Some(cfg) = self.held.lock().await.clone() {
-                            let applied = apply::apply(self.executor.equipment(), self.executor.envelope(), &cfg).await;
-                            self.record_apply(&applied);
+                        && let Some(applied) = self.reapply().await {
                             retry_at = apply::needs_retry(self.executor.equipment(), &applied).then(|| (Instant::now() + wait * 2, (wait * 2).min(Duration::from_secs(60))));
                             reply = side.applied(applied);
                         }
+                }
+                () = fail_safes.resumed() => {
+                    if let Some(applied) = self.reapply().await {
+                        reply = side.applied(applied);
+                    }
                 }
                 e = conn.closed() => break transport::explain(&e, &id.server_name),
             }
@@ -367,6 +406,7 @@ impl Agent {
         };
         commands.abort();
         reports.abort();
+        liveness.abort();
         Ok(Ended { reason: result, silent: matches!(conn.close_reason(), Some(quinn::ConnectionError::TimedOut)) })
     }
 }

@@ -56,6 +56,17 @@ pub fn command_against_equipment(cmd: &ControlCommandSpec, eq: &EquipmentSpec) -
     let equipment = &cmd.equipment_ref.name;
 
     match cmd.action.as_str() {
+        // Allowed whether or not the Equipment declares a fail-safe: the plant's envelope may
+        // require one the cloud does not know of.
+        ACTION_RESUME_FAIL_SAFE => {
+            for key in cmd.parameters.keys() {
+                push(
+                    C::InvalidParameter,
+                    format!("spec.parameters.{key}"),
+                    format!("the {ACTION_RESUME_FAIL_SAFE} action takes no parameters"),
+                );
+            }
+        }
         ACTION_WRITE | ACTION_READ => {
             let name = cmd.parameters.get("property").and_then(ParameterValue::as_name);
             if let Some(name) = name {
@@ -90,8 +101,12 @@ pub fn command_against_equipment(cmd: &ControlCommandSpec, eq: &EquipmentSpec) -
         }
         name => match eq.actions.iter().find(|a| a.name == name) {
             None => {
-                let known: Vec<&str> =
-                    eq.actions.iter().map(|a| a.name.as_str()).chain([ACTION_WRITE, ACTION_READ]).collect();
+                let known: Vec<&str> = eq
+                    .actions
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .chain([ACTION_WRITE, ACTION_READ, ACTION_RESUME_FAIL_SAFE])
+                    .collect();
                 push(
                     C::UnknownAction,
                     "spec.action".into(),

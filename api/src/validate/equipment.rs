@@ -75,7 +75,49 @@ pub(super) fn equipment_spec_rules(spec: &EquipmentSpec) -> Violations {
     if let Some(r) = &spec.rate_limit {
         rate_limit(&mut v, "spec.rateLimit", r);
     }
+    if let Some(f) = &spec.fail_safe {
+        fail_safe(&mut v, f, &spec.properties);
+    }
     v
+}
+
+/// A fail-safe's bounds, and each safe value against its property: ReadWrite, of its type and
+/// inside its interlock limits (an agent would refuse to write it otherwise, exactly when it
+/// matters).
+fn fail_safe(v: &mut Violations, f: &FailSafe, properties: &[Property]) {
+    v.duration_between("spec.failSafe.after", &f.after, SECS(1), Some(SECS(3600)));
+    if f.values.is_empty() {
+        v.push("spec.failSafe.values", "a fail-safe must write at least one property");
+    }
+    v.max_items("spec.failSafe.values", f.values.len(), MAX_PROPERTIES);
+    let mut seen = BTreeSet::new();
+    for (i, s) in f.values.iter().enumerate() {
+        let at = format!("spec.failSafe.values[{i}]");
+        if !seen.insert(s.property.as_str()) {
+            v.push(format!("{at}.property"), format!("`{}` has a safe value already: one per property", s.property));
+        }
+        match properties.iter().find(|p| p.name == s.property) {
+            None => v.push(format!("{at}.property"), format!("`{}` is not a property of this equipment", s.property)),
+            Some(p) if p.access != Access::ReadWrite => v.push(
+                format!("{at}.property"),
+                format!("property `{}` is ReadOnly: a safe value needs a ReadWrite property", p.name),
+            ),
+            Some(p) if !s.value.fits(p.type_) => v.push(
+                format!("{at}.value"),
+                format!("{} is a {} but property `{}` has type {}", s.value, s.value.type_name(), p.name, p.type_),
+            ),
+            Some(p) => {
+                if let Some(x) = s.value.as_f64()
+                    && (p.min.is_some_and(|lo| x < lo) || p.max.is_some_and(|hi| x > hi))
+                {
+                    v.push(
+                        format!("{at}.value"),
+                        format!("{} is outside the interlock limits {} of `{}`", s.value, range(p.min, p.max), p.name),
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// The schema's ranges of a `rateLimit`.
@@ -171,7 +213,7 @@ pub(super) fn range(min: Option<f64>, max: Option<f64>) -> String {
 
 pub(super) fn action(v: &mut Violations, at: &str, a: &Action, properties: &[Property]) {
     v.name(&format!("{at}.name"), &a.name);
-    if a.name == ACTION_READ || a.name == ACTION_WRITE {
+    if a.name == ACTION_READ || a.name == ACTION_WRITE || a.name == ACTION_RESUME_FAIL_SAFE {
         v.push(
             format!("{at}.name"),
             format!("`{}` is a built-in action and cannot be redeclared; pick another name", a.name),

@@ -17,8 +17,8 @@ use crate::{
     },
     edge_agent::{EdgeAgent, EdgeAgentSpec},
     equipment::{
-        Access, Action, Equipment, EquipmentSpec, MAX_ACTIONS, MAX_PARAMETERS, MAX_PROPERTIES, MAX_WRITES, ModbusTable,
-        Property, RateLimit, RegisterType,
+        ACTION_RESUME_FAIL_SAFE, Access, Action, Equipment, EquipmentSpec, FailSafe, MAX_ACTIONS, MAX_PARAMETERS,
+        MAX_PROPERTIES, MAX_WRITES, ModbusTable, Property, RateLimit, RegisterType,
     },
     network_slice::{NetworkSlice, NetworkSliceSpec},
     object::Object,

@@ -1,5 +1,5 @@
 //! What agents report back, kept in memory until it lands in a status: configuration results
-//! per revision, and the last value read of every property.
+//! per revision, the last value read of every property, and the state of every fail-safe.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -39,12 +39,26 @@ pub struct Reading {
     pub at: Timestamp,
 }
 
+/// One equipment's fail-safe as its agent last reported it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FailSafeReport {
+    pub engaged: bool,
+    /// When it engaged, as the agent stamped it.
+    pub since: Option<Timestamp>,
+    pub after: std::time::Duration,
+    pub automatic: bool,
+    pub required_by_envelope: bool,
+    pub message: String,
+}
+
 /// Reports from every agent.
 #[derive(Debug, Default)]
 pub struct Observed {
     applied: RwLock<HashMap<ObjectKey, AppliedReport>>,
     /// Per equipment, per property.
     readings: RwLock<HashMap<ObjectKey, BTreeMap<String, Reading>>>,
+    /// Per agent, per equipment name: every report carries all of them.
+    fail_safes: RwLock<HashMap<ObjectKey, BTreeMap<String, FailSafeReport>>>,
 }
 
 impl Observed {
@@ -75,8 +89,23 @@ impl Observed {
         self.readings.read().unwrap_or_else(|p| p.into_inner()).get(equipment).cloned().unwrap_or_default()
     }
 
+    /// Replaces what `agent` said of its fail-safes; whether anything changed.
+    pub fn record_fail_safes(&self, agent: &ObjectKey, states: BTreeMap<String, FailSafeReport>) -> bool {
+        let mut all = self.fail_safes.write().unwrap_or_else(|p| p.into_inner());
+        if all.get(agent).map_or(states.is_empty(), |s| *s == states) {
+            return false;
+        }
+        all.insert(agent.clone(), states);
+        true
+    }
+
+    pub fn fail_safe(&self, agent: &ObjectKey, equipment: &str) -> Option<FailSafeReport> {
+        self.fail_safes.read().unwrap_or_else(|p| p.into_inner()).get(agent)?.get(equipment).cloned()
+    }
+
     pub fn forget_agent(&self, agent: &ObjectKey) {
         self.applied.write().unwrap_or_else(|p| p.into_inner()).remove(agent);
+        self.fail_safes.write().unwrap_or_else(|p| p.into_inner()).remove(agent);
     }
 }
 

@@ -212,6 +212,7 @@ async fn receive_reports<S: Store>(conn: quinn::Connection, agent: ObjectKey, ct
                         if report.dropped > 0 {
                             tracing::warn!(agent = %agent, dropped = report.dropped, "the agent dropped telemetry while disconnected");
                         }
+                        ctx.observed.record_fail_safes(&agent, translate::fail_safes(&report));
                         for (eq, values) in translate::readings(report) {
                             ctx.observed.record_readings(ObjectKey::new(agent.namespace.clone(), eq), values);
                         }

@@ -94,7 +94,8 @@ pub fn phase_for(code: ResultCode) -> CommandPhase {
         | C::PreconditionFailed
         | C::AgentOffline
         | C::RateLimited
-        | C::LinkOverBudget => CommandPhase::Rejected,
+        | C::LinkOverBudget
+        | C::FailSafeEngaged => CommandPhase::Rejected,
         C::DeviceError | C::Internal => CommandPhase::Failed,
     }
 }

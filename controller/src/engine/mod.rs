@@ -569,10 +569,14 @@ fn refusal(cmd: &Cmd, equipment: Option<&Equipment>) -> Option<Event> {
 }
 
 /// The limits a command must pass, with their buckets: the equipment's, then its action's. A
-/// command that cannot write (a `read`, a dry run) passes none.
+/// command that cannot write (a `read`, a dry run) passes none, nor does lifting a fail-safe
+/// (an operator's deliberate step, which must never wait for a token).
 fn rate_limits(cmd: &Cmd, equipment: &Equipment) -> Vec<(RateKey, RateLimit)> {
     let spec = &cmd.object.spec;
-    if spec.dry_run || spec.action == "read" {
+    if spec.dry_run
+        || spec.action == shopfloor_api::control_command::ACTION_READ
+        || spec.action == shopfloor_api::equipment::ACTION_RESUME_FAIL_SAFE
+    {
         return Vec::new();
     }
     let key = ObjectKey::of(&equipment.metadata);
