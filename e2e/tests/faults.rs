@@ -391,9 +391,7 @@ fn urllc_slice() -> &'static str {
 }
 
 fn link_condition(s: &Scenario, plural: &str, name: &str) -> Option<(String, String)> {
-    let conds = s.status(plural, name)["conditions"].as_sequence()?.clone();
-    let c = conds.iter().find(|c| c["type"] == "LinkWithinBudget")?;
-    Some((c["status"].as_str()?.to_owned(), c["message"].as_str().unwrap_or_default().to_owned()))
+    condition(s, plural, name, "LinkWithinBudget").map(|(status, _, message)| (status, message))
 }
 
 #[test]
@@ -456,4 +454,97 @@ fn a_link_over_the_slice_budget_is_shown_and_refuses_commands_that_require_it() 
     assert_eq!(code, 0, "{out}");
     let writes = s.sim_writes("sim", "holding", 0);
     assert_eq!(writes.len(), 3, "the refused command never reached the machine: {writes:?}");
+}
+
+fn condition(s: &Scenario, plural: &str, name: &str, type_: &str) -> Option<(String, String, String)> {
+    let conds = s.status(plural, name)["conditions"].as_sequence()?.clone();
+    let c = conds.iter().find(|c| c["type"] == type_)?;
+    Some((
+        c["status"].as_str()?.to_owned(),
+        c["reason"].as_str()?.to_owned(),
+        c["message"].as_str().unwrap_or_default().to_owned(),
+    ))
+}
+
+/// The reported issue: an agent held its last setpoints forever when the controller was gone,
+/// right for a temperature loop and wrong for a conveyor nobody can see.
+#[test]
+fn a_partition_engages_the_fail_safe_within_its_delay_and_only_an_operator_lifts_it() {
+    const AFTER: Duration = Duration::from_secs(2);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let s = Scenario::new();
+    std::fs::create_dir_all(s.path("plant")).expect("plant");
+    let modbus = s.modbus_sim("sim", &[]);
+    let port = modbus.rsplit(':').next().expect("port").to_owned();
+    let plant = fixtures::modbus_conveyor(&port, "500ms")
+        .replace("min: 0, max: 2.5}", "min: 0, max: 2.5, desired: 1.2}")
+        .replace(
+            "  actions:\n",
+            "  failSafe:\n    after: 2s\n    values: [{property: running, value: false}, {property: belt-speed, value: 0}]\n  actions:\n",
+        );
+    std::fs::write(s.path("plant/plant.yaml"), plant).expect("plant");
+    let endpoint = s.controller();
+    let proxy = s.agent_behind_proxy(&rt, "line-1", &endpoint, 17);
+    let s = &s;
+    let fail_safe = || condition(s, "equipment", "conveyor", "FailSafe");
+    let (_, _, armed) = eventually("the fail-safe armed", Duration::from_secs(30), || {
+        fail_safe().filter(|(status, reason, _)| status == "False" && reason == "Armed")
+    });
+    assert!(armed.contains("engages after 2.0 s") && armed.contains("Manual"), "{armed}");
+    // A connection keeps the keep-alive it was made with: restarted, the agent connects with the
+    // one its fail-safe needs (a quarter of `after`).
+    s.kill("agent-line-1");
+    s.agent("line-1");
+    eventually("the restarted agent connected", Duration::from_secs(30), || {
+        let log = std::fs::read_to_string(s.path("agent-line-1.log")).ok()?;
+        let restarted = log.rfind("restoring the last configuration from disk")?;
+        log[restarted..].contains(": connected ").then_some(())
+    });
+    let speed_writes = || s.sim_writes("sim", "holding", 0);
+    eventually("the desired belt speed written", Duration::from_secs(20), || {
+        (speed_writes().last() == Some(&vec![120])).then_some(())
+    });
+    let (code, out) = s.plugin(&["exec", "conveyor", "start", "speed=1.5", "--timeout", "10s"]);
+    assert_eq!(code, 0, "{out}");
+
+    // Three times `after` with the link up: the fail-safe never writes.
+    std::thread::sleep(AFTER * 3);
+    let running_writes = || s.sim_writes("sim", "coil", 0);
+    assert_eq!(running_writes(), vec![vec![1]], "only the start command wrote `running` while the link was up");
+
+    proxy.partition(true);
+    let cut = std::time::Instant::now();
+    let engaged_after = eventually("the safe values written", AFTER * 5, || {
+        (running_writes().last() == Some(&vec![0]) && speed_writes().last() == Some(&vec![0])).then(|| cut.elapsed())
+    });
+    println!("safe values written {engaged_after:?} after the partition began (failSafe.after 2 s)");
+    assert!(engaged_after <= AFTER + Duration::from_secs(1), "within after + 1 s: {engaged_after:?}");
+    // Never before the link has been lost for `after` (the 100 ms is the polling of this test).
+    assert!(engaged_after + Duration::from_millis(100) >= AFTER, "not before after: {engaged_after:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    proxy.partition(false);
+
+    let (_, _, message) = eventually("the controller shows the fail-safe engaged", Duration::from_secs(60), || {
+        fail_safe().filter(|(status, reason, _)| status == "True" && reason == "Engaged")
+    });
+    assert!(message.contains("wrote running=false, belt-speed=0"), "{message}");
+    assert!(message.contains("kubectl shopfloor exec conveyor resume-fail-safe"), "{message}");
+    // Back in session, nothing undoes it: the desired 1.2 m/s waits, writes are refused.
+    let (code, out) = s.plugin(&["exec", "conveyor", "write", "property=running", "value=true", "--timeout", "10s"]);
+    assert_ne!(code, 0, "refused while engaged: {out}");
+    assert!(out.contains("FailSafeEngaged"), "{out}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(speed_writes().last(), Some(&vec![0]), "the desired setpoint is held back");
+    assert_eq!(running_writes().last(), Some(&vec![0]));
+
+    let (code, out) = s.plugin(&["exec", "conveyor", "resume-fail-safe", "--timeout", "10s"]);
+    assert_eq!(code, 0, "{out}");
+    eventually("the desired belt speed back after the resume", Duration::from_secs(20), || {
+        (speed_writes().last() == Some(&vec![120])).then_some(())
+    });
+    eventually("the fail-safe armed again", Duration::from_secs(30), || {
+        fail_safe().filter(|(status, reason, _)| status == "False" && reason == "Armed")
+    });
+    let (code, out) = s.plugin(&["exec", "conveyor", "write", "property=running", "value=true", "--timeout", "10s"]);
+    assert_eq!(code, 0, "{out}");
 }

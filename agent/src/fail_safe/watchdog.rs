@@ -2,8 +2,11 @@
 //! duration since an origin the caller picks (its monotonic clock), as in `quinn-proto`.
 //!
 //! The link counts as alive while the controller is heard (the shell reports every datagram
-//! that arrives). An equipment's fail-safe is due once the controller has not been heard for its
-//! `after`; engaged, it stays engaged until it is resumed: by an operator's command (`Manual`),
+//! that arrives, and the agent's keep-alive makes the controller answer at least every
+//! [`listen_interval`] of the shortest `after`). An equipment's fail-safe is due once the
+//! controller has not been heard for its `after` plus its listening interval: the link may have
+//! failed up to an interval after the last answer, so it never engages before the link has been
+//! lost for `after`, and at most the interval (750 ms) after that; engaged, it stays engaged until it is resumed: by an operator's command (`Manual`),
 //! or by the next session (`Automatic`). An engagement outlives the agent's restarts (the shell
 //! persists [`Engagement`]s).
 
@@ -83,6 +86,12 @@ pub struct Watchdog {
     last_heard: Duration,
 }
 
+/// How often a link must be heard for a fail-safe of `after`: a quarter of it, between 200 and
+/// 750 ms (so that it engages within `after` + 1 s of a failure, counting the shell's polling).
+pub fn listen_interval(after: Duration) -> Duration {
+    (after / 4).clamp(Duration::from_millis(200), Duration::from_millis(750))
+}
+
 impl Watchdog {
     /// Starting at `now` with `engaged` restored: a start counts as hearing the controller, so
     /// an agent that starts alone engages `after` later.
@@ -110,12 +119,13 @@ impl Watchdog {
         now.saturating_sub(self.last_heard)
     }
 
-    /// The equipment whose fail-safe is due at `now`: armed, not engaged, silent for its `after`.
+    /// The equipment whose fail-safe is due at `now`: armed, not engaged, silent for its `after`
+    /// and its listening interval.
     pub fn due(&self, now: Duration) -> Vec<(String, Policy)> {
         let silence = self.silence(now);
         self.policies
             .iter()
-            .filter(|(eq, p)| silence >= p.after && !self.engaged.contains_key(*eq))
+            .filter(|(eq, p)| silence >= p.after + listen_interval(p.after) && !self.engaged.contains_key(*eq))
             .map(|(eq, p)| (eq.clone(), p.clone()))
             .collect()
     }
@@ -149,11 +159,12 @@ impl Watchdog {
         self.engaged.remove(equipment)
     }
 
-    /// The agent's keep-alive: often enough that a live link is heard several times within the
-    /// shortest `after` (a quarter of it, at least every 200 ms), never less often than `default`.
+    /// The agent's keep-alive: the listening interval of the shortest `after`, never less often
+    /// than `default`. A connection keeps the keep-alive it was made with: until the next one,
+    /// a fail-safe configured during a session may engage up to `default` early.
     pub fn keep_alive(&self, default: Duration) -> Duration {
         let shortest = self.policies.values().map(|p| p.after).min();
-        shortest.map_or(default, |a| (a / 4).max(Duration::from_millis(200)).min(default))
+        shortest.map_or(default, |a| listen_interval(a).min(default))
     }
 
     /// Every armed or engaged fail-safe, for the controller.
@@ -207,22 +218,23 @@ mod tests {
     const S: fn(u64) -> Duration = Duration::from_millis;
 
     #[test]
-    fn a_fail_safe_is_due_after_its_silence_and_never_while_the_controller_is_heard() {
+    fn a_fail_safe_is_due_after_its_silence_and_one_keep_alive_and_never_while_the_controller_is_heard() {
         let mut w = armed(2000, false);
         for t in (0..10_000).step_by(500) {
             w.heard(S(t));
-            assert!(w.due(S(t + 400)).is_empty(), "heard at {t} ms");
+            assert!(w.due(S(t + 499)).is_empty(), "heard at {t} ms");
         }
         w.heard(S(10_000));
-        assert!(w.due(S(11_999)).is_empty());
-        let due = w.due(S(12_000));
+        // The link may have failed just before the next keep-alive's answer was due.
+        assert!(w.due(S(12_499)).is_empty());
+        let due = w.due(S(12_500));
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].0, "conveyor");
         w.engage("conveyor", Engagement { since_unix_micros: 1, message: "wrote running=false".into() });
         assert!(w.due(S(60_000)).is_empty(), "engaged once, not again");
         // Heard again in an older instant: time does not go back.
         w.heard(S(5_000));
-        assert_eq!(w.silence(S(12_000)), S(2_000));
+        assert_eq!(w.silence(S(12_500)), S(2_500));
     }
 
     #[test]
@@ -279,7 +291,7 @@ mod tests {
         let w = armed(1000, false);
         assert_eq!(w.keep_alive(S(1000)), S(250));
         assert_eq!(armed(400, false).keep_alive(S(1000)), S(200));
-        assert_eq!(armed(60_000, false).keep_alive(S(1000)), S(1000));
+        assert_eq!(armed(60_000, false).keep_alive(S(1000)), S(750));
         assert_eq!(Watchdog::default().keep_alive(S(1000)), S(1000));
     }
 }
