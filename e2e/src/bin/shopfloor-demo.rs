@@ -81,16 +81,29 @@ fn demo(s: &Scenario, ui: &Ui, keep_running: bool) -> Result<(), String> {
     ui.ok(&format!("QUIC endpoint with mutual TLS on {endpoint}; state in {}", s.path("state").display()));
 
     ui.step("Enrolling one agent per EdgeAgent with its single-use bootstrap token");
+    // line-1 reaches the controller through a userspace UDP proxy, so that the demo can delay
+    // and cut its link.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut line1_link = None;
     for agent in ["line-1", "line-2", "utilities"] {
-        s.enroll(agent);
         std::fs::write(
             s.path(&format!("envelope-{agent}.yaml")),
             "equipment:\n  infeed-conveyor:\n    properties:\n      belt-speed: {max: 2.0}\n",
         )
         .map_err(|e| e.to_string())?;
-        s.agent(agent);
+        if agent == "line-1" {
+            line1_link = Some(s.agent_behind_proxy(&rt, agent, &endpoint, 1));
+        } else {
+            s.enroll(agent);
+            s.agent(agent);
+        }
         ui.ok(&format!("{agent}: key generated on the host, certificate issued, agent running"));
     }
+    let line1_link = line1_link.ok_or("line-1 has no link")?;
 
     ui.step("Waiting for every agent to connect and apply its configuration");
     let all_in_sync = || {
@@ -175,6 +188,63 @@ fn demo(s: &Scenario, ui: &Ui, keep_running: bool) -> Result<(), String> {
     summary.push((
         "a second cycle-time change within 10 s refused by the action's rate limit".into(),
         phase == "Rejected",
+    ));
+
+    ui.step("A link over its slice's delay budget refuses commands that need it (40 ms each way, 10 ms budget)");
+    line1_link.set(shopfloor_e2e::proxy::Impairment { delay: Duration::from_millis(40), ..Default::default() });
+    eventually("line-1's link over its budget", Duration::from_secs(60), || {
+        let conds = s.status("equipment", "infeed-conveyor")["conditions"].as_sequence()?.clone();
+        conds.iter().any(|c| c["type"] == "LinkWithinBudget" && c["status"] == "False").then_some(())
+    });
+    let (_, out) = s.plugin(&["exec", "infeed-conveyor", "write", "property=belt-speed", "value=1.5"]);
+    let phase = field(&out, "phase:");
+    ui.ok(&format!("{phase}: {}", field(&out, "result:")));
+    summary.push(("a command over a link outside the URLLC slice's 10 ms budget refused".into(), phase == "Rejected"));
+    line1_link.set(shopfloor_e2e::proxy::Impairment::default());
+    eventually("line-1's link within its budget again", Duration::from_secs(60), || {
+        let conds = s.status("equipment", "infeed-conveyor")["conditions"].as_sequence()?.clone();
+        conds.iter().any(|c| c["type"] == "LinkWithinBudget" && c["status"] == "True").then_some(())
+    });
+    ui.ok("delay removed: the link is within its budget again");
+
+    ui.step("Cutting line-1's link: the infeed conveyor's fail-safe stops it after 3 s, on the agent alone");
+    let running = || {
+        s.status("equipment", "infeed-conveyor")["reported"]
+            .as_sequence()
+            .and_then(|r| r.iter().find(|v| v["property"] == "running").and_then(|v| v["value"].as_bool()))
+    };
+    let stops_before = s.sim_writes("infeed-conveyor", "coil", 0).len();
+    line1_link.partition(true);
+    let cut = Instant::now();
+    let stopped = eventually("the conveyor stopped by its fail-safe", Duration::from_secs(15), || {
+        let writes = s.sim_writes("infeed-conveyor", "coil", 0);
+        (writes.len() > stops_before && writes.last() == Some(&vec![0])).then(|| cut.elapsed())
+    });
+    ui.ok(&format!(
+        "running=false written to the conveyor's PLC {:.1} s after the link was cut",
+        stopped.as_secs_f64()
+    ));
+    line1_link.partition(false);
+    let engaged = eventually("the FailSafe condition", Duration::from_secs(60), || {
+        let conds = s.status("equipment", "infeed-conveyor")["conditions"].as_sequence()?.clone();
+        let c = conds.iter().find(|c| c["type"] == "FailSafe" && c["status"] == "True")?;
+        c["message"].as_str().map(str::to_owned)
+    });
+    ui.ok(&format!("link back; FailSafe=True: {engaged}"));
+    let (_, out) = s.plugin(&["exec", "infeed-conveyor", "start", "speed=1.0"]);
+    let refused = field(&out, "result:").starts_with("FailSafeEngaged");
+    ui.ok(&format!("start while engaged: {}: {}", field(&out, "phase:"), field(&out, "result:")));
+    let (_, out) = s.plugin(&["exec", "infeed-conveyor", "resume-fail-safe"]);
+    let resumed = field(&out, "phase:") == "Succeeded";
+    ui.ok(&format!("an operator resumes it: {}: {}", field(&out, "phase:"), field(&out, "result:")));
+    let back = eventually("the conveyor running again", Duration::from_secs(30), || running().filter(|r| *r));
+    ui.ok(&format!("desired setpoints applied again: running={back}"));
+    summary.push((
+        format!(
+            "fail-safe stopped the conveyor {:.1} s after the link was cut; held until resumed",
+            stopped.as_secs_f64()
+        ),
+        stopped <= Duration::from_secs(4) && refused && resumed,
     ));
 
     ui.step("A command to an offline agent waits for its deadline, then expires");
