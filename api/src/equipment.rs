@@ -128,7 +128,7 @@ pub enum Resume {
     /// <equipment> resume-fail-safe`); until then the safe values stay.
     #[default]
     Manual,
-    /// As soon as the agent is back in session with the controller, it returns to the desired
+    /// As soon as the agent hears the controller again, it returns to the desired
     /// setpoints.
     Automatic,
 }

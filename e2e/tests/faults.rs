@@ -469,7 +469,7 @@ fn condition(s: &Scenario, plural: &str, name: &str, type_: &str) -> Option<(Str
 /// The reported issue: an agent held its last setpoints forever when the controller was gone,
 /// right for a temperature loop and wrong for a conveyor nobody can see.
 #[test]
-fn a_partition_engages_the_fail_safe_within_its_delay_and_only_an_operator_lifts_it() {
+fn a_partition_engages_fail_safes_within_their_delay_and_the_controllers_return_or_an_operator_lifts_them() {
     const AFTER: Duration = Duration::from_secs(2);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let s = Scenario::new();
@@ -482,7 +482,14 @@ fn a_partition_engages_the_fail_safe_within_its_delay_and_only_an_operator_lifts
             "  actions:\n",
             "  failSafe:\n    after: 2s\n    values: [{property: running, value: false}, {property: belt-speed, value: 0}]\n  actions:\n",
         );
-    std::fs::write(s.path("plant/plant.yaml"), plant).expect("plant");
+    // A fan on the same device whose fail-safe lifts itself when the controller is back.
+    let fan = format!(
+        "apiVersion: shopfloor.io/v1alpha1\nkind: Equipment\nmetadata: {{name: fan, namespace: plant-a}}\nspec:\n  \
+         agentRef: {{name: line-1}}\n  modbusTcp: {{host: \"127.0.0.1\", port: {port}, timeout: 5s}}\n  \
+         properties:\n    - {{name: running, type: Bool, access: ReadWrite, modbus: {{table: Coil, address: 1}}, desired: true}}\n  \
+         failSafe: {{after: 2s, values: [{{property: running, value: false}}], resume: Automatic}}\n"
+    );
+    std::fs::write(s.path("plant/plant.yaml"), format!("{plant}---\n{fan}")).expect("plant");
     let endpoint = s.controller();
     let proxy = s.agent_behind_proxy(&rt, "line-1", &endpoint, 17);
     let s = &s;
@@ -511,6 +518,8 @@ fn a_partition_engages_the_fail_safe_within_its_delay_and_only_an_operator_lifts
     std::thread::sleep(AFTER * 3);
     let running_writes = || s.sim_writes("sim", "coil", 0);
     assert_eq!(running_writes(), vec![vec![1]], "only the start command wrote `running` while the link was up");
+    let fan_writes = || s.sim_writes("sim", "coil", 1);
+    assert_eq!(fan_writes(), vec![vec![1]], "only the fan's desired state was written while the link was up");
 
     proxy.partition(true);
     let cut = std::time::Instant::now();
@@ -521,8 +530,18 @@ fn a_partition_engages_the_fail_safe_within_its_delay_and_only_an_operator_lifts
     assert!(engaged_after <= AFTER + Duration::from_secs(1), "within after + 1 s: {engaged_after:?}");
     // Never before the link has been lost for `after` (the 100 ms is the polling of this test).
     assert!(engaged_after + Duration::from_millis(100) >= AFTER, "not before after: {engaged_after:?}");
+    assert_eq!(fan_writes().last(), Some(&vec![0]), "the fan's fail-safe engaged too");
     std::thread::sleep(Duration::from_secs(2));
     proxy.partition(false);
+    // resume: Automatic — the fan runs again as soon as the controller is heard; the conveyor
+    // (Manual) stays stopped.
+    eventually("the fan back at its desired state", Duration::from_secs(30), || {
+        (fan_writes().last() == Some(&vec![1])).then_some(())
+    });
+    eventually("the fan's fail-safe armed again", Duration::from_secs(30), || {
+        condition(s, "equipment", "fan", "FailSafe")
+            .filter(|(status, reason, _)| status == "False" && reason == "Armed")
+    });
 
     let (_, _, message) = eventually("the controller shows the fail-safe engaged", Duration::from_secs(60), || {
         fail_safe().filter(|(status, reason, _)| status == "True" && reason == "Engaged")

@@ -35,7 +35,7 @@ pub struct FailSafes {
     unreadable: StdMutex<Option<String>>,
     /// Bumped on every change a controller should see.
     changed: watch::Sender<u64>,
-    /// An operator resumed one: the held configuration is to be applied again.
+    /// One was lifted: the held configuration is to be applied again.
     resumed: Notify,
 }
 
@@ -116,22 +116,17 @@ impl FailSafes {
         self.changed.send_modify(|v| *v += 1);
     }
 
-    /// The controller was heard just now.
+    /// The controller was heard just now: lifts the `Automatic` fail-safes (the link is back)
+    /// and has the held configuration applied again for them.
     pub fn heard(&self) {
         let now = self.now();
-        self.with(|w| w.heard(now));
-    }
-
-    /// A session began: lifts the `Automatic` fail-safes and returns their equipment.
-    pub fn session_began(&self) -> Vec<String> {
-        let now = self.now();
-        let lifted = self.with(|w| w.session_began(now));
+        let lifted = self.with(|w| w.heard(now));
         if !lifted.is_empty() {
             tracing::info!(equipment = ?lifted, "fail-safe lifted: the controller is back and resume is Automatic");
             self.persist();
             self.changed.send_modify(|v| *v += 1);
+            self.resumed.notify_one();
         }
-        lifted
     }
 
     /// The fail-safes due now, with how long the controller has been silent.
@@ -166,7 +161,7 @@ impl FailSafes {
         was
     }
 
-    /// Waits for an operator's resume.
+    /// Waits for a fail-safe to be lifted.
     pub async fn resumed(&self) {
         self.resumed.notified().await;
     }

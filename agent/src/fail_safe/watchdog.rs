@@ -7,7 +7,8 @@
 //! controller has not been heard for its `after` plus its listening interval: the link may have
 //! failed up to an interval after the last answer, so it never engages before the link has been
 //! lost for `after`, and at most the interval (750 ms) after that; engaged, it stays engaged until it is resumed: by an operator's command (`Manual`),
-//! or by the next session (`Automatic`). An engagement outlives the agent's restarts (the shell
+//! or by the controller's return (`Automatic`: the first sign of it, in the same session or a
+//! new one). An engagement outlives the agent's restarts (the shell
 //! persists [`Engagement`]s).
 
 use std::{collections::BTreeMap, time::Duration};
@@ -21,7 +22,7 @@ pub struct Policy {
     pub after: Duration,
     /// Written in this order.
     pub values: Vec<NamedValue>,
-    /// The next session lifts it; otherwise an operator's `resume-fail-safe`.
+    /// The controller's return lifts it; otherwise an operator's `resume-fail-safe`.
     pub automatic: bool,
     /// The envelope required it, or made it stricter than the configuration.
     pub required_by_envelope: bool,
@@ -109,9 +110,17 @@ impl Watchdog {
         self.policies.get(equipment)
     }
 
-    /// The controller was heard at `now`.
-    pub fn heard(&mut self, now: Duration) {
+    /// The controller was heard at `now`: the link is back, so the engaged fail-safes whose
+    /// `resume` is `Automatic` are lifted; returns their equipment. One without a policy any
+    /// more waits for an operator.
+    pub fn heard(&mut self, now: Duration) -> Vec<String> {
         self.last_heard = self.last_heard.max(now);
+        let automatic: Vec<String> =
+            self.engaged.keys().filter(|eq| self.policies.get(*eq).is_some_and(|p| p.automatic)).cloned().collect();
+        for eq in &automatic {
+            self.engaged.remove(eq);
+        }
+        automatic
     }
 
     /// How long the controller has not been heard.
@@ -140,18 +149,6 @@ impl Watchdog {
 
     pub fn engaged(&self) -> &BTreeMap<String, Engagement> {
         &self.engaged
-    }
-
-    /// A session began at `now`: lifts the engaged fail-safes whose `resume` is `Automatic` and
-    /// returns their equipment. One without a policy any more waits for an operator.
-    pub fn session_began(&mut self, now: Duration) -> Vec<String> {
-        self.heard(now);
-        let automatic: Vec<String> =
-            self.engaged.keys().filter(|eq| self.policies.get(*eq).is_some_and(|p| p.automatic)).cloned().collect();
-        for eq in &automatic {
-            self.engaged.remove(eq);
-        }
-        automatic
     }
 
     /// An operator lifted `equipment`'s fail-safe; what it was, if it was engaged.
@@ -238,18 +235,18 @@ mod tests {
     }
 
     #[test]
-    fn manual_fail_safes_wait_for_an_operator_and_automatic_ones_for_the_next_session() {
+    fn manual_fail_safes_wait_for_an_operator_and_automatic_ones_for_the_controllers_return() {
         for automatic in [false, true] {
             let mut w = armed(1000, automatic);
             w.engage("conveyor", Engagement { since_unix_micros: 1, message: String::new() });
-            let lifted = w.session_began(S(5_000));
+            let lifted = w.heard(S(5_000));
             assert_eq!(lifted.is_empty(), !automatic);
             assert_eq!(w.engagement("conveyor").is_some(), !automatic);
             if !automatic {
                 assert!(w.resume("conveyor").is_some());
                 assert!(w.resume("conveyor").is_none(), "resuming twice is resuming once");
             }
-            assert!(w.due(S(5_500)).is_empty(), "the session restarted the count");
+            assert!(w.due(S(5_500)).is_empty(), "hearing the controller restarted the count");
         }
     }
 
@@ -258,7 +255,7 @@ mod tests {
         let mut w = armed(1000, true);
         w.engage("conveyor", Engagement { since_unix_micros: 7, message: "m".into() });
         w.arm(BTreeMap::new());
-        assert!(w.session_began(S(1)).is_empty(), "no policy says Automatic any more: an operator decides");
+        assert!(w.heard(S(1)).is_empty(), "no policy says Automatic any more: an operator decides");
         let states = w.states();
         assert_eq!(states.len(), 1);
         assert!(states[0].engaged && states[0].engaged_unix_micros == 7);

@@ -327,12 +327,8 @@ impl Agent {
         let reports =
             tokio::spawn(send_reports(conn.clone(), self.telemetry.clone(), self.executor.fail_safes().clone()));
         let fail_safes = self.executor.fail_safes();
-        if !fail_safes.session_began().is_empty()
-            && let Some(applied) = self.reapply().await
-            && let Some(m) = side.applied(applied)
-        {
-            tx.send(&m).await.map_err(|e| SessionError::Protocol(e.to_string()))?;
-        }
+        // A session is a sign of life: it lifts `Automatic` fail-safes, re-applied below.
+        fail_safes.heard();
         let liveness = tokio::spawn(super::dead_man::hear(conn.clone(), fail_safes.clone()));
         let mut renew_check = tokio::time::interval(Duration::from_secs(1));
         let mut renewing: Option<pki::KeyPair> = None;

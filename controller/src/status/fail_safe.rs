@@ -35,7 +35,7 @@ pub fn set(
         }
         (Some(r), _) if r.engaged => {
             let lifted_by = if r.automatic {
-                "the agent's next session with the controller (resume: Automatic)".to_owned()
+                "the controller's return: the agent hears it again (resume: Automatic)".to_owned()
             } else {
                 format!(
                     "an operator's command once the equipment is checked: kubectl shopfloor exec {name} resume-fail-safe"
