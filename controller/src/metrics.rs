@@ -4,7 +4,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -26,6 +26,36 @@ pub struct PhaseLabel {
     pub phase: String,
 }
 
+/// One EdgeAgent.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentLabel {
+    pub namespace: String,
+    pub agent: String,
+}
+
+/// One NetworkSlice.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SliceLabel {
+    pub namespace: String,
+    pub slice: String,
+}
+
+/// One Equipment.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EquipmentLabel {
+    pub namespace: String,
+    pub equipment: String,
+}
+
+/// Buckets of command latencies, seconds: 0.5 ms to 5 s.
+const LATENCY_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
 /// The controller's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -44,6 +74,24 @@ pub struct Metrics {
     pub handshakes_refused: Counter,
     /// Handshakes and enrollments in progress.
     pub handshakes_in_progress: Gauge,
+    /// Per EdgeAgent (not suspended): 1 while it has a session.
+    pub agent_connected: Family<AgentLabel, Gauge>,
+    /// Per EdgeAgent: 1 while the revision it applied is not the one it should hold.
+    pub agent_config_drift: Family<AgentLabel, Gauge>,
+    /// Per enrolled EdgeAgent: when its certificate expires, Unix seconds.
+    pub agent_certificate_expiry: Family<AgentLabel, Gauge>,
+    /// 1 on the replica that leads (always, standalone).
+    pub leader: Gauge,
+    /// Readings agents dropped from their buffers while disconnected.
+    pub telemetry_dropped: Counter,
+    /// Where finished commands' time went: queue, network (one way), execution.
+    pub command_phase: Histograms<PhaseLabel>,
+    /// The network share (one way) of finished commands, per slice their equipment rides.
+    pub command_network: Histograms<SliceLabel>,
+    /// Each NetworkSlice's packet delay budget, seconds.
+    pub slice_delay_budget: Family<SliceLabel, Gauge<f64, AtomicU64>>,
+    /// Per Equipment with a fail-safe: 1 while its agent reports it engaged.
+    pub fail_safe_engaged: Family<EquipmentLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -54,15 +102,22 @@ impl Default for Metrics {
             reconciliations: Family::default(),
             reconcile_errors: Family::default(),
             commands_finished: Family::default(),
-            command_latency: Histogram::new([
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-            ]),
+            command_latency: latency_histogram(),
             agents_connected: Gauge::default(),
             plans_pushed: Counter::default(),
             status_writes: Counter::default(),
             handshakes_failed: Counter::default(),
             handshakes_refused: Counter::default(),
             handshakes_in_progress: Gauge::default(),
+            agent_connected: Family::default(),
+            agent_config_drift: Family::default(),
+            agent_certificate_expiry: Family::default(),
+            leader: Gauge::default(),
+            telemetry_dropped: Counter::default(),
+            command_phase: Family::new_with_constructor(latency_histogram),
+            command_network: Family::new_with_constructor(latency_histogram),
+            slice_delay_budget: Family::default(),
+            fail_safe_engaged: Family::default(),
         };
         registry.register("reconciliations", "Reconciliations by kind", m.reconciliations.clone());
         registry.register("reconcile_errors", "Failed reconciliations by kind", m.reconcile_errors.clone());
@@ -94,6 +149,61 @@ impl Default for Metrics {
             "QUIC handshakes and enrollments in progress",
             m.handshakes_in_progress.clone(),
         );
+        registry.register(
+            "agent_connected",
+            "1 while the EdgeAgent has a session (suspended agents have no series)",
+            m.agent_connected.clone(),
+        );
+        registry.register(
+            "agent_config_drift",
+            "1 while the EdgeAgent's applied configuration revision is not the desired one",
+            m.agent_config_drift.clone(),
+        );
+        registry.register(
+            "agent_certificate_expiry_timestamp_seconds",
+            "When the EdgeAgent's client certificate expires",
+            m.agent_certificate_expiry.clone(),
+        );
+        registry.register("leader", "1 on the replica that leads", m.leader.clone());
+        registry.register(
+            "telemetry_dropped",
+            "Readings agents dropped from their buffers while disconnected",
+            m.telemetry_dropped.clone(),
+        );
+        registry.register(
+            "command_phase_seconds",
+            "Where finished ControlCommands' time went: queue, network (one way), execution",
+            m.command_phase.clone(),
+        );
+        registry.register(
+            "command_network_seconds",
+            "One-way network time of finished ControlCommands, by the slice their equipment rides",
+            m.command_network.clone(),
+        );
+        registry.register(
+            "slice_delay_budget_seconds",
+            "The packet delay budget of each NetworkSlice that declares one",
+            m.slice_delay_budget.clone(),
+        );
+        registry.register(
+            "equipment_fail_safe_engaged",
+            "1 while an Equipment's fail-safe is engaged on its agent",
+            m.fail_safe_engaged.clone(),
+        );
+        // Series of known label values exist from the start at zero: a rate over a counter that
+        // appears with its first increment misses that increment, and dashboards show 0, not
+        // "no data".
+        for kind in ["EdgeAgent", "Equipment", "NetworkSlice", "ControlCommand"] {
+            let label = KindLabel { kind: kind.into() };
+            let _ = m.reconciliations.get_or_create(&label);
+            let _ = m.reconcile_errors.get_or_create(&label);
+        }
+        for phase in ["Succeeded", "Failed", "Rejected", "Expired"] {
+            let _ = m.commands_finished.get_or_create(&PhaseLabel { phase: phase.into() });
+        }
+        for phase in ["queue", "network", "execution"] {
+            let _ = m.command_phase.get_or_create(&PhaseLabel { phase: phase.into() });
+        }
         *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = registry;
         m
     }

@@ -21,7 +21,7 @@ use crate::{
     endpoint::EndpointContext,
     engine::Engine,
     link_budget::{self, LinkBudget},
-    metrics::{KindLabel, Metrics},
+    metrics::{AgentLabel, EquipmentLabel, KindLabel, Metrics, SliceLabel},
     planner::{self, Plans},
     status::{
         build::{self, AgentFacts},
@@ -307,16 +307,49 @@ impl<S: Store> Reconciler<S> {
             plan.map(|p| link_budget::of_plan(&key, p).map(|(_, b)| b).collect()).unwrap_or_default();
         let rtt = connected.as_ref().map(|c| c.session.rtt());
         link::set(&mut status.conditions, &budgets, rtt, agent.metadata.generation, now);
+        self.agent_gauges(&key, agent.spec.suspend, connected.is_some(), plan.map(|p| p.revision()), &status);
         if agent.status.as_ref() != Some(&status) {
             self.statuses.submit(StatusUpdate::EdgeAgent(key, status));
         }
         Ok(requeue)
     }
 
+    /// The per-agent series the alerts watch: connected, configuration drift, certificate
+    /// expiry. A suspended agent is expected to be away and has none.
+    fn agent_gauges(
+        &self,
+        key: &ObjectKey,
+        suspended: bool,
+        connected: bool,
+        desired: Option<&str>,
+        status: &EdgeAgentStatus,
+    ) {
+        let label = AgentLabel { namespace: key.namespace.clone(), agent: key.name.clone() };
+        let m = &self.metrics;
+        if suspended {
+            m.agent_connected.remove(&label);
+            m.agent_config_drift.remove(&label);
+            m.agent_certificate_expiry.remove(&label);
+            return;
+        }
+        m.agent_connected.get_or_create(&label).set(i64::from(connected));
+        let applied = status.config.as_ref().and_then(|c| c.applied_revision.as_deref());
+        m.agent_config_drift.get_or_create(&label).set(i64::from(desired.is_some() && desired != applied));
+        match status.certificate.as_ref().and_then(|c| c.not_after.as_ref()) {
+            Some(t) => {
+                m.agent_certificate_expiry.get_or_create(&label).set(t.0.as_second());
+            }
+            None => {
+                m.agent_certificate_expiry.remove(&label);
+            }
+        }
+    }
+
     /// Forgets a deleted EdgeAgent: its certificate no longer passes the handshake check.
     pub fn forget_agent(&self, key: &ObjectKey) {
         self.book.forget(key);
         self.observed.forget_agent(key);
+        self.agent_gauges(key, true, false, None, &EdgeAgentStatus::default());
     }
 
     /// One Equipment: its status.
@@ -342,15 +375,25 @@ impl<S: Store> Reconciler<S> {
             .collect();
         let rtt = session.map(|c| c.session.rtt());
         link::set(&mut status.conditions, &budget, rtt, eq.metadata.generation, now);
+        let reported = self.observed.fail_safe(&agent, &key.name);
         fail_safe::set(
             &mut status.conditions,
             &key.name,
             eq.spec.fail_safe.as_ref(),
-            self.observed.fail_safe(&agent, &key.name).as_ref(),
+            reported.as_ref(),
             connected,
             eq.metadata.generation,
             now,
         );
+        let label = EquipmentLabel { namespace: key.namespace.clone(), equipment: key.name.clone() };
+        match reported {
+            Some(r) => {
+                self.metrics.fail_safe_engaged.get_or_create(&label).set(i64::from(r.engaged));
+            }
+            None => {
+                self.metrics.fail_safe_engaged.remove(&label);
+            }
+        }
         if eq.status.as_ref() != Some(&status) {
             self.statuses.submit(StatusUpdate::Equipment(key, status));
         }
@@ -368,6 +411,16 @@ impl<S: Store> Reconciler<S> {
             .filter(|(a, r)| plans.agents.get(a).is_some_and(|p| p.revision() == r.revision))
             .collect();
         let status = build::network_slice(slice, &problems, &selected, |a| reports.get(a), Timestamp::now());
+        let label = SliceLabel { namespace: key.namespace.clone(), slice: key.name.clone() };
+        match &slice.spec.qos.packet_delay_budget {
+            Some(b) => {
+                let b: Duration = (*b).into();
+                self.metrics.slice_delay_budget.get_or_create(&label).set(b.as_secs_f64());
+            }
+            None => {
+                self.metrics.slice_delay_budget.remove(&label);
+            }
+        }
         if slice.status.as_ref() != Some(&status) {
             self.statuses.submit(StatusUpdate::NetworkSlice(key, status));
         }

@@ -159,6 +159,7 @@ async fn run_standalone(args: &Args, dir: &PathBuf, health: Arc<metrics::Health>
     tokio::spawn(quic.run());
     tracing::info!(quic = %quic_addr, ca_sha256 = %fingerprint, "agents can connect");
     health.leader.store(true, Ordering::Relaxed);
+    core.metrics().leader.set(1);
     health.ready.store(true, Ordering::Relaxed);
     tracing::info!(manifests = %dir.display(), state = %args.state_dir.display(), http = %addr, "standalone controller started");
     tokio::select! {
@@ -199,6 +200,7 @@ async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Resul
         }
     }
     health.leader.store(true, Ordering::Relaxed);
+    core.metrics().leader.set(1);
     tracing::info!("leading");
     // The agents' Service selects the leader's pod by this label, so agents always reach the
     // replica that accepts them. Outside a pod (no POD_NAME) there is no pod to label.

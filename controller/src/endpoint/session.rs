@@ -210,6 +210,7 @@ async fn receive_reports<S: Store>(conn: quinn::Connection, agent: ObjectKey, ct
                 match rx.next::<proto::Report>().await {
                     Ok(Some(report)) => {
                         if report.dropped > 0 {
+                            ctx.metrics.telemetry_dropped.inc_by(report.dropped);
                             tracing::warn!(agent = %agent, dropped = report.dropped, "the agent dropped telemetry while disconnected");
                         }
                         ctx.observed.record_fail_safes(&agent, translate::fail_safes(&report));

@@ -33,7 +33,7 @@ use crate::{
         registry::{Change, Registry},
     },
     link_budget::{self, LinkBudget},
-    metrics::{Metrics, PhaseLabel},
+    metrics::{Metrics, PhaseLabel, SliceLabel},
     store::{ObjectEvent, ObjectKey, StatusUpdate, Store, StoreError},
     translate,
 };
@@ -205,6 +205,30 @@ impl<S: Store> Engine<S> {
         cached.or_else(|| cmd.object.status.clone()).unwrap_or_default()
     }
 
+    /// Where a finished command's time went, for the metrics; the network share also per
+    /// slice, where its equipment rides one with a delay budget.
+    fn observe_latency(&self, cmd: &Cmd, latency: &shopfloor_api::control_command::LatencyBreakdown) {
+        let m = &self.inner.metrics;
+        let seconds = |us: i64| us.max(0) as f64 / 1e6;
+        if let Some(total) = latency.total_micros {
+            m.command_latency.observe(seconds(total));
+        }
+        for (phase, us) in [
+            ("queue", latency.queue_micros),
+            ("network", latency.network_micros),
+            ("execution", latency.execution_micros),
+        ] {
+            if let Some(us) = us {
+                m.command_phase.get_or_create(&PhaseLabel { phase: phase.into() }).observe(seconds(us));
+            }
+        }
+        let equipment = ObjectKey::new(cmd.key.namespace.clone(), cmd.object.spec.equipment_ref.name.clone());
+        if let (Some(us), Some(budget)) = (latency.network_micros, self.link_budget(&equipment)) {
+            let label = SliceLabel { namespace: cmd.key.namespace.clone(), slice: budget.slice };
+            m.command_network.get_or_create(&label).observe(seconds(us));
+        }
+    }
+
     /// Applies `event`, persists the result, then returns the effect to carry out.
     async fn transition(&self, cmd: &Cmd, event: Event) -> Result<Option<(ControlCommandStatus, Effect)>, StoreError> {
         let lock = self
@@ -235,9 +259,7 @@ impl<S: Store> Engine<S> {
         if let Some(phase) = next.phase.filter(|p| p.is_terminal()) {
             self.settle(&cmd.uid);
             self.inner.metrics.commands_finished.get_or_create(&PhaseLabel { phase: format!("{phase:?}") }).inc();
-            if let Some(total) = next.latency.total_micros {
-                self.inner.metrics.command_latency.observe(total as f64 / 1e6);
-            }
+            self.observe_latency(cmd, &next.latency);
             tracing::info!(command = %cmd.key, phase = ?phase, result = ?next.result.as_ref().map(|r| r.code), "command finished");
             if !current.phase.is_some_and(CommandPhase::is_terminal)
                 && let Some(span) = spans::command(
