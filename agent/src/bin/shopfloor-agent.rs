@@ -19,7 +19,7 @@ use shopfloor_wire::{identity::AgentId, transport::Timing};
 /// remote-control commands from the controller, safely and exactly once.
 ///
 /// First enroll once with the command `kubectl shopfloor enroll <agent>` prints, then run the
-/// agent (normally as the systemd service in agent/packaging/). Every option can also come from
+/// agent (normally as the systemd service of the Debian package, packaging/deb/). Every option can also come from
 /// a YAML file (--config) or a SHOPFLOOR_* environment variable; flags win over both.
 #[derive(Debug, Parser)]
 #[command(version, about)]

@@ -83,7 +83,7 @@ fn explain(what: &str, e: &rtnetlink::Error) -> String {
     };
     match code {
         Some(EPERM) => format!(
-            "{what}: permission denied — the agent needs CAP_NET_ADMIN (see agent/packaging/shopfloor-agent.service) \
+            "{what}: permission denied — the agent needs CAP_NET_ADMIN (with the Debian package: the slices.conf drop-in in /usr/share/doc/shopfloor-agent) \
              or --slice-backend noop"
         ),
         Some(c) => format!("{what}: {} (errno {c})", std::io::Error::from_raw_os_error(c)),
