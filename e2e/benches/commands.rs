@@ -2,7 +2,9 @@
 //! with mutual TLS on loopback (in one process), first without tracing (the baseline), then with
 //! both sides exporting their spans over OTLP/HTTP to a local receiver, then (when /dev/shm
 //! exists) with the agent's journal on tmpfs, where an fsync costs next to nothing: the ratio to
-//! the baseline is the share of the time the disk takes. Prints figures, asserts nothing.
+//! the baseline is the share of the time the disk takes; then with the commands spread over many
+//! agents (one simulated robot each, each agent its own journal), on the disk and on tmpfs, as
+//! ratios to one agent in the same run. Prints figures, asserts nothing.
 //!
 //!     cargo bench -p shopfloor-e2e --bench commands
 
@@ -15,7 +17,7 @@ use std::{
 };
 
 use axum::{Router, body::Bytes, extract::State, routing::post};
-use shopfloor_api::{ControlCommand, control_command::CommandPhase};
+use shopfloor_api::{ControlCommand, Equipment, control_command::CommandPhase};
 use shopfloor_controller::metrics::PhaseLabel;
 use shopfloor_e2e::{
     fixtures,
@@ -31,18 +33,18 @@ fn finished(plant: &Plant) -> u64 {
         .sum()
 }
 
-/// Runs `batch` commands created at once; returns the time until all finished. Completion is
-/// read from the engine's counter, not by scanning the store, so watching costs the engine
-/// nothing.
-async fn run(plant: &Plant, template: &ControlCommand, batch: usize, base: usize) -> Duration {
-    let eq = plant.equipment("robot").clone();
+/// Runs `batch` commands created at once, spread round-robin over `equipment`; returns the time
+/// until all finished. Completion is read from the engine's counter, not by scanning the store,
+/// so watching costs the engine nothing.
+async fn run(plant: &Plant, template: &ControlCommand, batch: usize, base: usize, equipment: &[Equipment]) -> Duration {
     let before = finished(plant);
     let start = Instant::now();
     let mut handles = Vec::new();
     for i in 0..batch {
-        let c = Plant::command(template, base + i);
+        let mut c = Plant::command(template, base + i);
+        let eq = equipment[i % equipment.len()].clone();
+        c.spec.equipment_ref.name = eq.metadata.name.clone().unwrap_or_default();
         let core = plant.core.clone();
-        let eq = eq.clone();
         handles.push(tokio::spawn(async move { core.reconcile_command(&c, Some(&eq)).await }));
     }
     for h in handles {
@@ -90,9 +92,42 @@ async fn measure(collector: Option<&str>, journal_root: &std::path::Path) -> Vec
     }
     let mut out = Vec::new();
     for (n, batch) in BATCHES.into_iter().enumerate() {
-        out.push(run(&plant, &template, batch, n * 10_000).await.as_secs_f64());
+        out.push(run(&plant, &template, batch, n * 10_000, &plant.world.equipment).await.as_secs_f64());
     }
     out
+}
+
+/// Commands in one batch spread over the agents.
+const SPREAD_BATCH: usize = 5000;
+/// Agents (one robot each) the spread batch goes to.
+const SPREAD_AGENTS: [usize; 3] = [1, 10, 50];
+
+/// [`SPREAD_BATCH`] commands spread over `agents` agents on a fresh plant, journals under
+/// `journal_root`: the time until all finished, seconds.
+async fn measure_spread(agents: usize, journal_root: &std::path::Path) -> f64 {
+    let world = objects(&fixtures::robot_cells(agents, "60s"));
+    let template = world.commands[0].clone();
+    let plant = Plant::start_on(world, shopfloor_agent::clock::WallClock::system(), journal_root).await;
+    // One small batch first: every connection and bucket warmed up alike.
+    run(&plant, &template, agents, 0, &plant.world.equipment).await;
+    run(&plant, &template, SPREAD_BATCH, 10_000, &plant.world.equipment).await.as_secs_f64()
+}
+
+async fn spread(journal_root: &std::path::Path, what: &str) {
+    println!(
+        "{SPREAD_BATCH} commands created at once, spread over N agents (one simulated robot and one journal each), journals {what}:"
+    );
+    let mut one = None;
+    for n in SPREAD_AGENTS {
+        let dt = measure_spread(n, journal_root).await;
+        let base = *one.get_or_insert(dt);
+        println!(
+            "  {n:>3} agents: all finished in {:.0} ms = {:.0} commands/s ({:.2}x the time with 1 agent)",
+            dt * 1e3,
+            SPREAD_BATCH as f64 / dt,
+            dt / base
+        );
+    }
 }
 
 const BATCHES: [usize; 3] = [1, 100, 1000];
@@ -122,11 +157,13 @@ async fn main() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     println!("export requests received: {}", requests.load(Ordering::Relaxed));
+    spread(&disk, &format!("in {} (fsync per command)", disk.display())).await;
     let shm = std::path::Path::new("/dev/shm");
     if !shm.is_dir() {
         println!("NOT MEASURED: no /dev/shm here, so the journal's fsync cost cannot be separated");
         return;
     }
+    spread(shm, "on tmpfs /dev/shm (fsync next to free)").await;
     let tmpfs = measure(None, shm).await;
     println!("without tracing, the agent's journal on tmpfs /dev/shm (fsync next to free):");
     for ((batch, dt), base) in BATCHES.iter().zip(&tmpfs).zip(&baseline) {

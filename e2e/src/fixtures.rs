@@ -25,6 +25,19 @@ pub fn robot_command(name: &str, timeout: &str) -> String {
     )
 }
 
+/// `n` agents `plant-a/line-<i>`, each driving one simulated robot cell `robot-<i>` like
+/// [`ROBOT_CELL`]'s, and a command named `template` (for `robot-1`) to clone from.
+pub fn robot_cells(n: usize, timeout: &str) -> String {
+    let mut out = String::new();
+    for i in 1..=n {
+        out.push_str(
+            &ROBOT_CELL.replace("line-1", &format!("line-{i}")).replace("name: robot,", &format!("name: robot-{i},")),
+        );
+        out.push_str("---\n");
+    }
+    out + &robot_command("template", timeout).replace("name: robot}", "name: robot-1}")
+}
+
 /// [`ROBOT_CELL`] with a command named `template` to clone from.
 pub fn robot_cell_with_template(timeout: &str) -> String {
     format!("{ROBOT_CELL}---\n{}", robot_command("template", timeout))

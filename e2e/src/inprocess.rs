@@ -1,4 +1,4 @@
-//! A controller and an agent in one process, talking real QUIC with mutual TLS on loopback: for
+//! A controller and its agents in one process, talking real QUIC with mutual TLS on loopback: for
 //! engine tests and the commands-per-second benchmark without process start-up noise.
 
 use std::{sync::Arc, time::Duration};
@@ -26,12 +26,14 @@ use shopfloor_controller::{
 };
 use shopfloor_wire::{identity::AgentId, transport::Timing};
 
-/// A running controller with one connected agent.
+/// A running controller with its connected agents.
 pub struct Plant {
     pub core: Arc<Reconciler<MemoryStore>>,
     pub world: World,
-    /// The agent, running in this process.
+    /// The first agent, running in this process.
     pub agent: Arc<Agent>,
+    /// Every agent of the world, in its order.
+    pub agents: Vec<Arc<Agent>>,
     /// The controller's QUIC endpoint and its address.
     pub endpoint: Arc<Endpoint<MemoryStore>>,
     pub addr: std::net::SocketAddr,
@@ -63,8 +65,8 @@ pub fn objects(yaml: &str) -> World {
 }
 
 impl Plant {
-    /// Starts the controller on `world`, enrolls agent `plant-a/line-1` and waits until it holds
-    /// its configuration.
+    /// Starts the controller on `world`, enrolls its agents (`plant-a/line-1`, …) and waits until
+    /// each holds its configuration.
     pub async fn start(world: World) -> Self {
         Self::start_with_agent_clock(world, WallClock::system()).await
     }
@@ -94,28 +96,33 @@ impl Plant {
         let addr = endpoint_addr.to_string();
         tokio::spawn(ep.clone().run());
         core.reconcile_world(0, &world).await;
-        let key = ObjectKey::new("plant-a", "line-1");
-        let secret = core
-            .store()
-            .secrets
-            .lock()
-            .expect("lock")
-            .get(&enrollment::token_secret_name(&key))
-            .cloned()
-            .expect("token secret");
-        let token = BootstrapToken::from_secret(&secret).expect("token").token();
-        let state = StateDir::open(dir.path().join("agent")).expect("state");
-        enroll::enroll(&state, &addr, None, &token, &fingerprint, &AgentId::new("plant-a", "line-1"))
-            .await
-            .expect("enrolled");
-        // The controller recorded the certificate; the agent object it reconciles must carry it.
-        let recorded = core.book().agent(&key).expect("agent");
-        world.agents = vec![recorded];
-        let identity = credentials::load_identity(&state).expect("identity");
-        let journal = Journal::open(&state, Duration::from_secs(86400), 1_000_000).expect("journal");
-        let executor = Executor::new(journal, Envelope::none()).with_wall_clock(wall);
-        let agent = Agent::new(state, identity, Arc::new(executor), 10_000);
-        tokio::spawn(agent.clone().run(Timing::default()));
+        let keys: Vec<ObjectKey> = world.agents.iter().map(|a| ObjectKey::of(&a.metadata)).collect();
+        let mut agents = Vec::new();
+        let mut recorded = Vec::new();
+        for key in &keys {
+            let secret = core
+                .store()
+                .secrets
+                .lock()
+                .expect("lock")
+                .get(&enrollment::token_secret_name(key))
+                .cloned()
+                .expect("token secret");
+            let token = BootstrapToken::from_secret(&secret).expect("token").token();
+            let state = StateDir::open(dir.path().join(&key.name)).expect("state");
+            enroll::enroll(&state, &addr, None, &token, &fingerprint, &AgentId::new(&key.namespace, &key.name))
+                .await
+                .expect("enrolled");
+            // The controller recorded the certificate; the agent object it reconciles must carry it.
+            recorded.push(core.book().agent(key).expect("agent"));
+            let identity = credentials::load_identity(&state).expect("identity");
+            let journal = Journal::open(&state, Duration::from_secs(86400), 1_000_000).expect("journal");
+            let executor = Executor::new(journal, Envelope::none()).with_wall_clock(wall);
+            let agent = Agent::new(state, identity, Arc::new(executor), 10_000);
+            tokio::spawn(agent.clone().run(Timing::default()));
+            agents.push(agent);
+        }
+        world.agents = recorded;
         let c2 = core.clone();
         let w2 = world.clone();
         tokio::spawn(async move {
@@ -128,14 +135,18 @@ impl Plant {
             }
         });
         let plans = core.plans(0, &world);
-        let want = plans.agents[&key].revision().to_owned();
-        for _ in 0..200 {
-            if core.registry().get(&key).and_then(|c| c.held_revision) == Some(want.clone()) {
-                return Self { core, world, agent, endpoint: ep, addr: endpoint_addr, _dir: dir };
+        for _ in 0..400 {
+            let holding = keys.iter().all(|key| {
+                core.registry().get(key).and_then(|c| c.held_revision).as_deref()
+                    == plans.agents.get(key).map(|p| p.revision())
+            });
+            if holding {
+                let agent = agents[0].clone();
+                return Self { core, world, agent, agents, endpoint: ep, addr: endpoint_addr, _dir: dir };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the agent never held revision {want}");
+        panic!("not every agent held its configuration within 20 s");
     }
 
     pub fn equipment(&self, name: &str) -> &Equipment {
