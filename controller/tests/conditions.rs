@@ -153,3 +153,40 @@ async fn a_revision_is_pushed_once_per_connection_while_its_answer_is_on_the_way
     core.reconcile_agent(agent, &plans).await.expect("reconcile");
     assert_eq!(second.pushes.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+/// The series the alerts watch (`ShopfloorAgentDisconnected`, `ShopfloorConfigurationNotApplied`)
+/// follow an agent's session and configuration, and a suspended agent, expected to be away, has
+/// none.
+#[tokio::test]
+async fn the_alerts_series_follow_the_agents_session_and_configuration_and_a_suspended_agent_has_none() {
+    let core = Reconciler::new(Arc::new(MemoryStore::default()), "test", Duration::from_millis(1));
+    let world = plant();
+    let plans = core.plans(1, &world);
+    let agent = world.agents.iter().find(|a| plans.agents.contains_key(&ObjectKey::of(&a.metadata))).expect("planned");
+    let key = ObjectKey::of(&agent.metadata);
+    let series = |metric: &str| {
+        let text = core.metrics().render();
+        let wanted = format!("{metric}{{namespace=\"{}\",agent=\"{}\"}} ", key.namespace, key.name);
+        text.lines().find_map(|l| l.strip_prefix(&wanted).map(|v| v.trim().to_owned()))
+    };
+    core.reconcile_agent(agent, &plans).await.expect("reconcile");
+    assert_eq!(series("shopfloor_agent_connected").as_deref(), Some("0"));
+    assert_eq!(series("shopfloor_agent_config_drift").as_deref(), Some("1"), "its configuration is not applied");
+
+    core.registry().connect(key.clone(), support::connected(Arc::new(Silent::default()), 1));
+    core.reconcile_agent(agent, &plans).await.expect("reconcile");
+    assert_eq!(series("shopfloor_agent_connected").as_deref(), Some("1"));
+    assert_eq!(series("shopfloor_agent_config_drift").as_deref(), Some("1"), "pushed, not yet applied");
+    core.observed().record_applied(
+        key.clone(),
+        AppliedReport { revision: plans.agents[&key].revision().to_owned(), ..Default::default() },
+    );
+    core.reconcile_agent(agent, &plans).await.expect("reconcile");
+    assert_eq!(series("shopfloor_agent_config_drift").as_deref(), Some("0"));
+
+    let mut suspended = agent.clone();
+    suspended.spec.suspend = true;
+    core.reconcile_agent(&suspended, &plans).await.expect("reconcile");
+    assert_eq!(series("shopfloor_agent_connected"), None);
+    assert_eq!(series("shopfloor_agent_config_drift"), None);
+}
