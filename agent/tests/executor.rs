@@ -604,7 +604,7 @@ fn engage(exec: &Executor) {
 async fn an_engaged_fail_safe_writes_its_values_refuses_writes_and_holds_setpoints_back_until_resumed() {
     let r = rig("").await;
     let cfg = conveyor_with_fail_safe(r.sim.addr);
-    r.exec.fail_safes().arm(&cfg, r.exec.envelope());
+    r.exec.fail_safes().arm(&cfg, |eq| r.exec.envelope().fail_safe(eq));
     apply::apply(r.exec.equipment(), r.exec.envelope(), r.exec.fail_safes(), &cfg).await;
     let start = cmd("start", "conveyor", "start", &[("speed", num(1.5))]);
     assert_eq!(code(&r.exec.execute(&start, arrive(&start)).await), ResultCode::Ok);
@@ -653,7 +653,7 @@ async fn safe_values_are_checked_by_the_envelope_never_rate_limited_and_one_refu
     let mut cfg = conveyor_with_fail_safe(r.sim.addr);
     cfg.equipment[0].rate_limit = Some(shopfloor_wire::proto::RateLimit { per_minute: 1, burst: 1 });
     r.exec.equipment().install(&cfg.equipment, &Default::default());
-    r.exec.fail_safes().arm(&cfg, r.exec.envelope());
+    r.exec.fail_safes().arm(&cfg, |eq| r.exec.envelope().fail_safe(eq));
     // Spend the rate limit (its burst, plus the agent's one command of slack).
     for i in 0..2 {
         let c = cmd(&format!("w{i}"), "conveyor", "write", &[("property", text("running")), ("value", boolean(true))]);
@@ -676,7 +676,7 @@ async fn the_plants_envelope_requires_a_fail_safe_the_configuration_lacks() {
     )
     .await;
     let cfg = ApplyConfig { revision: "r1".into(), equipment: vec![conveyor(r.sim.addr)], ..Default::default() };
-    r.exec.fail_safes().arm(&cfg, r.exec.envelope());
+    r.exec.fail_safes().arm(&cfg, |eq| r.exec.envelope().fail_safe(eq));
     let states = r.exec.fail_safes().states();
     assert_eq!(states.len(), 1);
     assert!(states[0].required_by_envelope && states[0].after_ms == 1000 && !states[0].engaged);

@@ -18,7 +18,7 @@ use std::{
 use shopfloor_wire::proto::{self, ApplyConfig};
 use tokio::sync::{Notify, watch};
 
-use crate::{envelope::Envelope, state::StateDir};
+use crate::state::StateDir;
 use watchdog::Watchdog;
 pub use watchdog::{Engagement, Policy, Requirement};
 
@@ -82,13 +82,14 @@ impl FailSafes {
         f(&mut self.watchdog.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Arms the fail-safes of `cfg`, narrowed by the plant's `envelope`.
-    pub fn arm(&self, cfg: &ApplyConfig, envelope: &Envelope) {
+    /// Arms the fail-safes of `cfg`, narrowed by what the plant's envelope requires of each
+    /// equipment (`required`, by equipment name).
+    pub fn arm(&self, cfg: &ApplyConfig, required: impl Fn(&str) -> Option<Requirement>) {
         let policies: BTreeMap<String, Policy> = cfg
             .equipment
             .iter()
             .filter_map(|e| {
-                let required = envelope.fail_safe(&e.name);
+                let required = required(&e.name);
                 watchdog::policy(e.fail_safe.as_ref(), required.as_ref()).map(|p| (e.name.clone(), p))
             })
             .collect();
@@ -219,7 +220,7 @@ mod tests {
     fn an_engagement_outlives_a_restart_and_an_unreadable_record_holds_every_fail_safe() {
         let dir = tempfile::tempdir().expect("tmp");
         let f = FailSafes::load(StateDir::open(dir.path()).expect("state"));
-        f.arm(&config(), &Envelope::none());
+        f.arm(&config(), |_| None);
         f.engage("conveyor", Engagement { since_unix_micros: 5, message: "wrote running=false".into() });
         let again = FailSafes::load(StateDir::open(dir.path()).expect("state"));
         assert_eq!(again.holding("conveyor").map(|e| e.since_unix_micros), Some(5));
@@ -229,7 +230,7 @@ mod tests {
 
         std::fs::write(dir.path().join(FILE), "{{{").expect("corrupt");
         let broken = FailSafes::load(StateDir::open(dir.path()).expect("state"));
-        broken.arm(&config(), &Envelope::none());
+        broken.arm(&config(), |_| None);
         let held = broken.holding("conveyor").expect("held as engaged");
         assert!(held.message.contains("unreadable"), "{}", held.message);
     }

@@ -90,7 +90,7 @@ impl Agent {
             }
         };
         tracing::info!(revision = %cfg.revision, "restoring the last configuration from disk");
-        self.executor.fail_safes().arm(&cfg, self.executor.envelope());
+        self.executor.fail_safes().arm(&cfg, |eq| self.executor.envelope().fail_safe(eq));
         let applied =
             apply::apply(self.executor.equipment(), self.executor.envelope(), self.executor.fail_safes(), &cfg).await;
         self.record_apply(&applied);
@@ -101,7 +101,7 @@ impl Agent {
     async fn take_config(&self, cfg: ApplyConfig) -> Result<proto::ConfigApplied, SessionError> {
         // Persist first: after a crash the agent restores what the controller last asked for.
         self.state.write(CONFIG, &cfg.encode_to_vec(), 0o600)?;
-        self.executor.fail_safes().arm(&cfg, self.executor.envelope());
+        self.executor.fail_safes().arm(&cfg, |eq| self.executor.envelope().fail_safe(eq));
         let applied =
             apply::apply(self.executor.equipment(), self.executor.envelope(), self.executor.fail_safes(), &cfg).await;
         self.record_apply(&applied);
