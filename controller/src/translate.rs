@@ -345,7 +345,6 @@ pub fn fail_safes(report: &proto::Report) -> BTreeMap<String, FailSafeReport> {
                 f.equipment.clone(),
                 FailSafeReport {
                     engaged: f.engaged,
-                    since: f.engaged.then(|| Timestamp::from_microsecond(f.engaged_unix_micros).ok()).flatten(),
                     after: std::time::Duration::from_millis(f.after_ms),
                     automatic: f.resume_automatic,
                     required_by_envelope: f.required_by_envelope,

@@ -43,8 +43,6 @@ pub struct Reading {
 #[derive(Clone, Debug, PartialEq)]
 pub struct FailSafeReport {
     pub engaged: bool,
-    /// When it engaged, as the agent stamped it.
-    pub since: Option<Timestamp>,
     pub after: std::time::Duration,
     pub automatic: bool,
     pub required_by_envelope: bool,
@@ -89,14 +87,14 @@ impl Observed {
         self.readings.read().unwrap_or_else(|p| p.into_inner()).get(equipment).cloned().unwrap_or_default()
     }
 
-    /// Replaces what `agent` said of its fail-safes; whether anything changed.
-    pub fn record_fail_safes(&self, agent: &ObjectKey, states: BTreeMap<String, FailSafeReport>) -> bool {
+    /// Replaces what `agent` said of its fail-safes (each report carries all of them).
+    pub fn record_fail_safes(&self, agent: &ObjectKey, states: BTreeMap<String, FailSafeReport>) {
         let mut all = self.fail_safes.write().unwrap_or_else(|p| p.into_inner());
-        if all.get(agent).map_or(states.is_empty(), |s| *s == states) {
-            return false;
+        if states.is_empty() {
+            all.remove(agent);
+        } else {
+            all.insert(agent.clone(), states);
         }
-        all.insert(agent.clone(), states);
-        true
     }
 
     pub fn fail_safe(&self, agent: &ObjectKey, equipment: &str) -> Option<FailSafeReport> {

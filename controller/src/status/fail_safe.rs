@@ -101,7 +101,6 @@ mod tests {
     fn report(engaged: bool, automatic: bool) -> FailSafeReport {
         FailSafeReport {
             engaged,
-            since: None,
             after: std::time::Duration::from_secs(2),
             automatic,
             required_by_envelope: false,
