@@ -94,6 +94,7 @@ impl FailSafes {
             })
             .collect();
         let problem = self.unreadable.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let now = self.now();
         self.with(|w| {
             if let Some(problem) = &problem {
                 for eq in policies.keys() {
@@ -109,7 +110,7 @@ impl FailSafes {
                     );
                 }
             }
-            w.arm(policies);
+            w.arm(policies, now);
         });
         if problem.is_some() {
             self.persist();
@@ -127,6 +128,22 @@ impl FailSafes {
             self.persist();
             self.changed.send_modify(|v| *v += 1);
             self.resumed.notify_one();
+        }
+    }
+
+    /// Nothing armed and nothing engaged: no need to listen or to watch.
+    pub fn idle(&self) -> bool {
+        self.with(|w| w.idle())
+    }
+
+    /// Waits while [`Self::idle`]: for a configuration that arms a fail-safe. An agent without
+    /// one (most of a fleet) spends no wake-ups on it.
+    pub async fn until_armed(&self) {
+        let mut changes = self.changed.subscribe();
+        while self.idle() {
+            if changes.changed().await.is_err() {
+                return;
+            }
         }
     }
 

@@ -100,10 +100,20 @@ impl Watchdog {
         Self { policies: BTreeMap::new(), engaged, last_heard: now }
     }
 
-    /// The fail-safes of the configuration now held, by equipment. An engaged fail-safe stays
-    /// engaged whatever the new configuration says: only a resume lifts it.
-    pub fn arm(&mut self, policies: BTreeMap<String, Policy>) {
+    /// The fail-safes of the configuration now held, by equipment, armed at `now`: a fail-safe
+    /// newly armed counts the silence from then (a configuration arrives from the controller, or
+    /// at the agent's start). An engaged fail-safe stays engaged whatever the new configuration
+    /// says: only a resume lifts it.
+    pub fn arm(&mut self, policies: BTreeMap<String, Policy>, now: Duration) {
+        if self.policies.is_empty() {
+            self.last_heard = self.last_heard.max(now);
+        }
         self.policies = policies;
+    }
+
+    /// Nothing armed, nothing engaged: the controller's silence means nothing.
+    pub fn idle(&self) -> bool {
+        self.policies.is_empty() && self.engaged.is_empty()
     }
 
     pub fn policy(&self, equipment: &str) -> Option<&Policy> {
@@ -208,7 +218,7 @@ mod tests {
     fn armed(after_ms: u64, automatic: bool) -> Watchdog {
         let mut w = Watchdog::new(Duration::ZERO, BTreeMap::new());
         let p = policy(Some(&conveyor(after_ms, automatic)), None).expect("policy");
-        w.arm(BTreeMap::from([("conveyor".to_owned(), p)]));
+        w.arm(BTreeMap::from([("conveyor".to_owned(), p)]), Duration::ZERO);
         w
     }
 
@@ -254,7 +264,7 @@ mod tests {
     fn an_engagement_outlives_a_configuration_without_the_fail_safe() {
         let mut w = armed(1000, true);
         w.engage("conveyor", Engagement { since_unix_micros: 7, message: "m".into() });
-        w.arm(BTreeMap::new());
+        w.arm(BTreeMap::new(), S(1));
         assert!(w.heard(S(1)).is_empty(), "no policy says Automatic any more: an operator decides");
         let states = w.states();
         assert_eq!(states.len(), 1);
@@ -281,6 +291,18 @@ mod tests {
         let p = policy(Some(&configured), Some(&weaker)).expect("policy");
         assert!(!p.required_by_envelope && p.after == S(5000) && p.automatic);
         assert_eq!(policy(None, None), None);
+    }
+
+    #[test]
+    fn a_fail_safe_armed_during_a_silence_counts_from_its_arming() {
+        let mut w = Watchdog::new(Duration::ZERO, BTreeMap::new());
+        assert!(w.idle());
+        let p = policy(Some(&conveyor(1000, false)), None).expect("policy");
+        // Unarmed, nobody listened for a minute; the configuration that arms it is a sign of life.
+        w.arm(BTreeMap::from([("conveyor".to_owned(), p)]), S(60_000));
+        assert!(!w.idle());
+        assert!(w.due(S(60_500)).is_empty());
+        assert_eq!(w.due(S(61_250)).len(), 1);
     }
 
     #[test]

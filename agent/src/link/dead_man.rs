@@ -17,6 +17,10 @@ pub(super) async fn hear(conn: quinn::Connection, fail_safes: Arc<FailSafes>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut seen = conn.stats().udp_rx.datagrams;
     loop {
+        if fail_safes.idle() {
+            fail_safes.until_armed().await;
+            seen = conn.stats().udp_rx.datagrams;
+        }
         tick.tick().await;
         let now = conn.stats().udp_rx.datagrams;
         if now != seen {
@@ -30,6 +34,7 @@ pub(super) async fn engage_when_silent(executor: Arc<Executor>, offset: Arc<std:
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        executor.fail_safes().until_armed().await;
         tick.tick().await;
         let (due, silence) = executor.fail_safes().due();
         for (equipment, policy) in due {
