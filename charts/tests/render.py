@@ -44,6 +44,7 @@ WRONG = [
     ({"quic": {"port": 70000}}, "port"),
     ({"monitoring": {"prometheusRule": {"commandFailureRatio": 2}}}, "commandFailureRatio"),
     ({"replica": 2}, "replica"),
+    ({"kubeApi": {"writesPerSecond": 0}}, "writesPerSecond"),
 ]
 
 # The Kubernetes versions the chart supports (Chart.yaml kubeVersion).
@@ -96,6 +97,10 @@ def main():
     env = {e["name"]: e for c in kinds(default, "Deployment")[0]["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
     if "SHOPFLOOR_NAMESPACES" in env:
         problems.append("default values: SHOPFLOOR_NAMESPACES must not be set")
+    args = kinds(default, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    for arg in ("--kube-writes-per-second=50", "--kube-write-burst=100"):
+        if arg not in args:
+            problems.append(f"default values: the controller's args {args} lack {arg}")
 
     scoped = render({"watchNamespaces": ["plant-a", "plant-b"]})
     if kinds(scoped, "ClusterRole") or kinds(scoped, "ClusterRoleBinding"):

@@ -162,3 +162,55 @@ async fn a_secret_is_replaced_only_at_the_resource_version_read() {
     assert!(!won, "a 409 means another writer was first");
     server.await.expect("server");
 }
+
+/// A fleet-wide change queues thousands of status writes; a command's phase must not wait
+/// behind them, and the API server must see the configured rate, not the burst.
+#[tokio::test(start_paused = true)]
+async fn requests_keep_to_the_write_rate_and_a_commands_phase_goes_before_waiting_statuses() {
+    use shopfloor_api::equipment::EquipmentStatus;
+    use shopfloor_controller::store::write_budget::WriteRate;
+    use std::{sync::Arc, time::Duration};
+    use tokio::time::Instant;
+
+    let (store, mut handle) = store();
+    let store = Arc::new(store.with_write_rate(WriteRate { per_second: 2, burst: 1 }));
+    let start = Instant::now();
+    let server = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some((req, send)) = handle.next_request().await {
+            seen.push((start.elapsed(), req.uri().path().rsplit('/').nth(1).unwrap_or_default().to_owned()));
+            respond(send, StatusCode::NOT_FOUND, api_status(404, "NotFound"));
+            if seen.len() == 5 {
+                break;
+            }
+        }
+        seen
+    });
+    let equipment = |name: &str| StatusUpdate::Equipment(ObjectKey::new("plant-a", name), EquipmentStatus::default());
+    let write = |update: StatusUpdate| {
+        let store = store.clone();
+        tokio::spawn(async move { store.write_status(update).await })
+    };
+    // The burst goes to m0; m1 and m2 wait for tokens, then the command, then m3: statuses both
+    // ahead of it and behind it wait for the same next token.
+    let mut writes = vec![write(equipment("m0"))];
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    writes.extend([write(equipment("m1")), write(equipment("m2"))]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = ControlCommandStatus { phase: Some(CommandPhase::Dispatched), attempts: 1, ..Default::default() };
+    let command = write(StatusUpdate::ControlCommand(ObjectKey::new("plant-a", "stop-line"), status));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    writes.push(write(equipment("m3")));
+    assert!(matches!(command.await.expect("write"), Err(StoreError::Gone { .. })));
+    for w in writes {
+        assert!(matches!(w.await.expect("write"), Err(StoreError::Gone { .. })));
+    }
+    let seen = server.await.expect("server");
+    let order: Vec<&str> = seen.iter().map(|(_, name)| name.as_str()).collect();
+    assert_eq!(order[0], "m0");
+    assert_eq!(order[1], "stop-line", "the command's phase takes the next token: {seen:?}");
+    assert_eq!(order[2..].iter().copied().collect::<std::collections::BTreeSet<_>>().len(), 3, "{seen:?}");
+    for pair in seen.windows(2) {
+        assert!(pair[1].0 - pair[0].0 >= Duration::from_millis(490), "two a second at most: {seen:?}");
+    }
+}

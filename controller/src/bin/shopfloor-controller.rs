@@ -13,7 +13,7 @@ use shopfloor_controller::{
     reconcile::Reconciler,
     standalone,
     standalone::store::FolderStore,
-    store::status_writer::Pace,
+    store::{status_writer::Pace, write_budget::WriteRate},
 };
 
 /// Reconciles a plant's EdgeAgents, Equipment, NetworkSlices and ControlCommands onto its edge
@@ -67,6 +67,13 @@ struct Args {
     /// Refresh-only status writes per second over the whole plant, at most.
     #[arg(long, value_name = "N", default_value_t = Pace::DEFAULT_REFRESHES_PER_SECOND, value_parser = clap::value_parser!(u32).range(1..))]
     status_refreshes_per_second: u32,
+    /// Requests a second to the Kubernetes API server, at most (status writes, events, secrets;
+    /// watches are not counted). A ControlCommand's phase waits behind no status write.
+    #[arg(long, value_name = "N", default_value_t = WriteRate::DEFAULT.per_second, value_parser = clap::value_parser!(u32).range(1..), env = "SHOPFLOOR_KUBE_WRITES_PER_SECOND")]
+    kube_writes_per_second: u32,
+    /// Requests to the Kubernetes API server at once before the rate applies.
+    #[arg(long, value_name = "N", default_value_t = WriteRate::DEFAULT.burst, value_parser = clap::value_parser!(u32).range(1..), env = "SHOPFLOOR_KUBE_WRITE_BURST")]
+    kube_write_burst: u32,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -175,7 +182,8 @@ async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Resul
     let client = kube::Client::try_default().await.context(
         "cannot reach a Kubernetes API server (no in-cluster config and no usable kubeconfig); use --standalone <dir> to run without a cluster",
     )?;
-    let store = KubeStore::with_instance(client.clone(), &args.namespace, Some(args.replica()));
+    let store = KubeStore::with_instance(client.clone(), &args.namespace, Some(args.replica()))
+        .with_write_rate(WriteRate { per_second: args.kube_writes_per_second, burst: args.kube_write_burst });
     let core = Reconciler::new(Arc::new(store), args.replica(), args.status_pace());
     trace_commands(&core, args)?;
     let (addr, _http) = metrics::serve(args.http, core.metrics().clone(), health.clone()).await?;

@@ -1,5 +1,6 @@
 //! The Kubernetes store: status through server-side apply on the status subresource with one
-//! field manager, Secrets created with create-if-absent semantics.
+//! field manager, Secrets created with create-if-absent semantics. Every request it makes first
+//! takes a token from one [`WriteBudget`] shared by all its clones, command writes first.
 
 use k8s_openapi::{ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use kube::{
@@ -9,7 +10,10 @@ use kube::{
 use serde_json::json;
 use shopfloor_api::{API_VERSION, ControlCommand, EdgeAgent, Equipment, NetworkSlice};
 
-use crate::store::{ObjectKey, SecretData, StatusUpdate, Store, StoreError};
+use crate::store::{
+    ObjectKey, SecretData, StatusUpdate, Store, StoreError,
+    write_budget::{Priority, WriteBudget, WriteRate},
+};
 
 /// The one field manager every status write uses.
 pub const FIELD_MANAGER: &str = "shopfloor-controller";
@@ -24,6 +28,49 @@ pub struct KubeStore {
     client: Client,
     namespace: String,
     recorder: kube::runtime::events::Recorder,
+    throttle: Throttle,
+}
+
+/// The store's share of the API server: one budget for every clone of the store.
+#[derive(Clone)]
+struct Throttle {
+    budget: std::sync::Arc<std::sync::Mutex<WriteBudget>>,
+    origin: tokio::time::Instant,
+}
+
+/// Marks a command write as waiting for as long as it waits (dropped on cancellation too).
+struct CommandWaiting<'a>(&'a std::sync::Mutex<WriteBudget>);
+
+impl<'a> CommandWaiting<'a> {
+    fn new(budget: &'a std::sync::Mutex<WriteBudget>) -> Self {
+        budget.lock().unwrap_or_else(|p| p.into_inner()).command_waiting();
+        Self(budget)
+    }
+}
+
+impl Drop for CommandWaiting<'_> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).command_done();
+    }
+}
+
+impl Throttle {
+    fn new(rate: WriteRate) -> Self {
+        let origin = tokio::time::Instant::now();
+        Self { budget: std::sync::Arc::new(std::sync::Mutex::new(WriteBudget::new(rate, Default::default()))), origin }
+    }
+
+    /// Waits for a token.
+    async fn admit(&self, priority: Priority) {
+        let _waiting = (priority == Priority::Command).then(|| CommandWaiting::new(&self.budget));
+        loop {
+            let taken = self.budget.lock().unwrap_or_else(|p| p.into_inner()).take(priority, self.origin.elapsed());
+            match taken {
+                Ok(()) => return,
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for KubeStore {
@@ -49,7 +96,12 @@ impl KubeStore {
     pub fn with_instance(client: Client, namespace: impl Into<String>, instance: Option<String>) -> Self {
         let reporter = kube::runtime::events::Reporter { controller: "shopfloor-controller".into(), instance };
         let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
-        Self { client, namespace: namespace.into(), recorder }
+        Self { client, namespace: namespace.into(), recorder, throttle: Throttle::new(WriteRate::DEFAULT) }
+    }
+
+    /// The same store with its own budget of API requests (default [`WriteRate::DEFAULT`]).
+    pub fn with_write_rate(self, rate: WriteRate) -> Self {
+        Self { throttle: Throttle::new(rate), ..self }
     }
 
     pub fn client(&self) -> &Client {
@@ -77,6 +129,8 @@ impl KubeStore {
         // Controllers own their status fields outright: force resolves conflicts with stale
         // managers (e.g. a previous controller version) instead of failing the write.
         let params = PatchParams::apply(FIELD_MANAGER).force();
+        let priority = if kind == "ControlCommand" { Priority::Command } else { Priority::Status };
+        self.throttle.admit(priority).await;
         match api.patch_status(&key.name, &params, &Patch::Apply(&patch)).await {
             Ok(_) => Ok(()),
             Err(e) if is_status(&e, 404) => Err(StoreError::Gone { kind, key: key.clone() }),
@@ -111,6 +165,7 @@ impl Store for KubeStore {
             action: e.reason.to_owned(),
             secondary: None,
         };
+        self.throttle.admit(Priority::Status).await;
         if let Err(err) = self.recorder.publish(&event, &reference).await {
             tracing::warn!(
                 object = %e.key,
@@ -143,6 +198,7 @@ impl Store for KubeStore {
 
     async fn delete_command(&self, key: &ObjectKey) -> Result<(), StoreError> {
         let api: Api<ControlCommand> = Api::namespaced(self.client.clone(), &key.namespace);
+        self.throttle.admit(Priority::Status).await;
         match api.delete(&key.name, &DeleteParams::background()).await {
             Ok(_) => Ok(()),
             Err(e) if is_status(&e, 404) => Ok(()),
@@ -164,18 +220,24 @@ impl Store for KubeStore {
         };
         // POST fails with 409 if the name is taken: whoever created it first wins, and every
         // other replica reads the winner's data instead of overwriting it.
+        self.throttle.admit(Priority::Command).await;
         match self.secrets().create(&PostParams::default(), &secret).await {
             Ok(_) => Ok(data),
-            Err(e) if is_status(&e, 409) => self.secrets().get(name).await.map(from_secret).map_err(api_error),
+            Err(e) if is_status(&e, 409) => {
+                self.throttle.admit(Priority::Command).await;
+                self.secrets().get(name).await.map(from_secret).map_err(api_error)
+            }
             Err(e) => Err(api_error(e)),
         }
     }
 
     async fn read_secret(&self, name: &str) -> Result<Option<SecretData>, StoreError> {
+        self.throttle.admit(Priority::Command).await;
         self.secrets().get_opt(name).await.map(|s| s.map(from_secret)).map_err(api_error)
     }
 
     async fn replace_secret_if(&self, name: &str, expected: &SecretData, data: SecretData) -> Result<bool, StoreError> {
+        self.throttle.admit(Priority::Command).await;
         let Some(mut secret) = self.secrets().get_opt(name).await.map_err(api_error)? else { return Ok(false) };
         if &from_secret(secret.clone()) != expected {
             return Ok(false);
@@ -183,6 +245,7 @@ impl Store for KubeStore {
         // The PUT carries the resourceVersion just read: the API server refuses it with 409
         // Conflict if anyone wrote the Secret in between.
         secret.data = Some(to_secret_data(&data));
+        self.throttle.admit(Priority::Command).await;
         match self.secrets().replace(name, &PostParams::default(), &secret).await {
             Ok(_) => Ok(true),
             Err(e) if is_status(&e, 409) => Ok(false),
@@ -198,6 +261,7 @@ impl Store for KubeStore {
             "type": "Opaque",
             "data": to_secret_data(&data),
         });
+        self.throttle.admit(Priority::Command).await;
         self.secrets()
             .patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
             .await
@@ -206,6 +270,7 @@ impl Store for KubeStore {
     }
 
     async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {
+        self.throttle.admit(Priority::Command).await;
         match self.secrets().delete(name, &DeleteParams::default()).await {
             Ok(_) => Ok(()),
             Err(e) if is_status(&e, 404) => Ok(()),

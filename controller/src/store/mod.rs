@@ -11,6 +11,7 @@ use shopfloor_api::{
 
 pub mod memory;
 pub mod status_writer;
+pub mod write_budget;
 
 /// Every Shopfloor object the controller can see, with store-provided metadata (uid,
 /// generation, creation time) and the last status written.
