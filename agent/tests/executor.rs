@@ -78,6 +78,7 @@ fn conveyor(addr: std::net::SocketAddr) -> EquipmentConfig {
             ],
             timeout_ms: 2000,
             rate_limit: None,
+            method: None,
         }],
         reporting_interval_ms: 1000,
         slice: String::new(),

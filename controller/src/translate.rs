@@ -112,12 +112,14 @@ fn equipment(name: &str, spec: &EquipmentSpec) -> proto::EquipmentConfig {
                 min: p.min,
                 max: p.max,
                 unit: p.unit.clone().unwrap_or_default(),
+                opcua: None,
             })
             .collect(),
         actions: spec
             .actions
             .iter()
             .map(|a| proto::ActionConfig {
+                method: None,
                 name: a.name.clone(),
                 parameters: a
                     .parameters

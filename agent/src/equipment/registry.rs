@@ -39,6 +39,7 @@ impl Equipment {
 pub struct EquipmentRegistry {
     equipment: RwLock<HashMap<String, Arc<Equipment>>>,
     slices: Arc<dyn SliceBackend>,
+    opcua: Arc<drivers::opcua::Site>,
 }
 
 impl std::fmt::Debug for EquipmentRegistry {
@@ -56,7 +57,14 @@ impl Default for EquipmentRegistry {
 
 impl EquipmentRegistry {
     pub fn new(slices: Arc<dyn SliceBackend>) -> Self {
-        Self { equipment: RwLock::default(), slices }
+        Self { equipment: RwLock::default(), slices, opcua: Arc::default() }
+    }
+
+    /// The host's OPC UA trust and users, for equipment that speaks OPC UA.
+    #[must_use]
+    pub fn with_opcua(mut self, site: drivers::opcua::Site) -> Self {
+        self.opcua = Arc::new(site);
+        self
     }
 
     pub fn slice_backend(&self) -> &dyn SliceBackend {
@@ -78,7 +86,7 @@ impl EquipmentRegistry {
             let marking = markings.get(&cfg.slice).copied();
             let driver = match map.get(&cfg.name) {
                 Some(old) if old.config.protocol == cfg.protocol && old.marking == marking => Ok(old.driver.clone()),
-                _ => drivers::for_equipment(cfg, marking),
+                _ => drivers::for_equipment(cfg, marking, &self.opcua),
             };
             match driver {
                 Ok(driver) => {

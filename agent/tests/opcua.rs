@@ -1,0 +1,276 @@
+//! The OPC UA driver against the OPC UA machine simulator over a real socket: the trust flow
+//! (an untrusted server refused with the file to move), reads, writes, a method call with its
+//! outputs, subscription updates, a server restart, the user sign-in, and the errors a wrong
+//! node id, a wrong type or an unoffered security mode cause.
+
+use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
+
+use shopfloor_agent::equipment::drivers::{
+    Driver, DriverError, Pushed,
+    opcua::{OpcUaDriver, Site},
+};
+use shopfloor_sim::opcua::{Machine, NAMESPACE, Options};
+use shopfloor_wire::proto::{
+    MethodArgument, MethodCall, OpcUa, OpcUaDataType, OpcUaNode, OpcUaSecurityMode, OpcUaSecurityPolicy,
+    PropertyConfig, Value, ValueType, method_argument::Source, value::Kind,
+};
+
+fn node(id: &str) -> String {
+    format!("nsu={NAMESPACE};s={id}")
+}
+
+fn property(name: &str, ty: ValueType, id: &str, data_type: OpcUaDataType) -> PropertyConfig {
+    PropertyConfig {
+        name: name.into(),
+        r#type: ty as i32,
+        writable: true,
+        opcua: Some(OpcUaNode {
+            node_id: node(id),
+            data_type: data_type as i32,
+            sampling_interval_ms: 50,
+            deadband: 0.0,
+        }),
+        ..Default::default()
+    }
+}
+
+fn float(v: f64) -> Value {
+    Value { kind: Some(Kind::FloatValue(v)) }
+}
+
+fn int(v: i64) -> Value {
+    Value { kind: Some(Kind::IntValue(v)) }
+}
+
+fn connection(url: &str, policy: OpcUaSecurityPolicy, mode: OpcUaSecurityMode) -> OpcUa {
+    OpcUa {
+        endpoint_url: url.into(),
+        security_policy: policy as i32,
+        security_mode: mode as i32,
+        timeout_ms: 3000,
+        publishing_interval_ms: 100,
+    }
+}
+
+async fn machine(dir: &Path, allow_none: bool, listen: std::net::SocketAddr) -> Machine {
+    Machine::start(Options {
+        listen,
+        pki_dir: dir.join("server-pki"),
+        allow_none,
+        user: Some(("operator".into(), "s3cret".into())),
+        write_log: None,
+    })
+    .await
+    .expect("simulator")
+}
+
+fn site(dir: &Path) -> Arc<Site> {
+    Arc::new(Site { pki_dir: dir.join("agent-pki"), users: HashMap::new() })
+}
+
+/// Moves every certificate the agent rejected into its trusted folder, as the plant engineer
+/// would after checking it.
+fn trust_rejected(pki: &Path) -> usize {
+    let mut moved = 0;
+    for entry in std::fs::read_dir(pki.join("rejected")).expect("rejected folder").flatten() {
+        std::fs::rename(entry.path(), pki.join("trusted").join(entry.file_name())).expect("move");
+        moved += 1;
+    }
+    moved
+}
+
+fn speed() -> PropertyConfig {
+    property("speed", ValueType::Float, "Machine.Speed", OpcUaDataType::Double)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_server_is_refused_with_the_file_to_move_then_reads_writes_calls_and_subscriptions_work() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sim = machine(dir.path(), false, "127.0.0.1:0".parse().expect("addr")).await;
+    let site = site(dir.path());
+    let driver = OpcUaDriver::new(
+        "packer",
+        &connection(&sim.url, OpcUaSecurityPolicy::Basic256Sha256, OpcUaSecurityMode::SignAndEncrypt),
+        site.clone(),
+    );
+    let temperature = property("temperature", ValueType::Float, "Machine.Temperature", OpcUaDataType::Double);
+
+    let refused = driver.read(&temperature).await.expect_err("an unknown server certificate is not trusted");
+    let DriverError::Security(message) = &refused else { panic!("{refused:?}") };
+    let rejected = site.pki_dir.join("rejected");
+    assert!(message.contains(&rejected.display().to_string()), "names the rejected file: {message}");
+    assert!(message.contains(&site.pki_dir.join("trusted").display().to_string()), "and where to move it: {message}");
+    assert_eq!(trust_rejected(&site.pki_dir), 1, "one certificate was rejected");
+
+    let t = driver.read(&temperature).await.expect("read once trusted");
+    assert!(matches!(t.kind, Some(Kind::FloatValue(x)) if (15.0..30.0).contains(&x)), "{t:?}");
+
+    driver.write(&speed(), &float(2.5)).await.expect("write");
+    assert_eq!(sim.value("Machine.Speed"), Some(opcua::types::Variant::Double(2.5)));
+    assert_eq!(sim.records().last().map(|r| (r.kind, r.node.clone())), Some(("write", "Machine.Speed".to_owned())));
+
+    let start_job = MethodCall {
+        object_id: node("Machine"),
+        method_id: node("Machine.StartJob"),
+        inputs: vec![
+            MethodArgument {
+                data_type: OpcUaDataType::Int32 as i32,
+                source: Some(Source::Parameter("program".into())),
+            },
+            MethodArgument { data_type: OpcUaDataType::Double as i32, source: Some(Source::Parameter("speed".into())) },
+        ],
+        outputs: vec!["jobId".into()],
+    };
+    let outputs = driver.call(&start_job, &[int(7), float(3.0)]).await.expect("call");
+    assert_eq!(outputs, vec![int(1000)], "the job id comes back as the call's output");
+    assert_eq!(sim.value("Machine.Running"), Some(opcua::types::Variant::Boolean(true)));
+    let again = driver.call(&start_job, &[int(8), float(1.0)]).await.expect("second call");
+    assert_eq!(again, vec![int(1001)]);
+    let out_of_range = driver.call(&start_job, &[int(8), float(99.0)]).await.expect_err("the server refuses");
+    assert!(out_of_range.to_string().contains("BadOutOfRange"), "{out_of_range}");
+
+    // Values pushed by the server: the running machine's temperature climbs towards its speed's.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    assert!(driver.subscribe(std::slice::from_ref(&temperature), tx).await.expect("subscribe"));
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while seen.len() < 3 {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(Pushed { property, value: Ok(v) })) => {
+                assert_eq!(property, "temperature");
+                seen.push(v);
+            }
+            other => panic!("three changes within 5 s, got {seen:?} then {other:?}"),
+        }
+    }
+    assert!(seen.windows(2).all(|w| w[0] != w[1]), "each notification is a change: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_node_a_wrong_type_and_a_value_out_of_the_nodes_range_are_errors_that_name_them() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sim = machine(dir.path(), true, "127.0.0.1:0".parse().expect("addr")).await;
+    let driver = OpcUaDriver::new(
+        "packer",
+        &connection(&sim.url, OpcUaSecurityPolicy::None, OpcUaSecurityMode::None),
+        site(dir.path()),
+    );
+    let missing = property("nope", ValueType::Float, "Machine.Nope", OpcUaDataType::Double);
+    let e = driver.read(&missing).await.expect_err("no such node");
+    assert!(
+        matches!(&e, DriverError::Unmapped(m) if m.contains("Machine.Nope") && m.contains("BadNodeIdUnknown")),
+        "{e:?}"
+    );
+
+    // A bool property mapped onto the Double speed: the server refuses the Boolean.
+    let wrong = property("running", ValueType::Bool, "Machine.Speed", OpcUaDataType::Boolean);
+    let e = driver.write(&wrong, &Value { kind: Some(Kind::BoolValue(true)) }).await.expect_err("type mismatch");
+    assert!(e.to_string().contains("BadTypeMismatch"), "{e}");
+    let e = driver.read(&wrong).await.expect_err("a Double is not a bool");
+    assert!(e.to_string().contains("Machine.Speed") && e.to_string().contains("bool"), "{e}");
+
+    // 70,000 does not fit the UInt16 mode: refused before anything is sent.
+    let writes_before = sim.records().len();
+    let mode = property("mode", ValueType::Int, "Machine.Mode", OpcUaDataType::Uint16);
+    let e = driver.write(&mode, &int(70_000)).await.expect_err("out of range");
+    assert!(matches!(&e, DriverError::Value(m) if m.contains("70000") && m.contains("Uint16")), "{e:?}");
+    assert_eq!(sim.records().len(), writes_before, "nothing was written");
+    driver.write(&mode, &int(3)).await.expect("in range");
+    assert_eq!(sim.value("Machine.Mode"), Some(opcua::types::Variant::UInt16(3)));
+
+    let bad_id = property("x", ValueType::Float, "", OpcUaDataType::Double);
+    let bad_id = PropertyConfig {
+        opcua: Some(OpcUaNode { node_id: "Machine.Speed".into(), ..bad_id.opcua.expect("node") }),
+        ..bad_id
+    };
+    let e = driver.read(&bad_id).await.expect_err("not a node id");
+    assert!(e.to_string().contains("is not an OPC UA node id"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_the_server_does_not_offer_or_that_is_not_given_is_refused_and_users_sign_in() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sim = machine(dir.path(), false, "127.0.0.1:0".parse().expect("addr")).await;
+    let none = OpcUaDriver::new(
+        "packer",
+        &connection(&sim.url, OpcUaSecurityPolicy::None, OpcUaSecurityMode::None),
+        site(dir.path()),
+    );
+    let e = none.read(&speed()).await.expect_err("the server offers no unsecured endpoint");
+    assert!(matches!(&e, DriverError::Security(m) if m.contains("offers no endpoint")), "{e:?}");
+
+    let unspecified = OpcUaDriver::new(
+        "packer",
+        &connection(&sim.url, OpcUaSecurityPolicy::Unspecified, OpcUaSecurityMode::SignAndEncrypt),
+        site(dir.path()),
+    );
+    let e = unspecified.read(&speed()).await.expect_err("never a guessed policy");
+    assert!(matches!(&e, DriverError::Security(m) if m.contains("refusing to guess")), "{e:?}");
+
+    let half = OpcUaDriver::new(
+        "packer",
+        &connection(&sim.url, OpcUaSecurityPolicy::Basic256Sha256, OpcUaSecurityMode::None),
+        site(dir.path()),
+    );
+    assert!(matches!(half.read(&speed()).await, Err(DriverError::Security(_))));
+
+    // Aes128Sha256RsaOaep with Sign, as the operator user.
+    let mut users = HashMap::new();
+    users.insert(sim.url.clone(), ("operator".to_owned(), "s3cret".to_owned()));
+    let with_user = Arc::new(Site { pki_dir: dir.path().join("agent-pki"), users });
+    let signed = OpcUaDriver::new(
+        "packer",
+        &connection(&sim.url, OpcUaSecurityPolicy::Aes128Sha256RsaOaep, OpcUaSecurityMode::Sign),
+        with_user.clone(),
+    );
+    let _ = signed.read(&speed()).await.expect_err("untrusted at first");
+    trust_rejected(&with_user.pki_dir);
+    signed.write(&speed(), &float(1.5)).await.expect("signed write as the operator");
+
+    let mut wrong = HashMap::new();
+    wrong.insert(sim.url.clone(), ("operator".to_owned(), "guess".to_owned()));
+    let intruder = OpcUaDriver::new(
+        "packer",
+        &connection(&sim.url, OpcUaSecurityPolicy::Aes128Sha256RsaOaep, OpcUaSecurityMode::Sign),
+        Arc::new(Site { pki_dir: dir.path().join("agent-pki"), users: wrong }),
+    );
+    let e = intruder.read(&speed()).await.expect_err("a wrong password");
+    assert!(matches!(&e, DriverError::Security(m) if m.contains("refused the agent's user")), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_server_restarts_the_session_and_its_subscription_come_back() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sim = machine(dir.path(), true, "127.0.0.1:0".parse().expect("addr")).await;
+    let addr = sim.addr;
+    let driver = OpcUaDriver::new(
+        "packer",
+        &connection(&sim.url, OpcUaSecurityPolicy::None, OpcUaSecurityMode::None),
+        site(dir.path()),
+    );
+    let temperature = property("temperature", ValueType::Float, "Machine.Temperature", OpcUaDataType::Double);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    assert!(driver.subscribe(std::slice::from_ref(&temperature), tx).await.expect("subscribe"));
+    tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("a first change").expect("open");
+
+    drop(sim);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while rx.try_recv().is_ok() {}
+    let e = driver.read(&temperature).await.expect_err("the server is gone");
+    assert!(matches!(e, DriverError::Unreachable(_) | DriverError::Timeout(_)), "{e:?}");
+
+    let sim = machine(dir.path(), true, addr).await;
+    sim.set("Machine.Temperature", opcua::types::Variant::Double(55.0));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let back = loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(Pushed { value: Ok(v), .. })) if matches!(v.kind, Some(Kind::FloatValue(x)) if x > 40.0) => {
+                break v;
+            }
+            Ok(Some(_)) => continue,
+            other => panic!("no change from the restarted server within 20 s: {other:?}"),
+        }
+    };
+    assert!(matches!(back.kind, Some(Kind::FloatValue(_))));
+    driver.read(&temperature).await.expect("reads work again");
+}
