@@ -274,3 +274,107 @@ async fn after_the_server_restarts_the_session_and_its_subscription_come_back() 
     assert!(matches!(back.kind, Some(Kind::FloatValue(_))));
     driver.read(&temperature).await.expect("reads work again");
 }
+
+/// A `start-job` action that calls the machine's method goes through the executor like any
+/// write: its parameters checked against their ranges, the call journaled (a redelivery answers
+/// from the journal, the machine sees one call), and the method's output in the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_action_runs_once_through_the_executor_with_its_output_in_the_result() {
+    use shopfloor_agent::{
+        clock::WallClock,
+        commands::{Arrival, Executor},
+        envelope::Envelope,
+        journal::Journal,
+        state::StateDir,
+    };
+    use shopfloor_wire::{
+        proto::{
+            ActionConfig, Command, EquipmentConfig, NamedValue, Parameter, ParameterConfig, ResultCode,
+            equipment_config::Protocol, parameter,
+        },
+        time::now_micros,
+    };
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let sim = machine(dir.path(), true, "127.0.0.1:0".parse().expect("addr")).await;
+    let state = StateDir::open(dir.path().join("state")).expect("state");
+    let journal = Journal::open(&state, Duration::from_secs(3600), 100).expect("journal");
+    let exec = Executor::new(journal, Envelope::none())
+        .with_opcua(Site { pki_dir: dir.path().join("agent-pki"), users: HashMap::new() });
+    let start_job = ActionConfig {
+        name: "start-job".into(),
+        parameters: vec![
+            ParameterConfig {
+                name: "program".into(),
+                r#type: ValueType::Int as i32,
+                min: Some(1.0),
+                max: Some(999.0),
+                required: true,
+            },
+            ParameterConfig {
+                name: "speed".into(),
+                r#type: ValueType::Float as i32,
+                required: true,
+                ..Default::default()
+            },
+        ],
+        timeout_ms: 5000,
+        method: Some(MethodCall {
+            object_id: node("Machine"),
+            method_id: node("Machine.StartJob"),
+            inputs: vec![
+                MethodArgument {
+                    data_type: OpcUaDataType::Int32 as i32,
+                    source: Some(Source::Parameter("program".into())),
+                },
+                MethodArgument {
+                    data_type: OpcUaDataType::Double as i32,
+                    source: Some(Source::Parameter("speed".into())),
+                },
+            ],
+            outputs: vec!["jobId".into()],
+        }),
+        ..Default::default()
+    };
+    let packer = EquipmentConfig {
+        name: "packer".into(),
+        protocol: Some(Protocol::Opcua(connection(&sim.url, OpcUaSecurityPolicy::None, OpcUaSecurityMode::None))),
+        properties: vec![speed()],
+        actions: vec![start_job],
+        reporting_interval_ms: 1000,
+        ..Default::default()
+    };
+    let installed = exec.equipment().install(&[packer], &Default::default());
+    assert!(installed.iter().all(|(_, r)| r.is_ok()), "{installed:?}");
+    let cmd = |id: &str, program: f64| Command {
+        id: id.into(),
+        equipment: "packer".into(),
+        action: "start-job".into(),
+        parameters: vec![
+            Parameter { name: "program".into(), kind: Some(parameter::Kind::Value(int(program as i64))) },
+            Parameter { name: "speed".into(), kind: Some(parameter::Kind::Value(float(2.0))) },
+        ],
+        deadline_unix_micros: now_micros() + 10_000_000,
+        ..Default::default()
+    };
+    let arrive = || Arrival::now(WallClock::system(), Duration::from_secs(10));
+    // The agent's telemetry opens the session as soon as the equipment is installed; here the
+    // first read does (a fresh PKI folder makes the agent's key first, seconds in a debug build).
+    let eq = exec.equipment().get("packer").expect("installed");
+    eq.driver.read(&speed()).await.expect("the session opens");
+
+    let r = exec.execute(&cmd("job-1", 42.0), arrive()).await;
+    assert_eq!(r.code(), ResultCode::Ok, "{}", r.message);
+    assert_eq!(r.outputs, vec![NamedValue { name: "jobId".into(), value: Some(int(1000)) }]);
+    assert_eq!(sim.value("Machine.Program"), Some(opcua::types::Variant::Int32(42)));
+
+    let again = exec.execute(&cmd("job-1", 42.0), arrive()).await;
+    assert!(again.replayed, "a redelivery is answered from the journal: {again:?}");
+    assert_eq!(again.outputs, r.outputs);
+    assert_eq!(sim.records().iter().filter(|r| r.kind == "call").count(), 1, "the machine saw one call");
+
+    let refused = exec.execute(&cmd("job-2", 5000.0), arrive()).await;
+    assert_eq!(refused.code(), ResultCode::InvalidParameter, "{}", refused.message);
+    assert!(refused.message.contains("spec.parameters.program"), "{}", refused.message);
+    assert_eq!(sim.records().iter().filter(|r| r.kind == "call").count(), 1, "nothing called");
+}

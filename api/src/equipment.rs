@@ -48,8 +48,11 @@ pub const ACTION_RESUME_FAIL_SAFE: &str = "resume-fail-safe";
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "(has(self.modbusTcp) ? 1 : 0) + (has(self.simulated) ? 1 : 0) == 1", "message": "exactly one protocol block (modbusTcp or simulated) must be set", "fieldPath": ".modbusTcp"},
+    {"rule": "(has(self.modbusTcp) ? 1 : 0) + (has(self.opcua) ? 1 : 0) + (has(self.simulated) ? 1 : 0) == 1", "message": "exactly one protocol block (modbusTcp, opcua or simulated) must be set", "fieldPath": ".modbusTcp"},
     {"rule": "!has(self.modbusTcp) || self.properties.all(p, has(p.modbus))", "message": "every property of modbusTcp equipment needs a modbus mapping", "fieldPath": ".properties"},
+    {"rule": "!has(self.opcua) || self.properties.all(p, has(p.opcua))", "message": "every property of opcua equipment needs an opcua node", "fieldPath": ".properties"},
+    {"rule": "has(self.opcua) || self.properties.all(p, !has(p.opcua))", "message": "only opcua equipment maps properties to OPC UA nodes", "fieldPath": ".properties"},
+    {"rule": "has(self.opcua) || self.actions.all(a, !has(a.method))", "message": "only opcua equipment has actions that call a method", "fieldPath": ".actions"},
     {"rule": "self.properties.all(p, self.properties.exists_one(q, q.name == p.name))", "message": "property names must be unique", "fieldPath": ".properties"},
     {"rule": "self.actions.all(a, self.actions.exists_one(b, b.name == a.name))", "message": "action names must be unique", "fieldPath": ".actions"},
     {"rule": "self.actions.all(a, a.writes.all(w, self.properties.exists(p, p.name == w.property && p.access == 'ReadWrite')))", "message": "every action write must name a ReadWrite property of this equipment", "fieldPath": ".actions"},
@@ -61,6 +64,9 @@ pub struct EquipmentSpec {
     /// Reach the equipment over Modbus TCP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modbus_tcp: Option<ModbusTcp>,
+    /// Reach the equipment's OPC UA server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opcua: Option<OpcUa>,
     /// An in-process device model on the agent, for demos, training and tests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub simulated: Option<Simulated>,
@@ -170,6 +176,158 @@ pub struct ModbusTcp {
     pub timeout: Duration,
 }
 
+/// An OPC UA server's endpoint, as seen from the agent's host, and how the channel to it is
+/// secured. The agent's certificate, the servers it trusts and the user it signs in as stay on
+/// the plant host (the agent's configuration): nothing secret is in this object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.endpoint.startsWith('opc.tcp://')", "message": "endpoint must be an opc.tcp:// URL", "fieldPath": ".endpoint"},
+    {"rule": "(self.securityPolicy == 'None') == (self.securityMode == 'None')", "message": "an unsecured channel is chosen with both securityPolicy: None and securityMode: None; a secured one with neither", "fieldPath": ".securityMode"}
+]))]
+pub struct OpcUa {
+    /// The server's endpoint URL, e.g. `opc.tcp://packer-1.plant.local:4840/`.
+    #[schemars(length(min = 11, max = 512))]
+    pub endpoint: String,
+    /// Default `Basic256Sha256`; `None` only when chosen, together with `securityMode: None`.
+    #[serde(default)]
+    pub security_policy: OpcUaSecurityPolicy,
+    /// Default `SignAndEncrypt`.
+    #[serde(default)]
+    pub security_mode: OpcUaSecurityMode,
+    /// Per-request timeout (Go duration, default `2s`).
+    #[serde(default = "default_opcua_timeout")]
+    #[schemars(length(max = 32))]
+    pub timeout: Duration,
+    /// How often the server sends the subscription's changes (Go duration, default `500ms`).
+    #[serde(default = "default_publishing_interval")]
+    #[schemars(length(max = 32))]
+    pub publishing_interval: Duration,
+}
+
+fn default_opcua_timeout() -> Duration {
+    std::time::Duration::from_secs(2).into()
+}
+
+fn default_publishing_interval() -> Duration {
+    std::time::Duration::from_millis(500).into()
+}
+
+/// OPC UA security policies the agent speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum OpcUaSecurityPolicy {
+    /// No signature, no encryption: only on a network you trust, and only when chosen.
+    None,
+    #[default]
+    Basic256Sha256,
+    Aes128Sha256RsaOaep,
+}
+
+/// OPC UA message security modes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum OpcUaSecurityMode {
+    None,
+    Sign,
+    #[default]
+    SignAndEncrypt,
+}
+
+/// The OPC UA built-in types a property or a method argument maps to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum OpcUaDataType {
+    Boolean,
+    SByte,
+    Byte,
+    Int16,
+    UInt16,
+    Int32,
+    UInt32,
+    Int64,
+    UInt64,
+    Float,
+    Double,
+}
+
+impl OpcUaDataType {
+    /// Whether a value of Shopfloor type `ty` can be carried by this OPC UA type without loss of
+    /// kind: Bool by Boolean, Int by the integer types (and Float and Double), Float by Float
+    /// and Double.
+    pub fn carries(self, ty: ValueType) -> bool {
+        use OpcUaDataType as T;
+        match ty {
+            ValueType::Bool => self == T::Boolean,
+            ValueType::Int => self != T::Boolean,
+            ValueType::Float => matches!(self, T::Float | T::Double),
+        }
+    }
+}
+
+/// A node id: `ns=<index>;s=<id>` (or `i=`, `g=`, `b=`), or with the namespace's URI instead of
+/// its index (`nsu=<uri>;s=<id>`), which survives a server that renumbers its namespaces.
+pub const OPCUA_NODE_ID_PATTERN: &str = "^(ns=[0-9]+|nsu=[^;]+);[isgb]=.+$";
+
+/// Where a property lives in the server's address space.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.deadband) || self.deadband >= 0.0", "message": "deadband must not be negative", "fieldPath": ".deadband"},
+    {"rule": "!has(self.samplingInterval) || duration(self.samplingInterval) >= duration('10ms')", "message": "samplingInterval must be at least 10ms", "fieldPath": ".samplingInterval"}
+]))]
+pub struct OpcUaNode {
+    #[schemars(length(min = 5, max = 512), regex(pattern = "^(ns=[0-9]+|nsu=[^;]+);[isgb]=.+$"))]
+    pub node_id: String,
+    pub data_type: OpcUaDataType,
+    /// How often the server samples the variable for the subscription (Go duration; default the
+    /// equipment's reporting interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub sampling_interval: Option<Duration>,
+    /// A change smaller than this (absolute, in the node's units) is not reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadband: Option<f64>,
+}
+
+/// An action that calls a method of the server instead of writing properties. Its outputs,
+/// named here in order, are the command's result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.outputs.all(o, self.outputs.exists_one(p, p == o))", "message": "output names must be unique", "fieldPath": ".outputs"}
+]))]
+pub struct MethodCall {
+    /// The object the method belongs to.
+    #[schemars(length(min = 5, max = 512), regex(pattern = "^(ns=[0-9]+|nsu=[^;]+);[isgb]=.+$"))]
+    pub object_id: String,
+    #[schemars(length(min = 5, max = 512), regex(pattern = "^(ns=[0-9]+|nsu=[^;]+);[isgb]=.+$"))]
+    pub method_id: String,
+    /// The method's input arguments, in order.
+    #[serde(default)]
+    #[schemars(length(max = 16))]
+    pub inputs: Vec<MethodInput>,
+    /// Names for the method's output arguments, in order.
+    #[serde(default)]
+    #[schemars(
+        length(max = 16),
+        inner(length(min = 1, max = 63), regex(pattern = "^[a-zA-Z0-9]([-_a-zA-Z0-9]*[a-zA-Z0-9])?$"))
+    )]
+    pub outputs: Vec<String>,
+}
+
+/// One input argument: its OPC UA type, and a parameter of the command or a constant.
+///
+/// "Exactly one of parameter or value" is checked by the controller, not by a CEL rule: `value`
+/// is an untyped scalar, which the API server's CEL type-checker cannot see.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MethodInput {
+    pub data_type: OpcUaDataType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub parameter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+}
+
 fn default_modbus_port() -> u16 {
     502
 }
@@ -207,7 +365,9 @@ pub enum Access {
     {"rule": "!has(self.min) || !has(self.max) || self.min <= self.max", "message": "min must not exceed max", "fieldPath": ".min"},
     {"rule": "self.type != 'Bool' || (!has(self.min) && !has(self.max))", "message": "min and max apply to Int and Float properties only", "fieldPath": ".min"},
     {"rule": "!has(self.modbus) || self.access == 'ReadOnly' || self.modbus.table == 'Coil' || self.modbus.table == 'HoldingRegister'", "message": "a ReadWrite property must map to a Coil or a HoldingRegister", "fieldPath": ".modbus.table"},
-    {"rule": "!has(self.modbus) || (self.type == 'Bool') == (self.modbus.table == 'Coil' || self.modbus.table == 'DiscreteInput')", "message": "Bool properties map to Coil or DiscreteInput, Int and Float properties to registers", "fieldPath": ".modbus.table"}
+    {"rule": "!has(self.modbus) || (self.type == 'Bool') == (self.modbus.table == 'Coil' || self.modbus.table == 'DiscreteInput')", "message": "Bool properties map to Coil or DiscreteInput, Int and Float properties to registers", "fieldPath": ".modbus.table"},
+    {"rule": "!has(self.opcua) || (self.type == 'Bool') == (self.opcua.dataType == 'Boolean')", "message": "Bool properties map to Boolean nodes, Int and Float properties to numeric nodes", "fieldPath": ".opcua.dataType"},
+    {"rule": "!has(self.opcua) || self.type != 'Float' || self.opcua.dataType == 'Float' || self.opcua.dataType == 'Double'", "message": "Float properties map to Float or Double nodes", "fieldPath": ".opcua.dataType"}
 ]))]
 pub struct Property {
     #[schemars(length(min = 1, max = 63), regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
@@ -219,6 +379,9 @@ pub struct Property {
     /// Where the value lives in the Modbus address space (required for modbusTcp equipment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modbus: Option<ModbusMapping>,
+    /// The variable that holds the value in the OPC UA server (required for opcua equipment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opcua: Option<OpcUaNode>,
     /// Setpoint the agent writes and keeps; only for ReadWrite properties.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired: Option<Value>,
@@ -288,7 +451,9 @@ fn one() -> f64 {
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self.name != 'read' && self.name != 'write' && self.name != 'resume-fail-safe'", "message": "read, write and resume-fail-safe are built-in actions and cannot be redeclared", "fieldPath": ".name"},
     {"rule": "self.parameters.all(p, self.parameters.exists_one(q, q.name == p.name))", "message": "parameter names must be unique", "fieldPath": ".parameters"},
-    {"rule": "self.writes.all(w, !has(w.parameter) || self.parameters.exists(p, p.name == w.parameter))", "message": "a write's parameter must be declared in parameters", "fieldPath": ".writes"}
+    {"rule": "self.writes.all(w, !has(w.parameter) || self.parameters.exists(p, p.name == w.parameter))", "message": "a write's parameter must be declared in parameters", "fieldPath": ".writes"},
+    {"rule": "(size(self.writes) > 0) != has(self.method)", "message": "an action either writes properties or calls a method: set writes or method", "fieldPath": ".writes"},
+    {"rule": "!has(self.method) || self.method.inputs.all(i, !has(i.parameter) || self.parameters.exists(p, p.name == i.parameter))", "message": "a method input's parameter must be declared in parameters", "fieldPath": ".method.inputs"}
 ]))]
 pub struct Action {
     #[schemars(length(min = 1, max = 63), regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
@@ -296,9 +461,13 @@ pub struct Action {
     #[serde(default)]
     #[schemars(length(max = 16))]
     pub parameters: Vec<Parameter>,
-    /// The property writes the action performs, in order.
-    #[schemars(length(min = 1, max = 8))]
+    /// The property writes the action performs, in order (or none, when it calls a method).
+    #[serde(default)]
+    #[schemars(length(max = 8))]
     pub writes: Vec<ActionWrite>,
+    /// The OPC UA method the action calls instead of writing properties.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<MethodCall>,
     /// How long the agent may take to execute the action (Go duration, default `5s`).
     #[serde(default = "default_action_timeout")]
     #[schemars(length(max = 32))]

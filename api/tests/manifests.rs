@@ -78,6 +78,30 @@ fn example_plant_passes_the_cel_rules() {
     }
 }
 
+/// The OPC UA example (a machine with a method) is valid for the controller, in the example
+/// plant's context, and for the CRD's CEL rules.
+#[test]
+fn the_opcua_example_is_valid_for_the_controller_and_the_api_server() {
+    let mut all = plant();
+    let loaded = manifest::load_valid(&examples().join("opcua")).expect("examples/opcua is readable");
+    assert!(!loaded.is_empty(), "examples/opcua holds an Equipment");
+    for l in loaded {
+        let (_, o) = l.unwrap_or_else(|e| panic!("the OPC UA example is refused: {e}"));
+        assert!(matches!(&o, Object::Equipment(e) if e.spec.opcua.is_some()));
+        all.push(o);
+    }
+    let refs = validate::references(&all);
+    assert!(refs.is_empty(), "dangling references: {refs:?}");
+    let validator = Validator::new();
+    for file in manifest::manifest_files(&examples().join("opcua")).expect("list") {
+        for doc in raw_documents(&file) {
+            if let Err(errors) = validator.validate(&schema_for("Equipment"), &doc, None) {
+                panic!("{}: {errors:?}", file.display());
+            }
+        }
+    }
+}
+
 #[test]
 fn command_spec_is_immutable() {
     let file = examples().join("plant/commands.yaml");

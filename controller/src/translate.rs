@@ -65,6 +65,7 @@ fn bps(s: &str) -> u64 {
 fn equipment(name: &str, spec: &EquipmentSpec) -> proto::EquipmentConfig {
     use proto::equipment_config::Protocol;
     let protocol = match (&spec.modbus_tcp, &spec.simulated) {
+        (None, None) if spec.opcua.is_some() => spec.opcua.as_ref().map(|o| Protocol::Opcua(opcua(o))),
         (Some(m), _) => Some(Protocol::ModbusTcp(proto::ModbusTcp {
             host: m.host.clone(),
             port: u32::from(m.port),
@@ -112,14 +113,19 @@ fn equipment(name: &str, spec: &EquipmentSpec) -> proto::EquipmentConfig {
                 min: p.min,
                 max: p.max,
                 unit: p.unit.clone().unwrap_or_default(),
-                opcua: None,
+                opcua: p.opcua.as_ref().map(|n| proto::OpcUaNode {
+                    node_id: n.node_id.clone(),
+                    data_type: opcua_type(n.data_type) as i32,
+                    sampling_interval_ms: n.sampling_interval.as_ref().map_or(millis(&spec.reporting.interval), millis),
+                    deadband: n.deadband.unwrap_or(0.0),
+                }),
             })
             .collect(),
         actions: spec
             .actions
             .iter()
             .map(|a| proto::ActionConfig {
-                method: None,
+                method: a.method.as_ref().map(method),
                 name: a.name.clone(),
                 parameters: a
                     .parameters
@@ -160,6 +166,62 @@ fn equipment(name: &str, spec: &EquipmentSpec) -> proto::EquipmentConfig {
                 .collect(),
             resume_automatic: f.resume == shopfloor_api::equipment::Resume::Automatic,
         }),
+    }
+}
+
+fn opcua(o: &shopfloor_api::equipment::OpcUa) -> proto::OpcUa {
+    use shopfloor_api::equipment::{OpcUaSecurityMode as M, OpcUaSecurityPolicy as P};
+    proto::OpcUa {
+        endpoint_url: o.endpoint.clone(),
+        security_policy: match o.security_policy {
+            P::None => proto::OpcUaSecurityPolicy::None,
+            P::Basic256Sha256 => proto::OpcUaSecurityPolicy::Basic256Sha256,
+            P::Aes128Sha256RsaOaep => proto::OpcUaSecurityPolicy::Aes128Sha256RsaOaep,
+        } as i32,
+        security_mode: match o.security_mode {
+            M::None => proto::OpcUaSecurityMode::None,
+            M::Sign => proto::OpcUaSecurityMode::Sign,
+            M::SignAndEncrypt => proto::OpcUaSecurityMode::SignAndEncrypt,
+        } as i32,
+        timeout_ms: millis(&o.timeout),
+        publishing_interval_ms: millis(&o.publishing_interval),
+    }
+}
+
+fn opcua_type(t: shopfloor_api::equipment::OpcUaDataType) -> proto::OpcUaDataType {
+    use shopfloor_api::equipment::OpcUaDataType as T;
+    match t {
+        T::Boolean => proto::OpcUaDataType::Boolean,
+        T::SByte => proto::OpcUaDataType::Sbyte,
+        T::Byte => proto::OpcUaDataType::Byte,
+        T::Int16 => proto::OpcUaDataType::Int16,
+        T::UInt16 => proto::OpcUaDataType::Uint16,
+        T::Int32 => proto::OpcUaDataType::Int32,
+        T::UInt32 => proto::OpcUaDataType::Uint32,
+        T::Int64 => proto::OpcUaDataType::Int64,
+        T::UInt64 => proto::OpcUaDataType::Uint64,
+        T::Float => proto::OpcUaDataType::Float,
+        T::Double => proto::OpcUaDataType::Double,
+    }
+}
+
+fn method(m: &shopfloor_api::equipment::MethodCall) -> proto::MethodCall {
+    proto::MethodCall {
+        object_id: m.object_id.clone(),
+        method_id: m.method_id.clone(),
+        inputs: m
+            .inputs
+            .iter()
+            .map(|i| proto::MethodArgument {
+                data_type: opcua_type(i.data_type) as i32,
+                source: match (&i.parameter, i.value) {
+                    (Some(p), _) => Some(proto::method_argument::Source::Parameter(p.clone())),
+                    (None, Some(v)) => Some(proto::method_argument::Source::Value(value(v))),
+                    (None, None) => None,
+                },
+            })
+            .collect(),
+        outputs: m.outputs.clone(),
     }
 }
 

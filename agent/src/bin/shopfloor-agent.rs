@@ -25,7 +25,8 @@ use shopfloor_wire::{identity::AgentId, transport::Timing};
 #[command(version, about)]
 struct Cli {
     /// YAML file with defaults for the options below (keys: stateDir, log, envelope,
-    /// telemetryBuffer, sliceBackend, metrics, otlpEndpoint, controller, caSha256, agent).
+    /// telemetryBuffer, sliceBackend, metrics, otlpEndpoint, controller, caSha256, agent), and
+    /// the OPC UA trust and users (key opcua; see docs/agent.md).
     #[arg(long, global = true, env = "SHOPFLOOR_CONFIG")]
     config: Option<PathBuf>,
     /// Where the agent keeps its key, certificate, last configuration and command journal.
@@ -106,6 +107,51 @@ struct FileConfig {
     controller: Option<String>,
     ca_sha256: Option<String>,
     agent: Option<String>,
+    #[serde(default)]
+    opcua: OpcUaConfig,
+}
+
+/// How the agent signs in to OPC UA servers; none of it travels in a CRD.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct OpcUaConfig {
+    /// The agent's OPC UA certificate and key (own/, private/, created on first use), the
+    /// server certificates it trusts (trusted/) and those it refused (rejected/). Default
+    /// <stateDir>/opcua.
+    pki_dir: Option<PathBuf>,
+    /// Users to sign in as, by endpoint URL; an endpoint not listed is opened anonymously.
+    #[serde(default)]
+    users: Vec<OpcUaUser>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct OpcUaUser {
+    endpoint: String,
+    user: String,
+    /// A file holding only the password (mode 0600, owned by the agent's user).
+    password_file: PathBuf,
+}
+
+impl OpcUaConfig {
+    fn site(self, state_dir: &std::path::Path) -> anyhow::Result<shopfloor_agent::equipment::drivers::opcua::Site> {
+        let mut users = std::collections::HashMap::new();
+        for (i, u) in self.users.into_iter().enumerate() {
+            let password = std::fs::read_to_string(&u.password_file).with_context(|| {
+                format!(
+                    "opcua.users[{i}].passwordFile: cannot read {} (the password for {} at {})",
+                    u.password_file.display(),
+                    u.user,
+                    u.endpoint
+                )
+            })?;
+            users.insert(u.endpoint, (u.user, password.trim_end_matches(['\n', '\r']).to_owned()));
+        }
+        Ok(shopfloor_agent::equipment::drivers::opcua::Site {
+            pki_dir: self.pki_dir.unwrap_or_else(|| state_dir.join("opcua")),
+            users,
+        })
+    }
 }
 
 #[tokio::main]
@@ -179,8 +225,13 @@ async fn main() -> anyhow::Result<()> {
                 slice_backend.or(file.slice_backend).unwrap_or_else(|| slices::DEFAULT_BACKEND.to_string());
             let backend = slices::backend(&slice_backend).map_err(|e| anyhow::anyhow!("--slice-backend: {e}"))?;
             let fail_safes = Arc::new(shopfloor_agent::fail_safe::FailSafes::load(state.clone()));
-            let executor =
-                Arc::new(Executor::new(journal, envelope).with_slice_backend(backend).with_fail_safes(fail_safes));
+            let opcua = file.opcua.site(&state_dir)?;
+            let executor = Arc::new(
+                Executor::new(journal, envelope)
+                    .with_slice_backend(backend)
+                    .with_opcua(opcua)
+                    .with_fail_safes(fail_safes),
+            );
             let agent =
                 Agent::new(state, identity, executor, telemetry_buffer.or(file.telemetry_buffer).unwrap_or(10_000));
             tracing::info!(agent = %format!("{}/{}", agent.identity.namespace, agent.identity.name), controller = %agent.identity.controller, "starting");

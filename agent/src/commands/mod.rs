@@ -22,8 +22,8 @@ use std::{
 };
 
 use shopfloor_wire::proto::{
-    ActionConfig, Command, CommandResult, NamedValue, Operator, PropertyConfig, ResultCode, Value, ValueType,
-    action_write, parameter,
+    ActionConfig, Command, CommandResult, MethodCall, NamedValue, Operator, PropertyConfig, ResultCode, Value,
+    ValueType, action_write, method_argument, parameter,
 };
 use tokio::{
     sync::{Mutex, watch},
@@ -138,7 +138,20 @@ fn holds(read: &Value, op: Operator, want: &Value) -> bool {
 }
 
 /// The writes a command performs, in order: (property, value).
-type Plan = Vec<(PropertyConfig, Value)>;
+/// What a command does to the equipment: property writes in order, or one method call with its
+/// input values.
+#[derive(Default)]
+struct Plan {
+    writes: Vec<(PropertyConfig, Value)>,
+    call: Option<(MethodCall, Vec<Value>)>,
+}
+
+impl Plan {
+    /// Whether the command changes nothing on the equipment (a read).
+    fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.call.is_none()
+    }
+}
 
 impl Executor {
     /// An executor whose slices are not steered (the `noop` slice backend).
@@ -181,6 +194,14 @@ impl Executor {
     #[must_use]
     pub fn with_slice_backend(mut self, backend: Arc<dyn SliceBackend>) -> Self {
         self.equipment = Arc::new(EquipmentRegistry::new(backend));
+        self
+    }
+
+    /// Opens OPC UA sessions with the host's PKI folder and users (before any equipment is
+    /// installed).
+    #[must_use]
+    pub fn with_opcua(mut self, site: crate::equipment::drivers::opcua::Site) -> Self {
+        self.equipment = Arc::new(EquipmentRegistry::new(self.equipment.slices()).with_opcua(site));
         self
     }
 
@@ -336,8 +357,14 @@ impl Executor {
         result.started_unix_micros = arrival.offset.to_controller(self.wall.now_micros());
         if cmd.dry_run {
             result.code = ResultCode::DryRunOk as i32;
-            result.outputs = plan.iter().map(|(p, v)| NamedValue { name: p.name.clone(), value: Some(*v) }).collect();
-            let what: Vec<String> = plan.iter().map(|(p, v)| format!("{}={}", p.name, value::display(v))).collect();
+            result.outputs =
+                plan.writes.iter().map(|(p, v)| NamedValue { name: p.name.clone(), value: Some(*v) }).collect();
+            let mut what: Vec<String> =
+                plan.writes.iter().map(|(p, v)| format!("{}={}", p.name, value::display(v))).collect();
+            if let Some((m, args)) = &plan.call {
+                let args: Vec<String> = args.iter().map(value::display).collect();
+                what.push(format!("call {}({})", m.method_id, args.join(", ")));
+            }
             result.message = if what.is_empty() {
                 "valid; nothing to write".into()
             } else {
@@ -349,10 +376,11 @@ impl Executor {
             return refuse(ResultCode::Internal, format!("cannot journal the command, so it is not executed: {e}"));
         }
         let run = async {
-            for (i, (p, v)) in plan.iter().enumerate() {
+            let plan_writes = &plan.writes;
+            for (i, (p, v)) in plan_writes.iter().enumerate() {
                 if past() {
                     let done: Vec<String> =
-                        plan[..i].iter().map(|(p, v)| format!("{}={}", p.name, value::display(v))).collect();
+                        plan_writes[..i].iter().map(|(p, v)| format!("{}={}", p.name, value::display(v))).collect();
                     return refuse(
                         ResultCode::DeadlineExceeded,
                         if i == 0 {
@@ -360,7 +388,7 @@ impl Executor {
                         } else {
                             format!(
                                 "the deadline passed after {i} of {} writes ({}); {} and later were not written",
-                                plan.len(),
+                                plan_writes.len(),
                                 done.join(", "),
                                 p.name
                             )
@@ -373,7 +401,7 @@ impl Executor {
                         format!(
                             "{} after {i} of {} writes; {} and later were not written",
                             engaged_message(&eq.config.name, &e.message),
-                            plan.len(),
+                            plan_writes.len(),
                             p.name
                         ),
                     );
@@ -382,11 +410,30 @@ impl Executor {
                     let done = if i == 0 {
                         "nothing was written".to_owned()
                     } else {
-                        format!("{i} of {} writes done", plan.len())
+                        format!("{i} of {} writes done", plan_writes.len())
                     };
                     (ResultCode::DeviceError, format!("writing {}: {e} ({done})", p.name))
                 })?;
                 result.outputs.push(NamedValue { name: p.name.clone(), value: Some(*v) });
+            }
+            if let Some((m, args)) = &plan.call {
+                if past() {
+                    return refuse(
+                        ResultCode::DeadlineExceeded,
+                        "the deadline passed before the method call; not called",
+                    );
+                }
+                if let Some(e) = self.fail_safes.holding(&eq.config.name) {
+                    return refuse(ResultCode::FailSafeEngaged, engaged_message(&eq.config.name, &e.message));
+                }
+                let outputs = eq
+                    .driver
+                    .call(m, args)
+                    .await
+                    .map_err(|e| (ResultCode::DeviceError, format!("calling {}: {e}", m.method_id)))?;
+                result.outputs.extend(
+                    m.outputs.iter().zip(outputs).map(|(name, v)| NamedValue { name: name.clone(), value: Some(v) }),
+                );
             }
             for p in &reads {
                 let v = eq
@@ -465,7 +512,7 @@ impl Executor {
         match cmd.action.as_str() {
             "read" => {
                 let p = property(text("property")?)?;
-                Ok((vec![], vec![p.clone()], Duration::from_secs(5)))
+                Ok((Plan::default(), vec![p.clone()], Duration::from_secs(5)))
             }
             "write" => {
                 let p = property(text("property")?)?;
@@ -498,7 +545,7 @@ impl Executor {
                     )
                 })?;
                 check_limits(&self.envelope, name, p, &v, "spec.parameters.value")?;
-                Ok((vec![(p.clone(), v)], vec![], Duration::from_secs(5)))
+                Ok((Plan { writes: vec![(p.clone(), v)], call: None }, vec![], Duration::from_secs(5)))
             }
             action => {
                 let a: &ActionConfig = eq.config.actions.iter().find(|a| a.name == action).ok_or_else(|| {
@@ -558,7 +605,31 @@ impl Executor {
                         }
                     }
                 }
-                let mut plan = Vec::new();
+                let mut plan = Plan::default();
+                if let Some(m) = &a.method {
+                    let mut args = Vec::with_capacity(m.inputs.len());
+                    for (k, input) in m.inputs.iter().enumerate() {
+                        let v = match &input.source {
+                            Some(method_argument::Source::Parameter(n)) => {
+                                *values.get(n.as_str()).ok_or_else(|| {
+                                    (
+                                        ResultCode::InvalidParameter,
+                                        format!("spec.parameters.{n}: required by the method {action} calls"),
+                                    )
+                                })?
+                            }
+                            Some(method_argument::Source::Value(v)) => *v,
+                            None => {
+                                return refuse(
+                                    ResultCode::Internal,
+                                    format!("action {action}: method input {k} has neither a parameter nor a value"),
+                                );
+                            }
+                        };
+                        args.push(v);
+                    }
+                    plan.call = Some((m.clone(), args));
+                }
                 for w in &a.writes {
                     let p = eq.property(&w.property).ok_or_else(|| {
                         (ResultCode::Internal, format!("action {action} writes unknown property {}", w.property))
@@ -574,7 +645,7 @@ impl Executor {
                     let v = value::coerce(&v, p.r#type())
                         .ok_or_else(|| (ResultCode::InvalidParameter, format!("{field}: does not fit {}", p.name)))?;
                     check_limits(&self.envelope, name, p, &v, &field)?;
-                    plan.push((p.clone(), v));
+                    plan.writes.push((p.clone(), v));
                 }
                 Ok((plan, vec![], Duration::from_millis(a.timeout_ms.max(100))))
             }

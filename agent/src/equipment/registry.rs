@@ -71,6 +71,11 @@ impl EquipmentRegistry {
         self.slices.as_ref()
     }
 
+    /// The slice backend, shared.
+    pub fn slices(&self) -> Arc<dyn SliceBackend> {
+        self.slices.clone()
+    }
+
     /// Installs the equipment of a configuration, keeping the driver (and its connection) of
     /// equipment whose protocol block and slice marking did not change. `markings` holds the
     /// marking of each steered slice by name.

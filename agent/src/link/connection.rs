@@ -145,17 +145,64 @@ impl Agent {
 
     /// Reads every equipment's properties at its reporting interval into the telemetry buffer.
     pub async fn poll_telemetry(self: Arc<Self>) {
+        use crate::equipment::drivers::Pushed;
         let mut due: std::collections::HashMap<String, Instant> = std::collections::HashMap::new();
+        // Equipment whose driver pushes its values (OPC UA subscriptions) is not polled; the key
+        // (driver instance and properties) says when to subscribe again. Polled equipment is
+        // remembered too, so a driver that cannot push is asked once, not every tick.
+        type Key = (usize, Vec<proto::PropertyConfig>);
+        let mut pushing: std::collections::HashMap<String, Key> = std::collections::HashMap::new();
+        let mut polled: std::collections::HashMap<String, Key> = std::collections::HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tick.tick().await;
             for eq in self.executor.equipment().all() {
-                let every = Duration::from_millis(eq.config.reporting_interval_ms.max(100));
-                let now = Instant::now();
-                if due.get(&eq.config.name).is_some_and(|t| *t > now) {
+                let name = eq.config.name.clone();
+                let key: Key = (Arc::as_ptr(&eq.driver) as *const () as usize, eq.config.properties.clone());
+                if pushing.get(&name) == Some(&key) {
                     continue;
                 }
-                due.insert(eq.config.name.clone(), now + every);
+                let every = Duration::from_millis(eq.config.reporting_interval_ms.max(100));
+                let now = Instant::now();
+                if due.get(&name).is_some_and(|t| *t > now) {
+                    continue;
+                }
+                due.insert(name.clone(), now + every);
+                if polled.get(&name) != Some(&key) {
+                    let (tx, mut rx) = tokio::sync::mpsc::channel::<Pushed>(256);
+                    match eq.driver.subscribe(&eq.config.properties, tx).await {
+                        Ok(true) => {
+                            tracing::info!(equipment = %name, "values arrive by subscription");
+                            let this = self.clone();
+                            let equipment = name.clone();
+                            // Ends when the driver drops its sender (equipment removed or rebuilt).
+                            tokio::spawn(async move {
+                                while let Some(p) = rx.recv().await {
+                                    match p.value {
+                                        Ok(v) => this.telemetry.lock().unwrap_or_else(|e| e.into_inner()).push(
+                                            proto::Reading {
+                                                equipment: equipment.clone(),
+                                                property: p.property,
+                                                value: Some(v),
+                                                observed_unix_micros: this.controller_time(),
+                                            },
+                                        ),
+                                        Err(e) => {
+                                            tracing::debug!(%equipment, property = %p.property, "pushed value unreadable: {e}")
+                                        }
+                                    }
+                                }
+                            });
+                            pushing.insert(name, key);
+                            continue;
+                        }
+                        Ok(false) => {
+                            polled.insert(name.clone(), key);
+                        }
+                        // Polled meanwhile; subscribing is tried again at the next interval.
+                        Err(e) => tracing::debug!(equipment = %name, "cannot subscribe yet: {e}"),
+                    }
+                }
                 for p in &eq.config.properties {
                     match eq.driver.read(p).await {
                         Ok(v) => self.telemetry.lock().unwrap_or_else(|e| e.into_inner()).push(proto::Reading {

@@ -1,6 +1,11 @@
-//! Equipment rules: properties, their Modbus mapping and limits, actions.
+//! Equipment rules: the protocol block, properties with their Modbus or OPC UA mapping and
+//! limits, actions (property writes or an OPC UA method call).
 
 use super::*;
+use crate::{
+    equipment::{MethodCall, OpcUa, OpcUaSecurityMode, OpcUaSecurityPolicy, Parameter},
+    value::Value,
+};
 
 pub(super) fn equipment_spec_rules(spec: &EquipmentSpec) -> Violations {
     let mut v = Violations::default();
@@ -8,12 +13,16 @@ pub(super) fn equipment_spec_rules(spec: &EquipmentSpec) -> Violations {
     if let Some(slice) = &spec.network_slice_ref {
         v.reference("spec.networkSliceRef", slice);
     }
-    match (&spec.modbus_tcp, &spec.simulated) {
-        (Some(_), Some(_)) => {
-            v.push("spec.modbusTcp", "exactly one protocol block may be set: remove modbusTcp or simulated")
-        }
-        (None, None) => v.push("spec.modbusTcp", "exactly one protocol block must be set: add modbusTcp or simulated"),
-        _ => {}
+    match [spec.modbus_tcp.is_some(), spec.opcua.is_some(), spec.simulated.is_some()].iter().filter(|b| **b).count() {
+        0 => v.push("spec.modbusTcp", "exactly one protocol block must be set: add modbusTcp, opcua or simulated"),
+        1 => {}
+        _ => v.push(
+            "spec.modbusTcp",
+            "exactly one protocol block may be set: keep one of modbusTcp, opcua and simulated",
+        ),
+    }
+    if let Some(o) = &spec.opcua {
+        opcua(&mut v, o);
     }
     if let Some(m) = &spec.modbus_tcp {
         if m.host.is_empty() || m.host.len() > 253 {
@@ -36,7 +45,7 @@ pub(super) fn equipment_spec_rules(spec: &EquipmentSpec) -> Violations {
                 format!("duplicate property name `{}`: property names must be unique", p.name),
             );
         }
-        property(&mut v, &at, p, spec.modbus_tcp.is_some());
+        property(&mut v, &at, p, spec.modbus_tcp.is_some(), spec.opcua.is_some());
     }
     if let Some(sim) = &spec.simulated {
         if sim.initial.len() > MAX_PROPERTIES {
@@ -66,7 +75,7 @@ pub(super) fn equipment_spec_rules(spec: &EquipmentSpec) -> Violations {
         if !seen.insert(a.name.as_str()) {
             v.push(format!("{at}.name"), format!("duplicate action name `{}`: action names must be unique", a.name));
         }
-        action(&mut v, &at, a, &spec.properties);
+        action(&mut v, &at, a, &spec.properties, spec.opcua.is_some());
         if let Some(r) = &a.rate_limit {
             rate_limit(&mut v, &format!("{at}.rateLimit"), r);
         }
@@ -147,7 +156,48 @@ pub(super) fn limits(v: &mut Violations, at: &str, ty: ValueType, min: Option<f6
     }
 }
 
-pub(super) fn property(v: &mut Violations, at: &str, p: &Property, modbus_equipment: bool) {
+/// The OPC UA block: an opc.tcp URL, and security that is either fully off (chosen) or on.
+fn opcua(v: &mut Violations, o: &OpcUa) {
+    if !o.endpoint.starts_with("opc.tcp://") || o.endpoint.len() > 512 {
+        v.push(
+            "spec.opcua.endpoint",
+            format!(
+                "`{}` is not an opc.tcp:// URL of at most 512 characters, e.g. opc.tcp://packer-1.plant.local:4840/",
+                o.endpoint
+            ),
+        );
+    }
+    if (o.security_policy == OpcUaSecurityPolicy::None) != (o.security_mode == OpcUaSecurityMode::None) {
+        v.push(
+            "spec.opcua.securityMode",
+            format!(
+                "securityPolicy {:?} with securityMode {:?}: an unsecured channel is chosen with both set to None, a secured one with neither",
+                o.security_policy, o.security_mode
+            ),
+        );
+    }
+    v.duration_between("spec.opcua.timeout", &o.timeout, MS(100), Some(SECS(60)));
+    v.duration_between("spec.opcua.publishingInterval", &o.publishing_interval, MS(50), Some(SECS(3600)));
+}
+
+/// `ns=<index>;<kind>=<id>` or `nsu=<uri>;<kind>=<id>`, kind one of i, s, g, b.
+pub(super) fn node_id(v: &mut Violations, at: &str, id: &str) {
+    let ok = id.len() <= 512
+        && id.split_once(';').is_some_and(|(ns, rest)| {
+            let ns_ok = match (ns.strip_prefix("ns="), ns.strip_prefix("nsu=")) {
+                (Some(i), _) => !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()),
+                (None, Some(uri)) => !uri.is_empty(),
+                _ => false,
+            };
+            let id_ok = ["i=", "s=", "g=", "b="].iter().any(|k| rest.strip_prefix(k).is_some_and(|x| !x.is_empty()));
+            ns_ok && id_ok
+        });
+    if !ok {
+        v.push(at, format!("`{id}` is not an OPC UA node id: write ns=<index>;s=<id> (or i=, g=, b=), or nsu=<namespace URI>;s=<id>"));
+    }
+}
+
+pub(super) fn property(v: &mut Violations, at: &str, p: &Property, modbus_equipment: bool, opcua_equipment: bool) {
     v.name(&format!("{at}.name"), &p.name);
     limits(v, at, p.type_, p.min, p.max);
     if let Some(unit) = &p.unit {
@@ -164,6 +214,33 @@ pub(super) fn property(v: &mut Violations, at: &str, p: &Property, modbus_equipm
             && (p.min.is_some_and(|lo| x < lo) || p.max.is_some_and(|hi| x > hi))
         {
             v.push(&field, format!("{d} is outside the interlock limits {}", range(p.min, p.max)));
+        }
+    }
+    match &p.opcua {
+        None if opcua_equipment => {
+            v.push(format!("{at}.opcua"), "opcua equipment needs an opcua node for every property")
+        }
+        None => {}
+        Some(_) if !opcua_equipment => v.push(
+            format!("{at}.opcua"),
+            "only opcua equipment maps properties to OPC UA nodes: remove it, or give the equipment spec.opcua",
+        ),
+        Some(n) => {
+            node_id(v, &format!("{at}.opcua.nodeId"), &n.node_id);
+            if !n.data_type.carries(p.type_) {
+                v.push(
+                    format!("{at}.opcua.dataType"),
+                    format!("a {} property cannot map to a {:?} node: Bool maps to Boolean, Float to Float or Double, Int to the integer types", p.type_, n.data_type),
+                );
+            }
+            if let Some(d) = n.deadband
+                && !(d.is_finite() && d >= 0.0)
+            {
+                v.push(format!("{at}.opcua.deadband"), "must be a finite number of at least 0");
+            }
+            if let Some(s) = &n.sampling_interval {
+                v.duration_between(&format!("{at}.opcua.samplingInterval"), s, MS(10), Some(SECS(3600)));
+            }
         }
     }
     match &p.modbus {
@@ -211,7 +288,7 @@ pub(super) fn range(min: Option<f64>, max: Option<f64>) -> String {
     }
 }
 
-pub(super) fn action(v: &mut Violations, at: &str, a: &Action, properties: &[Property]) {
+pub(super) fn action(v: &mut Violations, at: &str, a: &Action, properties: &[Property], opcua_equipment: bool) {
     v.name(&format!("{at}.name"), &a.name);
     if a.name == ACTION_READ || a.name == ACTION_WRITE || a.name == ACTION_RESUME_FAIL_SAFE {
         v.push(
@@ -221,8 +298,22 @@ pub(super) fn action(v: &mut Violations, at: &str, a: &Action, properties: &[Pro
     }
     v.max_items(&format!("{at}.parameters"), a.parameters.len(), MAX_PARAMETERS);
     v.max_items(&format!("{at}.writes"), a.writes.len(), MAX_WRITES);
-    if a.writes.is_empty() {
-        v.push(format!("{at}.writes"), "an action must write at least one property");
+    match (&a.method, a.writes.is_empty()) {
+        (None, true) => v.push(format!("{at}.writes"), "an action must write at least one property or call a method"),
+        (Some(_), false) => v.push(
+            format!("{at}.method"),
+            "an action either writes properties or calls a method, not both: remove writes or method",
+        ),
+        _ => {}
+    }
+    if let Some(m) = &a.method {
+        if !opcua_equipment {
+            v.push(
+                format!("{at}.method"),
+                "only opcua equipment has methods: remove method, or give the equipment spec.opcua",
+            );
+        }
+        method(v, &format!("{at}.method"), m, &a.parameters);
     }
     v.duration_between(&format!("{at}.timeout"), &a.timeout, MS(10), Some(SECS(3600)));
     let mut seen = BTreeSet::new();
@@ -286,6 +377,54 @@ pub(super) fn action(v: &mut Violations, at: &str, a: &Action, properties: &[Pro
                     }
                 }
             }
+        }
+    }
+}
+
+/// A method call: its node ids, each input from exactly one declared parameter or constant of a
+/// type its OPC UA type carries, and unique output names.
+fn method(v: &mut Violations, at: &str, m: &MethodCall, parameters: &[Parameter]) {
+    node_id(v, &format!("{at}.objectId"), &m.object_id);
+    node_id(v, &format!("{at}.methodId"), &m.method_id);
+    v.max_items(&format!("{at}.inputs"), m.inputs.len(), MAX_PARAMETERS);
+    v.max_items(&format!("{at}.outputs"), m.outputs.len(), MAX_PARAMETERS);
+    for (k, i) in m.inputs.iter().enumerate() {
+        let iat = format!("{at}.inputs[{k}]");
+        match (&i.parameter, &i.value) {
+            (Some(_), Some(_)) | (None, None) => v.push(&iat, "set exactly one of parameter or value"),
+            (Some(param), None) => match parameters.iter().find(|p| &p.name == param) {
+                None => {
+                    v.push(format!("{iat}.parameter"), format!("`{param}` is not declared in the action's parameters"))
+                }
+                Some(decl) if !i.data_type.carries(decl.type_) => v.push(
+                    format!("{iat}.dataType"),
+                    format!("parameter `{param}` is {} and cannot be passed as {:?}", decl.type_, i.data_type),
+                ),
+                Some(decl) if !decl.required => v.push(
+                    format!("{iat}.parameter"),
+                    format!("parameter `{param}` feeds a method input, which cannot be left out: make it required"),
+                ),
+                Some(_) => {}
+            },
+            (None, Some(value)) => {
+                let own = match value {
+                    Value::Bool(_) => ValueType::Bool,
+                    Value::Int(_) => ValueType::Int,
+                    Value::Float(_) => ValueType::Float,
+                };
+                if !i.data_type.carries(own) {
+                    v.push(format!("{iat}.value"), format!("{value} cannot be passed as {:?}", i.data_type));
+                }
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for (k, o) in m.outputs.iter().enumerate() {
+        if o.is_empty() || o.len() > 63 {
+            v.push(format!("{at}.outputs[{k}]"), "must be 1 to 63 characters");
+        }
+        if !seen.insert(o.as_str()) {
+            v.push(format!("{at}.outputs[{k}]"), format!("duplicate output name `{o}`"));
         }
     }
 }

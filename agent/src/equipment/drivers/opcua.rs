@@ -64,6 +64,10 @@ struct Live {
     fatal: Arc<Mutex<Option<DriverError>>>,
 }
 
+/// The subscription the driver made on its session, replaced when subscribed again.
+#[derive(Default)]
+struct SubscriptionId(Mutex<Option<(usize, u32)>>);
+
 impl Drop for Live {
     fn drop(&mut self) {
         self.session.disable_reconnects();
@@ -86,6 +90,7 @@ pub struct OpcUaDriver {
     marking: Option<Marking>,
     live: tokio::sync::Mutex<Option<Live>>,
     subscribed: Mutex<Option<Subscribed>>,
+    subscription: SubscriptionId,
 }
 
 impl std::fmt::Debug for OpcUaDriver {
@@ -167,6 +172,7 @@ impl OpcUaDriver {
             marking: None,
             live: tokio::sync::Mutex::new(None),
             subscribed: Mutex::new(None),
+            subscription: SubscriptionId::default(),
         }
     }
 
@@ -392,10 +398,20 @@ impl OpcUaDriver {
             }
         });
         let publishing = Duration::from_millis(self.cfg.publishing_interval_ms.max(50));
+        // A subscription made earlier on this session (new properties, same driver) goes first,
+        // or its changes would keep arriving beside the new one's.
+        let session_key = Arc::as_ptr(session) as usize;
+        let previous = self.subscription.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((on, old)) = previous
+            && on == session_key
+        {
+            let _ = session.delete_subscription(old).await;
+        }
         let id = session
             .create_subscription(publishing, 30, 10, 0, 0, true, callback)
             .await
             .map_err(|e| request_failed("create subscription", e))?;
+        *self.subscription.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((session_key, id));
         let created = session
             .create_monitored_items(id, TimestampsToReturn::Both, items)
             .await
