@@ -21,6 +21,9 @@ pub mod token_keys {
     pub const EXPIRES_AT: &str = "expires-at";
     /// RFC 3339; present once redeemed.
     pub const USED_AT: &str = "used-at";
+    /// SHA-256 (hex) of the public key that redeemed the token: a retry with that key (its
+    /// answer was lost) is answered again.
+    pub const USED_BY: &str = "used-by";
 }
 
 /// A standalone controller's state directory.

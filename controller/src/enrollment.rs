@@ -30,6 +30,18 @@ pub struct BootstrapToken {
     pub agent: ObjectKey,
     pub expires_at: Timestamp,
     pub used_at: Option<Timestamp>,
+    /// SHA-256 (hex) of the public key that redeemed it.
+    pub used_by: Option<String>,
+}
+
+/// How a token check passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Redemption {
+    /// The token was not used: this redeems it.
+    First,
+    /// The host that redeemed it asks again with the same key (it never got the answer): it
+    /// gets a certificate for that key again, and the token stays spent.
+    Again,
 }
 
 /// Why a token is refused. The messages go back to the agent and into the controller's log.
@@ -79,6 +91,7 @@ impl BootstrapToken {
             agent,
             expires_at: now.checked_add(ttl).unwrap_or(Timestamp::MAX),
             used_at: None,
+            used_by: None,
         })
     }
 
@@ -97,6 +110,9 @@ impl BootstrapToken {
         if let Some(used) = self.used_at {
             d.insert(token_keys::USED_AT.to_owned(), used.to_string().into_bytes());
         }
+        if let Some(key) = &self.used_by {
+            d.insert(token_keys::USED_BY.to_owned(), key.clone().into_bytes());
+        }
         d
     }
 
@@ -109,12 +125,21 @@ impl BootstrapToken {
             agent: ObjectKey::new(s("agent-namespace")?, s("agent-name")?),
             expires_at: s(token_keys::EXPIRES_AT)?.parse().ok()?,
             used_at: s(token_keys::USED_AT).and_then(|t| t.parse().ok()),
+            used_by: s(token_keys::USED_BY),
         })
     }
 
-    /// Checks `presented` for redemption by `agent` at `now`. Comparison is over digests so it
-    /// does not leak the secret through timing.
-    pub fn check(&self, presented: &str, agent: &ObjectKey, now: Timestamp) -> Result<(), TokenError> {
+    /// Checks `presented` for redemption by `agent`, with the key whose SHA-256 is `key`, at
+    /// `now`. Comparison is over digests so it does not leak the secret through timing. A spent
+    /// token passes again only for the key that spent it, before it expires: the CSR's signature
+    /// proves that key's holder asks, so an enrollment whose answer was lost can be retried.
+    pub fn check(
+        &self,
+        presented: &str,
+        agent: &ObjectKey,
+        now: Timestamp,
+        key: &str,
+    ) -> Result<Redemption, TokenError> {
         let (id, secret) = parse(presented)?;
         if id != self.id {
             return Err(TokenError::Unknown(id.to_owned()));
@@ -125,13 +150,14 @@ impl BootstrapToken {
         if &self.agent != agent {
             return Err(TokenError::Foreign { id: self.id.clone(), bound: self.agent.clone(), asked: agent.clone() });
         }
-        if let Some(used) = self.used_at {
-            return Err(TokenError::Reused(self.id.clone(), used));
-        }
         if now >= self.expires_at {
             return Err(TokenError::Expired(self.id.clone(), self.expires_at));
         }
-        Ok(())
+        match self.used_at {
+            Some(_) if self.used_by.as_deref() == Some(key) => Ok(Redemption::Again),
+            Some(used) => Err(TokenError::Reused(self.id.clone(), used)),
+            None => Ok(Redemption::First),
+        }
     }
 }
 
@@ -167,14 +193,20 @@ mod tests {
     fn a_token_is_single_use_expiring_and_bound_to_one_agent() {
         let mut tok = BootstrapToken::generate(agent("line-1"), t(0), Duration::from_secs(60)).expect("token");
         let presented = tok.token();
-        assert_eq!(tok.check(&presented, &agent("line-1"), t(10)), Ok(()));
-        assert!(matches!(tok.check(&presented, &agent("line-2"), t(10)), Err(TokenError::Foreign { .. })));
-        assert!(matches!(tok.check(&presented, &agent("line-1"), t(60)), Err(TokenError::Expired(..))));
+        assert_eq!(tok.check(&presented, &agent("line-1"), t(10), "k1"), Ok(Redemption::First));
+        assert!(matches!(tok.check(&presented, &agent("line-2"), t(10), "k1"), Err(TokenError::Foreign { .. })));
+        assert!(matches!(tok.check(&presented, &agent("line-1"), t(60), "k1"), Err(TokenError::Expired(..))));
         let wrong = format!("{}.{}", tok.id, "a".repeat(16));
-        assert_eq!(tok.check(&wrong, &agent("line-1"), t(10)), Err(TokenError::Mismatch));
-        assert_eq!(tok.check("nonsense", &agent("line-1"), t(10)), Err(TokenError::Malformed));
+        assert_eq!(tok.check(&wrong, &agent("line-1"), t(10), "k1"), Err(TokenError::Mismatch));
+        assert_eq!(tok.check("nonsense", &agent("line-1"), t(10), "k1"), Err(TokenError::Malformed));
         tok.used_at = Some(t(11));
-        let err = tok.check(&presented, &agent("line-1"), t(12)).expect_err("reused");
+        tok.used_by = Some("k1".into());
+        let err = tok.check(&presented, &agent("line-1"), t(12), "k2").expect_err("reused");
         assert!(err.to_string().contains("single-use"), "{err}");
+        // The key that spent it, whose answer was lost, may ask again until the token expires.
+        assert_eq!(tok.check(&presented, &agent("line-1"), t(12), "k1"), Ok(Redemption::Again));
+        assert!(matches!(tok.check(&presented, &agent("line-1"), t(60), "k1"), Err(TokenError::Expired(..))));
+        assert!(matches!(tok.check(&wrong, &agent("line-1"), t(12), "k1"), Err(TokenError::Mismatch)));
+        assert_eq!(BootstrapToken::from_secret(&tok.to_secret()), Some(tok.clone()), "used-by round-trips");
     }
 }

@@ -378,3 +378,39 @@ async fn a_handshake_flood_stays_bounded_and_the_plant_keeps_working() {
         metrics.handshakes_refused.get()
     );
 }
+
+/// An enrollment whose answer was lost (the controller redeemed the token, the host timed out)
+/// is retried with the key kept in the state directory: the controller answers that key again,
+/// and still refuses any other key. At 5,000 agents the fleet benchmark's retries after lost
+/// answers found every token spent, and those hosts could never enroll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrollment_retried_with_the_same_key_after_a_lost_answer_is_answered_again() {
+    use jiff::Timestamp;
+    use shopfloor_agent::{
+        link::enroll::{self, ENROLL_KEY},
+        state::StateDir,
+    };
+    use shopfloor_controller::{enrollment::BootstrapToken, store::Store};
+    let Enrolling { plant, key, secret_name, fingerprint, addr, id, dir } = enrolling().await;
+    let fresh = BootstrapToken::generate(key.clone(), Timestamp::now(), Duration::from_secs(3600)).expect("token");
+    plant.core.store().write_secret(&secret_name, fresh.to_secret()).await.expect("write");
+    let token = fresh.token();
+    // The same host's key, as the first attempt left it in the state directory.
+    let kept = pki::generate_key().expect("key").serialize_pem();
+    let first = StateDir::open(dir.path().join("first")).expect("state");
+    first.write(ENROLL_KEY, kept.as_bytes(), 0o600).expect("key");
+    enroll::enroll(&first, &addr, None, &token, &fingerprint, &id).await.expect("the first attempt redeems it");
+    assert!(first.read(ENROLL_KEY).expect("read").is_none(), "an answered enrollment keeps no pending key");
+
+    let retry = StateDir::open(dir.path().join("retry")).expect("state");
+    retry.write(ENROLL_KEY, kept.as_bytes(), 0o600).expect("key");
+    let again = enroll::enroll(&retry, &addr, None, &token, &fingerprint, &id).await;
+    assert!(again.is_ok(), "the same key is answered again: {again:?}");
+    assert!(retry.read("agent.pem").expect("read").is_some(), "the retry got its certificate");
+
+    let other = StateDir::open(dir.path().join("other")).expect("state");
+    let err =
+        enroll::enroll(&other, &addr, None, &token, &fingerprint, &id).await.expect_err("another key").to_string();
+    assert!(err.contains("single-use"), "{err}");
+    assert!(other.read(ENROLL_KEY).expect("read").is_none(), "a refused enrollment leaves no key behind");
+}

@@ -142,6 +142,15 @@ impl Ca {
     }
 }
 
+/// SHA-256 (hex) of the public key of a CSR whose signature verifies: what an enrollment retry
+/// with the same key presents again.
+pub fn csr_key_sha256(csr_der: &[u8]) -> Result<String, PkiError> {
+    use rcgen::PublicKeyData as _;
+    let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+        .map_err(|e| PkiError::BadCsr(e.to_string()))?;
+    Ok(sha256_fingerprint(csr.public_key.der_bytes()))
+}
+
 /// An agent's key pair, generated on its host.
 pub fn generate_key() -> Result<KeyPair, PkiError> {
     Ok(KeyPair::generate()?)

@@ -19,9 +19,15 @@ use super::{
 };
 use crate::state::StateDir;
 
+/// The key of an enrollment not yet answered: kept until the controller answers, so a retry
+/// after a lost answer presents the same key (the controller answers that key again, and only
+/// that key: tokens are single-use).
+pub const ENROLL_KEY: &str = "enroll-key.pem";
+
 /// Enrolls: generates a key here (it never leaves the host), sends a CSR with the bootstrap
-/// token over a connection that trusts only the pinned CA, and stores the certificate. The
-/// state directory is untouched unless enrollment succeeds.
+/// token over a connection that trusts only the pinned CA, and stores the certificate. Until
+/// the controller answers, the key waits in [`ENROLL_KEY`]; an answer (a certificate or a
+/// refusal) removes it, so after a refusal the state directory is as it was.
 pub async fn enroll(
     state: &StateDir,
     controller: &str,
@@ -30,7 +36,20 @@ pub async fn enroll(
     ca_sha256: &str,
     agent: &AgentId,
 ) -> Result<Identity, SessionError> {
-    let key = pki::generate_key().map_err(|e| SessionError::Tls(e.to_string()))?;
+    let key = match state.read(ENROLL_KEY)? {
+        Some(pem) => {
+            let pem = String::from_utf8(pem).map_err(|e| SessionError::Tls(format!("{ENROLL_KEY}: {e}")))?;
+            pki::KeyPair::from_pem(&pem).map_err(|e| SessionError::Tls(format!("{ENROLL_KEY}: {e}")))?
+        }
+        None => {
+            let key = pki::generate_key().map_err(|e| SessionError::Tls(e.to_string()))?;
+            state.write(ENROLL_KEY, key.serialize_pem().as_bytes(), 0o600)?;
+            key
+        }
+    };
+    let answered = |state: &StateDir| {
+        let _ = std::fs::remove_file(state.root().join(ENROLL_KEY));
+    };
     let csr = pki::csr(&key).map_err(|e| SessionError::Tls(e.to_string()))?;
     let addr = resolve(controller).await?;
     let server_name = server_name.map(str::to_owned).unwrap_or_else(|| host_of(controller));
@@ -67,6 +86,7 @@ pub async fn enroll(
         return Err(SessionError::EnrollmentRefused(why));
     };
     if !resp.error.is_empty() {
+        answered(state);
         return Err(SessionError::EnrollmentRefused(resp.error));
     }
     if identity::sha256_fingerprint(&resp.ca_der) != ca_sha256.trim().to_ascii_lowercase() {
@@ -89,5 +109,6 @@ pub async fn enroll(
         server_name,
     };
     state.write(IDENTITY, serde_yaml::to_string(&id).unwrap_or_default().as_bytes(), 0o644)?;
+    answered(state);
     Ok(id)
 }

@@ -152,7 +152,7 @@ impl<S: Store> AgentBook<S> {
     /// Spends `token` for `key` if it is the agent's valid, unused bootstrap token. Single use:
     /// it is marked used before anything is issued, and only if nobody else did since it was
     /// read — of two enrollments racing for one token, exactly one wins.
-    pub async fn redeem_token(&self, key: &ObjectKey, presented: &str) -> Result<(), String> {
+    pub async fn redeem_token(&self, key: &ObjectKey, presented: &str, public_key: &str) -> Result<(), String> {
         let name = enrollment::token_secret_name(key);
         let data = self.store.read_secret(&name).await.map_err(|e| e.to_string())?;
         let mut token = data.as_ref().and_then(BootstrapToken::from_secret).ok_or_else(|| {
@@ -161,13 +161,18 @@ impl<S: Store> AgentBook<S> {
                 key.name
             )
         })?;
-        token.check(presented, key, Timestamp::now()).map_err(|e| e.to_string())?;
+        let redemption = token.check(presented, key, Timestamp::now(), public_key).map_err(|e| e.to_string())?;
         let agent = self.agent(key).ok_or_else(|| format!("EdgeAgent {key} does not exist"))?;
         if agent.spec.suspend {
             return Err(format!("EdgeAgent {key} is suspended"));
         }
+        if redemption == enrollment::Redemption::Again {
+            tracing::info!(agent = %key, "enrollment retried with the key that redeemed the token; answering again");
+            return Ok(());
+        }
         let read = data.unwrap_or_default();
         token.used_at = Some(Timestamp::now());
+        token.used_by = Some(public_key.to_owned());
         if !self.store.replace_secret_if(&name, &read, token.to_secret()).await.map_err(|e| e.to_string())? {
             return Err(format!(
                 "bootstrap token {} was redeemed by another enrollment at the same moment; tokens are single-use",

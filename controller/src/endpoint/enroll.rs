@@ -58,9 +58,12 @@ pub(super) async fn serve<S: Store>(
         }
     };
     let key = ObjectKey::new(req.namespace.clone(), req.agent.clone());
-    let result = match ctx.book.redeem_token(&key, &req.token).await {
-        Ok(()) => issuer.issue(&key, &req.csr_der, true).await,
-        Err(e) => Err(e),
+    let result = match shopfloor_wire::pki::csr_key_sha256(&req.csr_der) {
+        Err(e) => Err(e.to_string()),
+        Ok(public_key) => match ctx.book.redeem_token(&key, &req.token, &public_key).await {
+            Ok(()) => issuer.issue(&key, &req.csr_der, true).await,
+            Err(e) => Err(e),
+        },
     };
     let response = match &result {
         Ok(cert) => proto::EnrollResponse {
