@@ -292,18 +292,12 @@ impl OpcUaDriver {
                             } else {
                                 tracing::info!(equipment, "OPC UA session to {url} re-established");
                             }
-                            // async-opcua 0.19 re-creates subscriptions after a reconnect but
-                            // does not publish for them until asked, and the re-created ones may
-                            // not exist yet when the reconnection is reported (a CI run saw no
-                            // change for 45 s): ask now and again over the next seconds.
+                            // async-opcua 0.19 re-creates the subscription (transferred, or made
+                            // anew after a server restart) before it starts the new connection's
+                            // publish loop, which ignores the publish asked for then and begins
+                            // believing there is no subscription: without a publish asked for
+                            // now, no change would ever arrive again.
                             session.trigger_publish_now();
-                            let again = session.clone();
-                            tokio::spawn(async move {
-                                for ms in [200, 500, 1000, 2000, 4000] {
-                                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                                    again.trigger_publish_now();
-                                }
-                            });
                             None
                         }
                         Ok(SessionPollResult::ConnectionLost(code)) => {
