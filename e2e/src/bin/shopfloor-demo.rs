@@ -44,9 +44,9 @@ fn demo(s: &Scenario, ui: &Ui, keep_running: bool) -> Result<(), String> {
     let mut summary: Vec<(String, bool)> = Vec::new();
     ui.step("Building the binaries (first run takes a few minutes)");
     let _ = shopfloor_e2e::harness::bin_dir();
-    ui.ok("controller, agent, Modbus simulator and kubectl plugin are built");
+    ui.ok("controller, agent, Modbus and OPC UA simulators and kubectl plugin are built");
 
-    ui.step("Starting a Modbus TCP simulator for every Modbus equipment");
+    ui.step("Starting a simulator for every machine: Modbus TCP, and OPC UA for the packer");
     let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/plant");
     std::fs::create_dir_all(s.path("plant")).map_err(|e| e.to_string())?;
     let mut files = BTreeMap::new();
@@ -72,6 +72,20 @@ fn demo(s: &Scenario, ui: &Ui, keep_running: bool) -> Result<(), String> {
         }
         ui.ok(&format!("{name}: Modbus TCP on {addr}"));
     }
+
+    // The packer on line-1 speaks OPC UA: its simulator's machine has variables, a temperature
+    // that follows the speed, and the StartJob method.
+    let log = s.spawn(
+        "opcua-sim",
+        "shopfloor-opcua-sim",
+        &["--listen", "127.0.0.1:0", "--pki-dir", "opcua-sim-pki", "--write-log", "opcua-writes.jsonl"],
+    );
+    let line = shopfloor_e2e::harness::wait_for_line(&log, "OPC UA simulator at", Duration::from_secs(60));
+    let url = line.split_whitespace().find(|w| w.starts_with("opc.tcp://")).ok_or("no OPC UA endpoint")?.to_owned();
+    let packer = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/opcua/packer.yaml");
+    let packer = std::fs::read_to_string(packer).map_err(|e| e.to_string())?;
+    files.insert("packer.yaml".into(), packer.replace("opc.tcp://127.0.0.1:4840/", &url));
+    ui.ok(&format!("packer: OPC UA on {url} (Basic256Sha256, SignAndEncrypt)"));
     for (name, text) in &files {
         std::fs::write(s.path(&format!("plant/{name}")), text).map_err(|e| e.to_string())?;
     }
@@ -118,7 +132,37 @@ fn demo(s: &Scenario, ui: &Ui, keep_running: bool) -> Result<(), String> {
     ui.show(&s.plugin(&["agents"]).1);
     summary.push(("3 agents enrolled, connected over QUIC/mTLS, configuration applied".into(), true));
 
-    ui.step("Equipment: desired setpoints against the values read back over Modbus");
+    ui.step("Trusting the packer's OPC UA server, as its plant engineer does once (docs/agent.md)");
+    // The agent refuses a server it does not trust and saves its certificate in rejected/; the
+    // engineer checks it and moves it into trusted/ with its name unchanged.
+    let pki = s.path("agent-line-1/opcua");
+    let rejected = eventually("the packer's certificate in rejected/", Duration::from_secs(120), || {
+        std::fs::read_dir(pki.join("rejected")).ok()?.flatten().next()
+    });
+    let refused =
+        shopfloor_e2e::harness::wait_for_line(&s.path("agent-line-1.log"), "is not trusted", Duration::from_secs(30));
+    let reason = refused.find("the OPC UA server").map_or(refused.as_str(), |i| &refused[i..]);
+    ui.ok(&format!("first session refused, the agent's log says: {}", reason.trim()));
+    std::fs::rename(rejected.path(), pki.join("trusted").join(rejected.file_name())).map_err(|e| e.to_string())?;
+    ui.ok(&format!("moved {} into trusted/", rejected.file_name().to_string_lossy()));
+    let temperature = eventually("the packer's temperature reported", Duration::from_secs(60), || {
+        s.status("equipment", "packer")["reported"]
+            .as_sequence()?
+            .iter()
+            .find(|r| r["property"] == "temperature")
+            .and_then(|r| r["value"].as_f64())
+    });
+    let subscribed = std::fs::read_to_string(s.path("agent-line-1.log"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains("packer") && l.contains("values arrive by subscription"));
+    ui.ok(&format!(
+        "session open; temperature {temperature} °C reported{}",
+        if subscribed { ", its changes pushed by an OPC UA subscription" } else { "" }
+    ));
+    summary.push(("packer's OPC UA server trusted; its values arrive by subscription".into(), subscribed));
+
+    ui.step("Equipment: desired setpoints against the values read back from the machines");
     ui.show(&s.plugin(&["equipment"]).1);
 
     ui.step("Changing a setpoint by editing a manifest: infeed-conveyor belt-speed 1.2 → 1.8 m/s");
@@ -141,7 +185,7 @@ fn demo(s: &Scenario, ui: &Ui, keep_running: bool) -> Result<(), String> {
     summary.push((format!("setpoint change reconciled in {:.0} ms", reconciled.as_secs_f64() * 1e3), true));
 
     ui.step("Running ControlCommands through `kubectl shopfloor exec`");
-    let commands: [(&str, &[&str], &str); 4] = [
+    let commands: [(&str, &[&str], &str); 5] = [
         ("press-plc: set the cycle time to 15 s", &["exec", "press-plc", "set-cycle-time", "seconds=15"], "Succeeded"),
         (
             "robot-cell: run program 7 at 150 mm/s",
@@ -154,11 +198,18 @@ fn demo(s: &Scenario, ui: &Ui, keep_running: bool) -> Result<(), String> {
             &["exec", "air-compressor", "read", "property=discharge-pressure"],
             "Succeeded",
         ),
+        (
+            "packer: start job 42 at 2.0 m/s (OPC UA method StartJob)",
+            &["exec", "packer", "start-job", "program=42", "speed=2.0"],
+            "Succeeded",
+        ),
     ];
     for (what, args, want) in commands {
         let (_, out) = s.plugin(args);
         let phase = field(&out, "phase:");
-        let line = format!("{what}: {phase} — {}", field(&out, "latency:"));
+        let outputs = field(&out, "outputs:");
+        let outputs = if outputs == "-" { String::new() } else { format!(" — outputs: {outputs}") };
+        let line = format!("{what}: {phase}{outputs} — {}", field(&out, "latency:"));
         if phase == want {
             ui.ok(&line)
         } else {
@@ -166,6 +217,24 @@ fn demo(s: &Scenario, ui: &Ui, keep_running: bool) -> Result<(), String> {
         }
         summary.push((format!("{what}: {phase}"), phase == want));
     }
+
+    ui.step("The packer after StartJob: its new values arrive by subscription, not by polling");
+    let reported = |name: &str| {
+        s.status("equipment", "packer")["reported"]
+            .as_sequence()
+            .and_then(|r| r.iter().find(|r| r["property"] == name).map(|r| r["value"].clone()))
+    };
+    let started_job = Instant::now();
+    eventually("the packer running after StartJob", Duration::from_secs(30), || {
+        (reported("running")?.as_bool()? && reported("jobs")?.as_i64()? >= 1).then_some(())
+    });
+    let speed = reported("speed").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+    let jobs = reported("jobs").and_then(|v| v.as_i64()).unwrap_or(0);
+    ui.ok(&format!(
+        "running=true, speed {speed} m/s, jobs {jobs}: in the Equipment's status {:.1} s after the command finished",
+        started_job.elapsed().as_secs_f64()
+    ));
+    summary.push(("packer's job started by an OPC UA method, its values pushed back".into(), jobs >= 1));
 
     ui.step("A command outside an interlock is refused before it reaches the equipment");
     let (_, out) = s.plugin(&["exec", "infeed-conveyor", "write", "property=belt-speed", "value=2.2"]);
