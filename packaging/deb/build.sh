@@ -1,6 +1,6 @@
 #!/bin/sh
 # Builds the shopfloor-agent Debian package from an agent binary, with Debian's own dpkg-deb:
-#   packaging/deb/build.sh target/release/shopfloor-agent out/
+#   packaging/deb/build.sh target/dist/shopfloor-agent out/
 # prints the path of the .deb. The version is the workspace's (Cargo.toml), the architecture
 # this host's (dpkg --print-architecture). The Modbus and OPC UA simulators are never packaged.
 set -eu
