@@ -129,12 +129,19 @@ impl<S: Store> Reconciler<S> {
 
     /// The plans for `world`, recomputed only when `version` moved.
     pub fn plans(&self, version: u64, world: &World) -> Arc<Plans> {
+        self.plans_from(version, || world)
+    }
+
+    /// The plans for version `version`; `world` is called for the objects only when it moved.
+    pub fn plans_from<W: std::borrow::Borrow<World>>(&self, version: u64, world: impl FnOnce() -> W) -> Arc<Plans> {
         {
             let cached = self.plans.read().unwrap_or_else(|p| p.into_inner());
             if cached.0 == version {
                 return cached.1.clone();
             }
         }
+        let world = world();
+        let world = world.borrow();
         let plans = Arc::new(planner::plan(&world.agents, &world.equipment, &world.slices));
         self.engine.set_link_budgets(link_budget::budgets(&plans));
         *self.plans.write().unwrap_or_else(|p| p.into_inner()) = (version, plans.clone());
@@ -177,10 +184,10 @@ impl<S: Store> Reconciler<S> {
             world.commands.iter().filter_map(|c| c.metadata.uid.clone()).collect();
         self.engine.retain(&present);
         for c in &world.commands {
-            let eq = world.equipment.iter().find(|e| {
-                e.metadata.name.as_deref() == Some(c.spec.equipment_ref.name.as_str())
-                    && e.metadata.namespace == c.metadata.namespace
-            });
+            let eq = world.equipment(&ObjectKey::new(
+                c.metadata.namespace.clone().unwrap_or_default(),
+                c.spec.equipment_ref.name.clone(),
+            ));
             match self.reconcile_command(c, eq).await {
                 Ok(r) => soonest(r),
                 Err(e) => self.error("ControlCommand", &ObjectKey::of(&c.metadata), &e),
@@ -192,33 +199,30 @@ impl<S: Store> Reconciler<S> {
     /// Only what `marked` touches: those agents, their equipment, and the slices selecting the
     /// agents whose session or configuration changed — the pass after an agent's report,
     /// whatever the size of the fleet.
-    pub async fn reconcile_changed(&self, version: u64, world: &World, marked: &Marked) {
+    /// `world` holds at least the marked agents and their equipment, and the slices.
+    pub async fn reconcile_changed(&self, plans: &Plans, world: &World, marked: &Marked) {
         if marked.is_empty() {
             return;
         }
-        let changed = &marked.agents;
-        let plans = self.plans(version, world);
-        // Looked up by borrowed names: this pass runs after every report, and building an owned
-        // key for every object of the plant each time would cost more than the reconcile.
-        let changed_names: std::collections::HashSet<(&str, &str)> =
-            changed.iter().map(|k| (k.namespace.as_str(), k.name.as_str())).collect();
-        let is_changed =
-            |namespace: Option<&str>, name: &str| changed_names.contains(&(namespace.unwrap_or_default(), name));
-        let agents: Vec<&EdgeAgent> = world
-            .agents
-            .iter()
-            .filter(|a| is_changed(a.metadata.namespace.as_deref(), a.metadata.name.as_deref().unwrap_or_default()))
-            .collect();
-        self.reconcile_agents(&agents, &plans).await;
-        for e in &world.equipment {
-            if is_changed(e.metadata.namespace.as_deref(), &e.spec.agent_ref.name) {
-                self.reconcile_equipment(e, &plans);
-            }
+        let mut agents: Vec<&EdgeAgent> = Vec::with_capacity(marked.agents.len());
+        let mut equipment: Vec<&Equipment> = Vec::new();
+        for key in &marked.agents {
+            let (agent, its_equipment) = world.agent_objects(key);
+            agents.extend(agent);
+            equipment.extend(its_equipment);
         }
+        self.reconcile_agents(&agents, plans).await;
+        for e in equipment {
+            self.reconcile_equipment(e, plans);
+        }
+        if marked.sessions.is_empty() {
+            return;
+        }
+        // A slice's status counts every agent it selects: recounted only after a session change.
         for s in &world.slices {
             let selected = plans.slice_agents.get(&ObjectKey::of(&s.metadata));
             if selected.is_some_and(|agents| agents.iter().any(|a| marked.sessions.contains(a))) {
-                self.reconcile_slice(s, &plans);
+                self.reconcile_slice(s, plans);
             }
         }
     }

@@ -82,51 +82,23 @@ async fn readings_reconcile_their_agent_but_leave_the_slices_alone() {
     let agent = ObjectKey::of(&world.agents[0].metadata);
     let count = |kind: &str| core.metrics().reconciliations.get_or_create(&KindLabel { kind: kind.into() }).get();
     let marks = Changes::default();
+    let plans = core.plans(1, &world);
+    let its_equipment = world.equipment.iter().filter(|e| e.spec.agent_ref.name == agent.name).count();
+    assert!(
+        its_equipment > 0 && its_equipment < world.equipment.len(),
+        "the example plant has other agents' equipment"
+    );
 
     marks.mark(&agent, Change::Readings);
-    core.reconcile_changed(1, &world, &marks.take()).await;
+    core.reconcile_changed(&plans, &world, &marks.take()).await;
     assert_eq!(count("EdgeAgent"), 1, "the agent that reported is reconciled");
+    assert_eq!(count("Equipment") as usize, its_equipment, "its equipment is reconciled, no other");
     assert_eq!(count("NetworkSlice"), 0, "readings do not change what a slice's status counts");
 
     marks.mark(&agent, Change::Readings);
     marks.mark(&agent, Change::Session);
-    core.reconcile_changed(1, &world, &marks.take()).await;
+    core.reconcile_changed(&plans, &world, &marks.take()).await;
     assert!(count("NetworkSlice") >= 1, "a session change is recounted in the slices selecting the agent");
-}
-
-/// A session that counts configuration pushes and never answers them.
-#[derive(Default)]
-struct Silent {
-    pushes: std::sync::atomic::AtomicUsize,
-}
-
-impl shopfloor_controller::agents::port::AgentSession for Silent {
-    fn rtt(&self) -> Duration {
-        Duration::from_micros(500)
-    }
-
-    fn push_config(
-        &self,
-        _: Arc<shopfloor_controller::planner::AgentPlan>,
-    ) -> futures::future::BoxFuture<'_, Result<(), shopfloor_controller::agents::port::SessionError>> {
-        self.pushes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Box::pin(async { Ok(()) })
-    }
-
-    fn dispatch(
-        &self,
-        _: shopfloor_controller::agents::port::Dispatch,
-    ) -> futures::future::BoxFuture<
-        '_,
-        Result<
-            tokio::sync::mpsc::Receiver<shopfloor_controller::agents::port::Reply>,
-            shopfloor_controller::agents::port::SessionError,
-        >,
-    > {
-        Box::pin(async { Err(shopfloor_controller::agents::port::SessionError::Closed) })
-    }
-
-    fn close(&self, _: &str) {}
 }
 
 #[tokio::test]
@@ -137,7 +109,7 @@ async fn a_revision_is_pushed_once_per_connection_while_its_answer_is_on_the_way
     let agent = world.agents.iter().find(|a| plans.agents.contains_key(&ObjectKey::of(&a.metadata))).expect("planned");
     let key = ObjectKey::of(&agent.metadata);
     let connect = |id: u64| {
-        let session = Arc::new(Silent::default());
+        let session = Arc::new(support::Silent::default());
         core.registry().connect(key.clone(), support::connected(session.clone(), id));
         session
     };
@@ -173,7 +145,7 @@ async fn the_alerts_series_follow_the_agents_session_and_configuration_and_a_sus
     assert_eq!(series("shopfloor_agent_connected").as_deref(), Some("0"));
     assert_eq!(series("shopfloor_agent_config_drift").as_deref(), Some("1"), "its configuration is not applied");
 
-    core.registry().connect(key.clone(), support::connected(Arc::new(Silent::default()), 1));
+    core.registry().connect(key.clone(), support::connected(Arc::new(support::Silent::default()), 1));
     core.reconcile_agent(agent, &plans).await.expect("reconcile");
     assert_eq!(series("shopfloor_agent_connected").as_deref(), Some("1"));
     assert_eq!(series("shopfloor_agent_config_drift").as_deref(), Some("1"), "pushed, not yet applied");

@@ -1,8 +1,13 @@
 //! Standalone mode over a temporary folder: the same reconcile steps, driven by file changes.
 
+mod support;
+
 use std::{path::Path, sync::Arc, time::Duration};
 
-use shopfloor_controller::{reconcile::Reconciler, standalone, standalone::store::FolderStore};
+use shopfloor_controller::{
+    agents::changes::Change, metrics::KindLabel, reconcile::Reconciler, standalone, standalone::store::FolderStore,
+    store::ObjectKey,
+};
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
@@ -66,5 +71,50 @@ async fn the_folder_is_reconciled_and_followed() {
     })
     .await;
     assert!(!state.join("objects/equipment/plant-a/bad-equipment.yaml").exists(), "the invalid object never enters");
+    task.abort();
+}
+
+/// A fleet connecting at once is reconciled in batches: the slice selecting every agent (whose
+/// status counts them all) is recounted once per batch, not once per agent. Before, each
+/// connection was a pass of its own, so a fleet of N connecting cost N recounts of N agents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_connecting_at_once_recounts_its_slice_per_batch_not_per_agent() {
+    const N: usize = 200;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (plant, state) = (dir.path().join("plant"), dir.path().join("state"));
+    std::fs::create_dir(&plant).expect("mkdir");
+    let mut yaml = String::from(
+        "apiVersion: shopfloor.io/v1alpha1\nkind: NetworkSlice\nmetadata: {name: fleet, namespace: f}\n\
+         spec:\n  snssai: {sst: 1}\n  dnn: plant\n  qos: {fiveQi: 9, arp: {priorityLevel: 8, preemptionCapability: NotPreempt, preemptionVulnerability: Preemptable}}\n  \
+         agentSelector: {matchLabels: {fleet: sim}}\n  steering: {interface: lo, routingTable: 100, fwmark: 100, dscp: 10}\n",
+    );
+    for i in 0..N {
+        yaml.push_str(&format!(
+            "---\napiVersion: shopfloor.io/v1alpha1\nkind: EdgeAgent\nmetadata: {{name: a{i}, namespace: f, labels: {{fleet: sim}}}}\nspec: {{site: f/a{i}}}\n"
+        ));
+    }
+    std::fs::write(plant.join("fleet.yaml"), yaml).expect("write");
+    let core =
+        Reconciler::new(Arc::new(FolderStore::open(&plant, &state).expect("open")), "test", Duration::from_millis(50));
+    let slices = || core.metrics().reconciliations.get_or_create(&KindLabel { kind: "NetworkSlice".into() }).get();
+    let task = tokio::spawn(standalone::run(core.clone()));
+    eventually("the first pass", || slices() >= 1).await;
+    let before = slices();
+
+    // As the endpoint does for each agent whose handshake and Hello succeed.
+    for i in 0..N {
+        let key = ObjectKey::new("f", format!("a{i}"));
+        core.registry().connect(key.clone(), support::connected(Arc::new(support::Silent::default()), i as u64));
+        core.changes().mark(&key, Change::Session);
+        if i % 20 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let recounts = slices() - before;
+    println!("{N} agents connected: the slice was recounted {recounts} times");
+    // One per gathered batch, and one full pass if the tick fell in the window.
+    assert!(recounts >= 1, "the connections were reconciled");
+    assert!(recounts <= 10, "{recounts} recounts of the slice for {N} connections: a pass per agent");
     task.abort();
 }

@@ -37,11 +37,6 @@ pub struct Marked {
 }
 
 impl Marked {
-    /// One agent whose session changed.
-    pub fn session(agent: ObjectKey) -> Self {
-        Self { agents: [agent.clone()].into(), sessions: [agent].into() }
-    }
-
     pub fn is_empty(&self) -> bool {
         self.agents.is_empty()
     }

@@ -132,30 +132,58 @@ impl Context {
         })
     }
 
-    /// A version of the objects the plans depend on: changes when any of them changes.
+    /// A version of what the plans depend on: the specs (generations) of every object and the
+    /// agents' labels. Not resourceVersions: every status write moves those, and each one then
+    /// recomputed every agent's plan.
     fn version(&self) -> u64 {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         for a in self.agents.state() {
-            (a.meta().uid.as_deref(), a.meta().resource_version.as_deref(), &a.meta().labels).hash(&mut h);
+            let m = a.meta();
+            (m.uid.as_deref(), m.generation, &m.labels, m.deletion_timestamp.is_some()).hash(&mut h);
         }
         for e in self.equipment.state() {
-            (e.meta().uid.as_deref(), e.meta().resource_version.as_deref()).hash(&mut h);
+            (e.meta().uid.as_deref(), e.meta().generation).hash(&mut h);
         }
         for s in self.slices.state() {
-            (s.meta().uid.as_deref(), s.meta().resource_version.as_deref()).hash(&mut h);
+            (s.meta().uid.as_deref(), s.meta().generation).hash(&mut h);
         }
         h.finish()
     }
 
+    /// The plans, recomputed (from a copy of every object) only when the version moved.
     fn plans(&self) -> Arc<Plans> {
-        let version = self.version();
-        let world = World {
+        self.core.plans_from(self.version(), || World {
             agents: self.agents.state().iter().filter_map(|a| a.0.as_ref().ok().cloned()).collect(),
             equipment: self.equipment.state().iter().filter_map(|e| e.0.as_ref().ok().cloned()).collect(),
             slices: self.slices.state().iter().filter_map(|s| s.0.as_ref().ok().cloned()).collect(),
             ..Default::default()
-        };
-        self.core.plans(version, &world)
+        })
+    }
+
+    /// The objects of `agents` only (and the slices, few): what a pass after their reports reads,
+    /// copied from the caches without copying the plant.
+    fn objects_of(&self, agents: &std::collections::BTreeSet<ObjectKey>) -> World {
+        let names: std::collections::HashSet<(&str, &str)> =
+            agents.iter().map(|k| (k.namespace.as_str(), k.name.as_str())).collect();
+        World {
+            agents: agents
+                .iter()
+                .filter_map(|k| self.agents.get(&ObjectRef::new(&k.name).within(&k.namespace)))
+                .filter_map(|a| a.0.as_ref().ok().filter(|a| a.metadata.deletion_timestamp.is_none()).cloned())
+                .collect(),
+            equipment: self
+                .equipment
+                .state()
+                .iter()
+                .filter_map(|e| e.0.as_ref().ok())
+                .filter(|e| {
+                    names.contains(&(e.metadata.namespace.as_deref().unwrap_or_default(), &e.spec.agent_ref.name))
+                })
+                .cloned()
+                .collect(),
+            slices: self.slices.state().iter().filter_map(|s| s.0.as_ref().ok().cloned()).collect(),
+            ..Default::default()
+        }
     }
 
     async fn event<R: Resource<DynamicType = ()>>(&self, obj: &R, type_: EventType, reason: &str, note: String) {
@@ -392,20 +420,9 @@ pub async fn run(
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let changed = ctx.core.changes().take();
-                let world = World {
-                    agents: ctx
-                        .agents
-                        .state()
-                        .iter()
-                        .filter_map(|a| a.0.as_ref().ok())
-                        .filter(|a| a.metadata.deletion_timestamp.is_none())
-                        .cloned()
-                        .collect(),
-                    equipment: ctx.equipment.state().iter().filter_map(|e| e.0.as_ref().ok()).cloned().collect(),
-                    slices: ctx.slices.state().iter().filter_map(|s| s.0.as_ref().ok()).cloned().collect(),
-                    ..Default::default()
-                };
-                ctx.core.reconcile_changed(ctx.version(), &world, &changed).await;
+                let plans = ctx.plans();
+                let world = ctx.objects_of(&changed.agents);
+                ctx.core.reconcile_changed(&plans, &world, &changed).await;
             }
         })
     };
@@ -452,6 +469,59 @@ async fn log<T: std::fmt::Debug, E: std::fmt::Debug>(r: Result<T, E>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A status write moves an object's resourceVersion, not its generation: the plans must stay
+    /// (hashing resourceVersions recomputed every agent's plan after every status write).
+    #[tokio::test]
+    async fn the_plans_follow_specs_and_labels_not_status_writes() {
+        use kube::runtime::reflector;
+        use shopfloor_api::{
+            EdgeAgentSpec,
+            edge_agent::{AgentPhase, EdgeAgentStatus},
+        };
+        let (service, _api) =
+            tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+        let client = Client::new(service, "default");
+        let core = Reconciler::new(
+            Arc::new(KubeStore::new(client.clone(), "shopfloor-system")),
+            "pod-a",
+            Duration::from_millis(1),
+        );
+        let mut a = EdgeAgent::new(
+            "line-1",
+            EdgeAgentSpec {
+                site: "plant-a/line-1".into(),
+                certificate: Default::default(),
+                heartbeat: Default::default(),
+                suspend: false,
+            },
+        );
+        a.metadata.namespace = Some("plant-a".into());
+        a.metadata.uid = Some("uid-1".into());
+        a.metadata.generation = Some(1);
+        a.metadata.resource_version = Some("10".into());
+        let (agents, mut writer) = reflector::store();
+        let mut apply =
+            |a: &EdgeAgent| writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(a.clone()))));
+        apply(&a);
+        let ctx = Context::new(client, core, agents, reflector::store().0, reflector::store().0);
+        let (version, plans) = (ctx.version(), ctx.plans());
+
+        a.metadata.resource_version = Some("11".into());
+        a.status = Some(EdgeAgentStatus { phase: Some(AgentPhase::Connected), ..Default::default() });
+        apply(&a);
+        assert_eq!(ctx.version(), version, "a status write is not a change of what the plans read");
+        assert!(Arc::ptr_eq(&ctx.plans(), &plans), "the plans were not recomputed");
+
+        a.metadata.labels = Some([("line".to_owned(), "1".to_owned())].into());
+        apply(&a);
+        assert_ne!(ctx.version(), version, "slices select agents by label");
+        let labelled = ctx.version();
+        a.spec.suspend = true;
+        a.metadata.generation = Some(2);
+        apply(&a);
+        assert_ne!(ctx.version(), labelled, "a spec change");
+    }
 
     #[test]
     fn retries_back_off_exponentially_to_five_minutes() {

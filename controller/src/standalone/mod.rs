@@ -8,11 +8,7 @@ pub mod store;
 
 use std::{sync::Arc, time::Duration};
 
-use crate::{
-    agents::{changes::Marked, registry::Change},
-    reconcile::Reconciler,
-    store::StoreError,
-};
+use crate::{agents::changes::Marked, reconcile::Reconciler, store::StoreError};
 use store::FolderStore;
 
 /// Quiet time after a change before the folder is re-read: editors write files in bursts.
@@ -36,7 +32,6 @@ enum Pass {
 /// Runs until the task is cancelled.
 pub async fn run(core: Arc<Reconciler<FolderStore>>) -> Result<(), StoreError> {
     let (_watcher, mut changes) = core.store().watch()?;
-    let mut agents = core.registry().subscribe();
     let mut version: u64 = 0;
     let mut last_refused: Vec<String> = Vec::new();
     let mut world = core.store().load();
@@ -51,7 +46,7 @@ pub async fn run(core: Arc<Reconciler<FolderStore>>) -> Result<(), StoreError> {
                 last_refused = world.refused.clone();
                 wait = core.reconcile_world(version, &world).await.unwrap_or(TICK).min(TICK);
             }
-            Pass::Changed(keys) => core.reconcile_changed(version, &world, &keys).await,
+            Pass::Changed(keys) => core.reconcile_changed(&core.plans(version, &world), &world, &keys).await,
         }
         let started = tokio::time::Instant::now();
         pass = tokio::select! {
@@ -61,11 +56,9 @@ pub async fn run(core: Arc<Reconciler<FolderStore>>) -> Result<(), StoreError> {
                 while changes.try_recv().is_ok() {}
                 Pass::Reload
             }
-            change = agents.recv() => match change {
-                Ok(Change::Connected(k) | Change::Disconnected(k)) => Pass::Changed(Marked::session(k)),
-                // Missed changes: look at everyone.
-                Err(_) => Pass::Full,
-            },
+            // Connections, disconnections and applied configurations are marked by the endpoint
+            // like reports, so a fleet connecting at once costs a pass per batch, not per agent
+            // (each pass recounts the slices selecting them).
             () = core.changes().wait() => {
                 tokio::time::sleep(GATHER).await;
                 Pass::Changed(core.changes().take())

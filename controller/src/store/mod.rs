@@ -2,7 +2,11 @@
 //! in standalone mode, a folder of manifests plus a state directory. The planner and the command
 //! engine never know which.
 
-use std::{collections::BTreeMap, future::Future, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    future::Future,
+    sync::{Arc, OnceLock},
+};
 
 use shopfloor_api::{
     ControlCommand, EdgeAgent, Equipment, NetworkSlice, control_command::ControlCommandStatus,
@@ -24,6 +28,69 @@ pub struct World {
     /// Documents that could not be read or failed validation, with the reason. In Kubernetes the
     /// API server refuses these before they exist; in a folder they sit next to valid ones.
     pub refused: Vec<String>,
+    /// Each agent's objects, found without a scan of the plant (built on first use).
+    pub by_agent: ByAgent,
+}
+
+impl World {
+    /// The EdgeAgent `key`, and the Equipment it drives, by lookup: a pass over the few agents
+    /// that reported must not walk every object of the plant.
+    pub fn agent_objects(&self, key: &ObjectKey) -> (Option<&EdgeAgent>, impl Iterator<Item = &Equipment>) {
+        let index = self.by_agent.0.get_or_init(|| AgentIndex::of(self));
+        let agent = index.agents.get(key).and_then(|&i| self.agents.get(i));
+        let equipment = index.equipment.get(key).into_iter().flatten().filter_map(|&i| self.equipment.get(i));
+        (agent, equipment)
+    }
+
+    /// The Equipment `key`, by lookup.
+    pub fn equipment(&self, key: &ObjectKey) -> Option<&Equipment> {
+        let index = self.by_agent.0.get_or_init(|| AgentIndex::of(self));
+        index.equipment_by_key.get(key).and_then(|&i| self.equipment.get(i))
+    }
+}
+
+/// Positions in a [`World`] by key and by agent. A clone starts empty, and any two compare equal: the index
+/// is derived from the world's lists, never part of what the world says.
+#[derive(Default)]
+pub struct ByAgent(OnceLock<AgentIndex>);
+
+struct AgentIndex {
+    agents: HashMap<ObjectKey, usize>,
+    /// By the agent named in `spec.agentRef`.
+    equipment: HashMap<ObjectKey, Vec<usize>>,
+    equipment_by_key: HashMap<ObjectKey, usize>,
+}
+
+impl AgentIndex {
+    fn of(world: &World) -> Self {
+        let agents = world.agents.iter().enumerate().map(|(i, a)| (ObjectKey::of(&a.metadata), i)).collect();
+        let mut equipment: HashMap<ObjectKey, Vec<usize>> = HashMap::new();
+        let mut equipment_by_key = HashMap::new();
+        for (i, e) in world.equipment.iter().enumerate() {
+            equipment_by_key.insert(ObjectKey::of(&e.metadata), i);
+            let agent = ObjectKey::new(e.metadata.namespace.clone().unwrap_or_default(), e.spec.agent_ref.name.clone());
+            equipment.entry(agent).or_default().push(i);
+        }
+        Self { agents, equipment, equipment_by_key }
+    }
+}
+
+impl Clone for ByAgent {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for ByAgent {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for ByAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "ByAgent(built)" } else { "ByAgent" })
+    }
 }
 
 /// A snapshot shared between the tasks of the controller.
