@@ -28,7 +28,7 @@ pub struct Silent {
     pub pushes: std::sync::atomic::AtomicUsize,
 }
 
-impl shopfloor_controller::agents::port::AgentSession for Silent {
+impl AgentSession for Silent {
     fn rtt(&self) -> Duration {
         Duration::from_micros(500)
     }
