@@ -207,11 +207,19 @@ impl Scenario {
             &["--standalone", "plant", "--state-dir", "state", "--listen", listen, "--http", "127.0.0.1:0"],
         );
         let endpoint = self.path("state/endpoint");
-        eventually("the controller's endpoint", Duration::from_secs(20), || {
-            std::fs::read_to_string(&endpoint).ok().filter(|s| !s.is_empty())
-        })
-        .trim()
-        .to_owned()
+        let patience = Duration::from_secs(60);
+        let start = Instant::now();
+        loop {
+            if let Some(e) = std::fs::read_to_string(&endpoint).ok().filter(|s| !s.is_empty()) {
+                return e.trim().to_owned();
+            }
+            if start.elapsed() > patience {
+                let log = std::fs::read_to_string(self.path("controller.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
+                panic!("no controller endpoint after {patience:?}; the end of controller.log:\n{}", tail.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Enrolls agent `name` with the token the plugin prints, into state directory `agent-<name>`.

@@ -9,7 +9,9 @@ use shopfloor_e2e::fleet::measure;
 
 #[test]
 fn a_fleet_connects_follows_a_change_and_survives_a_controller_restart() {
-    let n = 60;
+    // A few hundred: enough that a pass per connection, or a recount of every agent per report,
+    // shows as minutes rather than seconds.
+    let n = 300;
     let dir = tempfile::tempdir().expect("agents' state");
     let f = measure(n, dir.path(), Duration::from_secs(120));
     println!("{f:?}");

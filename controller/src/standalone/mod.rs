@@ -13,8 +13,12 @@ use store::FolderStore;
 
 /// Quiet time after a change before the folder is re-read: editors write files in bursts.
 const DEBOUNCE: Duration = Duration::from_millis(150);
-/// Longest time between two full passes: statuses that depend on time alone do not wait longer.
-pub const TICK: Duration = Duration::from_secs(5);
+/// Longest time between two full passes: statuses that depend on time alone (an idle connected
+/// agent's `lastSeen`) do not wait longer. Deadlines are not waited for here (a pass asks for
+/// the soonest), and what agents do is reconciled as it happens, so a full pass of a large fleet
+/// costs much and finds little the status writer would show sooner than its once-a-minute
+/// refresh. The Kubernetes controllers requeue every 30 s too.
+pub const TICK: Duration = Duration::from_secs(30);
 /// After the first agent's change, how long to gather others into the same pass: a fleet
 /// reporting all the time then costs a pass per batch, not a pass per report.
 const GATHER: Duration = Duration::from_millis(100);
