@@ -30,17 +30,30 @@ use tokio::{sync::Semaphore, task::JoinHandle};
 
 /// The manifests of a plant of `n` agents named `agent-0000`…, each driving one simulated
 /// conveyor, all selected by one slice whose DSCP marking `dscp` sets (change it to change every
-/// agent's configuration at once).
+/// agent's configuration at once), as one text.
 pub fn plant(namespace: &str, n: usize, dscp: u8) -> String {
-    let mut out = format!(
+    format!("{}---\n{}", slice(namespace, dscp), agents(namespace, 0..n))
+}
+
+/// The slice every agent of a [`plant`] rides.
+pub fn slice(namespace: &str, dscp: u8) -> String {
+    format!(
         "apiVersion: shopfloor.io/v1alpha1\nkind: NetworkSlice\nmetadata: {{name: fleet, namespace: {namespace}}}\n\
          spec:\n  snssai: {{sst: 1}}\n  dnn: plant\n  qos: {{fiveQi: 9, arp: {{priorityLevel: 8, preemptionCapability: NotPreempt, preemptionVulnerability: Preemptable}}}}\n  \
          agentSelector: {{matchLabels: {{fleet: sim}}}}\n  steering: {{interface: lo, routingTable: 100, fwmark: 100, dscp: {dscp}}}\n"
-    );
-    for i in 0..n {
+    )
+}
+
+/// Agents `range` of a [`plant`], each with its conveyor.
+pub fn agents(namespace: &str, range: std::ops::Range<usize>) -> String {
+    let mut out = String::new();
+    for i in range {
         let name = agent_name(i);
+        if !out.is_empty() {
+            out.push_str("---\n");
+        }
         out.push_str(&format!(
-            "---\napiVersion: shopfloor.io/v1alpha1\nkind: EdgeAgent\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{fleet: sim}}}}\nspec: {{site: {namespace}/{name}}}\n\
+            "apiVersion: shopfloor.io/v1alpha1\nkind: EdgeAgent\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{fleet: sim}}}}\nspec: {{site: {namespace}/{name}}}\n\
              ---\napiVersion: shopfloor.io/v1alpha1\nkind: Equipment\nmetadata: {{name: {name}-conveyor, namespace: {namespace}}}\n\
              spec:\n  agentRef: {{name: {name}}}\n  networkSliceRef: {{name: fleet}}\n  simulated: {{}}\n  reporting: {{interval: 5s}}\n  \
              properties:\n  - {{name: speed, type: Float, access: ReadWrite, min: 0, max: 2, desired: 0.5}}\n"
@@ -48,6 +61,10 @@ pub fn plant(namespace: &str, n: usize, dscp: u8) -> String {
     }
     out
 }
+
+/// Agents per manifest file of a measured plant: 1,000 make about 470 KiB, well under the
+/// controller's limit for one file (4 MiB).
+const AGENTS_PER_FILE: usize = 1000;
 
 /// The name of agent `i` of a [`plant`].
 pub fn agent_name(i: usize) -> String {
@@ -270,7 +287,12 @@ pub fn measure(n: usize, agents_root: &Path, limit: Duration) -> Figures {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let s = Scenario::new();
     std::fs::create_dir_all(s.path("plant")).expect("plant");
-    std::fs::write(s.path("plant/fleet.yaml"), plant("fleet", n, 10)).expect("manifests");
+    // The slice in a file of its own, so that changing it rewrites one small file.
+    std::fs::write(s.path("plant/fleet-slice.yaml"), slice("fleet", 10)).expect("manifests");
+    for first in (0..n).step_by(AGENTS_PER_FILE) {
+        let file = s.path(&format!("plant/fleet-agents-{:05}.yaml", first));
+        std::fs::write(file, agents("fleet", first..n.min(first + AGENTS_PER_FILE))).expect("manifests");
+    }
     for loaded in shopfloor_api::manifest::load_valid(&s.path("plant")).expect("manifests") {
         if let Err(e) = loaded {
             panic!("the generated plant does not validate: {e}");
@@ -309,7 +331,7 @@ pub fn measure(n: usize, agents_root: &Path, limit: Duration) -> Figures {
     f.rss_connected_kib = proc_status_kib(pid, "VmRSS:");
 
     eprintln!("fleet of {n}: idle CPU {:.1}%; changing the slice", f.idle_cpu * 100.0);
-    std::fs::write(s.path("plant/fleet.yaml"), plant("fleet", n, 20)).expect("manifests");
+    std::fs::write(s.path("plant/fleet-slice.yaml"), slice("fleet", 20)).expect("manifests");
     let edited = std::time::Instant::now();
     let changed = |rt: &tokio::runtime::Runtime| {
         fleet.agents.iter().zip(&first).filter(|(a, was)| rt.block_on(a.held_revision()) != **was).count()
