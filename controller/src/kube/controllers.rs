@@ -470,15 +470,13 @@ async fn log<T: std::fmt::Debug, E: std::fmt::Debug>(r: Result<T, E>) {
 mod tests {
     use super::*;
 
-    /// A status write moves an object's resourceVersion, not its generation: the plans must stay
-    /// (hashing resourceVersions recomputed every agent's plan after every status write).
-    #[tokio::test]
-    async fn the_plans_follow_specs_and_labels_not_status_writes() {
-        use kube::runtime::reflector;
-        use shopfloor_api::{
-            EdgeAgentSpec,
-            edge_agent::{AgentPhase, EdgeAgentStatus},
-        };
+    use kube::runtime::reflector;
+
+    /// A context over reflector stores filled by the test, with a mocked API nobody answers.
+    fn context(
+        agents: Reader<DeserializeGuard<EdgeAgent>>,
+        equipment: Reader<DeserializeGuard<Equipment>>,
+    ) -> Arc<Context> {
         let (service, _api) =
             tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
         let client = Client::new(service, "default");
@@ -487,24 +485,31 @@ mod tests {
             "pod-a",
             Duration::from_millis(1),
         );
-        let mut a = EdgeAgent::new(
-            "line-1",
-            EdgeAgentSpec {
-                site: "plant-a/line-1".into(),
-                certificate: Default::default(),
-                heartbeat: Default::default(),
-                suspend: false,
-            },
-        );
-        a.metadata.namespace = Some("plant-a".into());
-        a.metadata.uid = Some("uid-1".into());
+        Context::new(client, core, agents, equipment, reflector::store().0)
+    }
+
+    fn agent(name: &str) -> EdgeAgent {
+        let mut a: EdgeAgent = serde_yaml::from_str(&format!(
+            "apiVersion: shopfloor.io/v1alpha1\nkind: EdgeAgent\nmetadata: {{name: {name}, namespace: plant-a}}\nspec: {{site: plant-a/{name}}}\n"
+        ))
+        .expect("agent");
+        a.metadata.uid = Some(format!("uid-{name}"));
         a.metadata.generation = Some(1);
         a.metadata.resource_version = Some("10".into());
+        a
+    }
+
+    /// A status write moves an object's resourceVersion, not its generation: the plans must stay
+    /// (hashing resourceVersions recomputed every agent's plan after every status write).
+    #[tokio::test]
+    async fn the_plans_follow_specs_and_labels_not_status_writes() {
+        use shopfloor_api::edge_agent::{AgentPhase, EdgeAgentStatus};
+        let mut a = agent("line-1");
         let (agents, mut writer) = reflector::store();
         let mut apply =
             |a: &EdgeAgent| writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(a.clone()))));
         apply(&a);
-        let ctx = Context::new(client, core, agents, reflector::store().0, reflector::store().0);
+        let ctx = context(agents, reflector::store().0);
         let (version, plans) = (ctx.version(), ctx.plans());
 
         a.metadata.resource_version = Some("11".into());
@@ -521,6 +526,31 @@ mod tests {
         a.metadata.generation = Some(2);
         apply(&a);
         assert_ne!(ctx.version(), labelled, "a spec change");
+    }
+
+    /// The refresh after agents' reports reads the marked agents and their equipment, not the
+    /// plant (it copied every object twice a second).
+    #[tokio::test]
+    async fn a_refresh_copies_the_marked_agents_objects_only() {
+        let (agents, mut agents_in) = reflector::store();
+        let (equipment, mut equipment_in) = reflector::store();
+        for name in ["line-1", "line-2", "line-3"] {
+            agents_in.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(agent(name)))));
+            let eq: Equipment = serde_yaml::from_str(&format!(
+                "apiVersion: shopfloor.io/v1alpha1\nkind: Equipment\nmetadata: {{name: {name}-fan, namespace: plant-a}}\n\
+                 spec:\n  agentRef: {{name: {name}}}\n  simulated: {{}}\n  properties: [{{name: on, type: Bool, access: ReadWrite}}]\n"
+            ))
+            .expect("equipment");
+            equipment_in.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(eq))));
+        }
+        let ctx = context(agents, equipment);
+        let marked = [ObjectKey::new("plant-a", "line-2"), ObjectKey::new("plant-a", "gone")].into();
+        let world = ctx.objects_of(&marked);
+        let names = |metas: Vec<&shopfloor_api::common::ObjectMeta>| -> Vec<String> {
+            metas.into_iter().map(|m| ObjectKey::of(m).to_string()).collect()
+        };
+        assert_eq!(names(world.agents.iter().map(|a| &a.metadata).collect()), ["plant-a/line-2"]);
+        assert_eq!(names(world.equipment.iter().map(|e| &e.metadata).collect()), ["plant-a/line-2-fan"]);
     }
 
     #[test]
