@@ -28,40 +28,52 @@ pub struct World {
     /// Documents that could not be read or failed validation, with the reason. In Kubernetes the
     /// API server refuses these before they exist; in a folder they sit next to valid ones.
     pub refused: Vec<String>,
-    /// Each agent's objects, found without a scan of the plant (built on first use).
-    pub by_agent: ByAgent,
+    /// Where each agent's objects stand in the lists above (built on first use).
+    pub index: WorldIndex,
 }
 
 impl World {
     /// The EdgeAgent `key`, and the Equipment it drives, by lookup: a pass over the few agents
     /// that reported must not walk every object of the plant.
     pub fn agent_objects(&self, key: &ObjectKey) -> (Option<&EdgeAgent>, impl Iterator<Item = &Equipment>) {
-        let index = self.by_agent.0.get_or_init(|| AgentIndex::of(self));
-        let agent = index.agents.get(key).and_then(|&i| self.agents.get(i));
+        let index = self.positions();
+        let agent = index.agents.get(key).and_then(|&i| self.agents.get(i)).filter(|a| is(&a.metadata, key));
         let equipment = index.equipment.get(key).into_iter().flatten().filter_map(|&i| self.equipment.get(i));
+        // Checked like the agent: lists edited after the index was built yield nothing, never
+        // another agent's objects.
+        let equipment = equipment.filter(move |e| {
+            e.spec.agent_ref.name == key.name && e.metadata.namespace.as_deref().unwrap_or_default() == key.namespace
+        });
         (agent, equipment)
     }
 
     /// The Equipment `key`, by lookup.
     pub fn equipment(&self, key: &ObjectKey) -> Option<&Equipment> {
-        let index = self.by_agent.0.get_or_init(|| AgentIndex::of(self));
-        index.equipment_by_key.get(key).and_then(|&i| self.equipment.get(i))
+        self.positions().equipment_by_key.get(key).and_then(|&i| self.equipment.get(i)).filter(|e| is(&e.metadata, key))
+    }
+
+    fn positions(&self) -> &Positions {
+        self.index.0.get_or_init(|| Positions::of(self))
     }
 }
 
-/// Positions in a [`World`] by key and by agent. A clone starts empty, and any two compare equal: the index
-/// is derived from the world's lists, never part of what the world says.
-#[derive(Default)]
-pub struct ByAgent(OnceLock<AgentIndex>);
+fn is(meta: &shopfloor_api::common::ObjectMeta, key: &ObjectKey) -> bool {
+    meta.name.as_deref() == Some(key.name.as_str()) && meta.namespace.as_deref().unwrap_or_default() == key.namespace
+}
 
-struct AgentIndex {
+/// Positions in a [`World`] by key and by agent. A clone starts empty, and any two compare equal:
+/// the index is derived from the world's lists, never part of what the world says.
+#[derive(Default)]
+pub struct WorldIndex(OnceLock<Positions>);
+
+struct Positions {
     agents: HashMap<ObjectKey, usize>,
     /// By the agent named in `spec.agentRef`.
     equipment: HashMap<ObjectKey, Vec<usize>>,
     equipment_by_key: HashMap<ObjectKey, usize>,
 }
 
-impl AgentIndex {
+impl Positions {
     fn of(world: &World) -> Self {
         let agents = world.agents.iter().enumerate().map(|(i, a)| (ObjectKey::of(&a.metadata), i)).collect();
         let mut equipment: HashMap<ObjectKey, Vec<usize>> = HashMap::new();
@@ -75,21 +87,21 @@ impl AgentIndex {
     }
 }
 
-impl Clone for ByAgent {
+impl Clone for WorldIndex {
     fn clone(&self) -> Self {
         Self::default()
     }
 }
 
-impl PartialEq for ByAgent {
+impl PartialEq for WorldIndex {
     fn eq(&self, _: &Self) -> bool {
         true
     }
 }
 
-impl std::fmt::Debug for ByAgent {
+impl std::fmt::Debug for WorldIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() { "ByAgent(built)" } else { "ByAgent" })
+        f.write_str(if self.0.get().is_some() { "WorldIndex(built)" } else { "WorldIndex" })
     }
 }
 
@@ -265,6 +277,39 @@ mod tests {
         common::Time,
         edge_agent::{AgentPhase, ConnectionStatus},
     };
+
+    fn objects(yaml: &str) -> Vec<serde_json::Value> {
+        serde_yaml::Deserializer::from_str(yaml).map(|d| serde::Deserialize::deserialize(d).expect("yaml")).collect()
+    }
+
+    #[test]
+    fn lookups_find_an_agents_objects_and_never_another_objects_after_an_edit() {
+        let docs = objects(
+            "apiVersion: shopfloor.io/v1alpha1\nkind: EdgeAgent\nmetadata: {name: a1, namespace: p}\nspec: {site: p/a1}\n\
+             ---\napiVersion: shopfloor.io/v1alpha1\nkind: EdgeAgent\nmetadata: {name: a2, namespace: p}\nspec: {site: p/a2}\n\
+             ---\napiVersion: shopfloor.io/v1alpha1\nkind: Equipment\nmetadata: {name: fan, namespace: p}\n\
+             spec: {agentRef: {name: a2}, simulated: {}, properties: [{name: on, type: Bool, access: ReadWrite}]}\n",
+        );
+        let mut world = World {
+            agents: vec![
+                serde_json::from_value(docs[0].clone()).expect("a1"),
+                serde_json::from_value(docs[1].clone()).expect("a2"),
+            ],
+            equipment: vec![serde_json::from_value(docs[2].clone()).expect("fan")],
+            ..Default::default()
+        };
+        let a2 = ObjectKey::new("p", "a2");
+        let (agent, equipment) = world.agent_objects(&a2);
+        assert_eq!(agent.and_then(|a| a.metadata.name.as_deref()), Some("a2"));
+        assert_eq!(equipment.count(), 1);
+        assert!(world.equipment(&ObjectKey::new("p", "fan")).is_some());
+        assert!(world.agent_objects(&ObjectKey::new("p", "gone")).0.is_none());
+
+        // An index built before the lists were edited must not hand out a1 as a2.
+        world.agents.swap(0, 1);
+        assert!(world.agent_objects(&a2).0.is_none_or(|a| a.metadata.name.as_deref() == Some("a2")));
+        assert!(world.clone().agent_objects(&a2).0.is_some(), "a copy builds its index afresh");
+    }
 
     fn agent(phase: AgentPhase, seen: i64, rtt: i64) -> StatusUpdate {
         let at = |s| Some(Time(jiff::Timestamp::from_second(s).expect("time")));
