@@ -96,18 +96,24 @@ impl Default for CertificatePolicy {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "duration(self.interval) < duration(self.timeout)", "message": "interval must be shorter than timeout"},
-    {"rule": "duration(self.interval) >= duration('100ms')", "message": "interval must be at least 100ms"}
+    {"rule": "duration(self.interval) >= duration('100ms')", "message": "interval must be at least 100ms"},
+    {"rule": "duration(self.timeout) <= duration('60s')", "message": "timeout must be at most 60s"}
 ]))]
 pub struct Heartbeat {
     /// Keep-alive interval (Go duration, default `1s`).
     #[serde(default = "default_heartbeat_interval")]
     #[schemars(length(max = 32))]
     pub interval: Duration,
-    /// Silence after which the agent is considered disconnected (Go duration, default `5s`).
+    /// Silence after which the agent is considered disconnected (Go duration, default `5s`, at
+    /// most [`MAX_HEARTBEAT_TIMEOUT`]).
     #[serde(default = "default_heartbeat_timeout")]
     #[schemars(length(max = 32))]
     pub timeout: Duration,
 }
+
+/// The longest `spec.heartbeat.timeout`: the controller's own idle timeout, so that the agent's
+/// (QUIC takes the shorter of the two sides') is the one that applies.
+pub const MAX_HEARTBEAT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn default_heartbeat_interval() -> Duration {
     std::time::Duration::from_secs(1).into()

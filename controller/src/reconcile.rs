@@ -196,9 +196,9 @@ impl<S: Store> Reconciler<S> {
         next
     }
 
-    /// Only what `marked` touches: those agents, their equipment, and the slices selecting the
-    /// agents whose session or configuration changed — the pass after an agent's report,
-    /// whatever the size of the fleet.
+    /// Only what `marked` touches: the equipment of every marked agent, and the agents whose
+    /// session or configuration changed with the slices selecting them — the pass after an
+    /// agent's report, whatever the size of the fleet.
     /// `world` holds at least the marked agents and their equipment, and the slices.
     pub async fn reconcile_changed(&self, plans: &Plans, world: &World, marked: &Marked) {
         if marked.is_empty() {
@@ -208,7 +208,11 @@ impl<S: Store> Reconciler<S> {
         let mut equipment: Vec<&Equipment> = Vec::new();
         for key in &marked.agents {
             let (agent, its_equipment) = world.agent_objects(key);
-            agents.extend(agent);
+            // Readings show in the equipment's statuses only; the EdgeAgent's changes with its
+            // session (its `lastSeen` waits for the next full pass, as for an idle agent).
+            if marked.sessions.contains(key) {
+                agents.extend(agent);
+            }
             equipment.extend(its_equipment);
         }
         self.reconcile_agents(&agents, plans).await;

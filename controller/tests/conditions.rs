@@ -72,7 +72,7 @@ async fn a_slice_is_ready_only_when_its_agents_applied_the_current_revision() {
 }
 
 #[tokio::test]
-async fn readings_reconcile_their_agent_but_leave_the_slices_alone() {
+async fn readings_reconcile_their_agents_equipment_but_leave_the_agent_and_the_slices_alone() {
     use shopfloor_controller::{
         agents::changes::{Change, Changes},
         metrics::KindLabel,
@@ -91,13 +91,14 @@ async fn readings_reconcile_their_agent_but_leave_the_slices_alone() {
 
     marks.mark(&agent, Change::Readings);
     core.reconcile_changed(&plans, &world, &marks.take()).await;
-    assert_eq!(count("EdgeAgent"), 1, "the agent that reported is reconciled");
+    assert_eq!(count("EdgeAgent"), 0, "readings show in no EdgeAgent's status");
     assert_eq!(count("Equipment") as usize, its_equipment, "its equipment is reconciled, no other");
     assert_eq!(count("NetworkSlice"), 0, "readings do not change what a slice's status counts");
 
     marks.mark(&agent, Change::Readings);
     marks.mark(&agent, Change::Session);
     core.reconcile_changed(&plans, &world, &marks.take()).await;
+    assert_eq!(count("EdgeAgent"), 1, "a session change is the agent's own");
     assert!(count("NetworkSlice") >= 1, "a session change is recounted in the slices selecting the agent");
 }
 

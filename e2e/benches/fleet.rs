@@ -5,6 +5,9 @@
 //! nothing.
 //!
 //!     cargo bench -p shopfloor-e2e --bench fleet [-- 100 500 1000]
+//!
+//! `SHOPFLOOR_FLEET_HEARTBEAT=5s/20s` gives every EdgeAgent that `spec.heartbeat` (interval /
+//! timeout; the default is 1s/5s).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -17,15 +20,20 @@ fn main() {
     }
     let shm = PathBuf::from("/dev/shm");
     let (root, on) = if shm.is_dir() { (shm, "tmpfs /dev/shm") } else { (std::env::temp_dir(), "the temp dir") };
-    println!("agents' state on {on}; controller figures from /proc (VmRSS: resident, shared pages included)");
+    let heartbeat = std::env::var("SHOPFLOOR_FLEET_HEARTBEAT").ok();
+    println!(
+        "agents' state on {on}; heartbeat {} (interval/timeout); controller figures from /proc (VmRSS: resident, shared pages included)",
+        heartbeat.as_deref().unwrap_or("1s/5s, the default")
+    );
     let mut runs: Vec<Figures> = Vec::new();
     for n in sizes {
         let dir = tempfile::tempdir_in(&root).expect("agents' state");
-        let f = measure(n, dir.path(), Duration::from_secs(600));
+        let f = measure(n, dir.path(), Duration::from_secs(600), heartbeat.as_deref());
         let per_agent = f.rss_connected_kib.saturating_sub(f.rss_before_kib) as f64 / n as f64;
         println!(
             "{n:>6} agents: RSS {:.1} MiB before, {:.1} MiB connected ({per_agent:.1} KiB per agent, derived) | idle CPU {:.1}% of a core | \
-             all connected {:.2} s | slice change applied by all {:.2} s, in every status {:.2} s | after a controller restart all back in {:.2} s with {} sessions, {} attempts",
+             all connected {:.2} s | slice change applied by all {:.2} s, in every status {:.2} s | after a controller restart all back in {:.2} s with {} sessions, {} attempts | \
+             the fleet simulator (all {n} agents): VmRSS {:.1} MiB ({:.1} KiB per agent, derived), idle CPU {:.1}% of a core",
             f.rss_before_kib as f64 / 1024.0,
             f.rss_connected_kib as f64 / 1024.0,
             f.idle_cpu * 100.0,
@@ -35,6 +43,9 @@ fn main() {
             f.reconnected_after_restart.as_secs_f64(),
             f.sessions_after_restart,
             f.attempts_after_restart,
+            f.fleet_rss_kib as f64 / 1024.0,
+            f.fleet_rss_kib as f64 / n as f64,
+            f.fleet_idle_cpu * 100.0,
         );
         runs.push(f);
     }

@@ -32,7 +32,7 @@ use tokio::{sync::Semaphore, task::JoinHandle};
 /// conveyor, all selected by one slice whose DSCP marking `dscp` sets (change it to change every
 /// agent's configuration at once), as one text.
 pub fn plant(namespace: &str, n: usize, dscp: u8) -> String {
-    format!("{}---\n{}", slice(namespace, dscp), agents(namespace, 0..n))
+    format!("{}---\n{}", slice(namespace, dscp), agents(namespace, 0..n, None))
 }
 
 /// The slice every agent of a [`plant`] rides.
@@ -44,8 +44,13 @@ pub fn slice(namespace: &str, dscp: u8) -> String {
     )
 }
 
-/// Agents `range` of a [`plant`], each with its conveyor.
-pub fn agents(namespace: &str, range: std::ops::Range<usize>) -> String {
+/// Agents `range` of a [`plant`], each with its conveyor, and with `heartbeat` (as `interval/timeout`,
+/// e.g. `5s/20s`) when one is given.
+pub fn agents(namespace: &str, range: std::ops::Range<usize>, heartbeat: Option<&str>) -> String {
+    let heartbeat = heartbeat
+        .and_then(|h| h.split_once('/'))
+        .map(|(i, t)| format!(", heartbeat: {{interval: {i}, timeout: {t}}}"))
+        .unwrap_or_default();
     let mut out = String::new();
     for i in range {
         let name = agent_name(i);
@@ -53,7 +58,7 @@ pub fn agents(namespace: &str, range: std::ops::Range<usize>) -> String {
             out.push_str("---\n");
         }
         out.push_str(&format!(
-            "apiVersion: shopfloor.io/v1alpha1\nkind: EdgeAgent\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{fleet: sim}}}}\nspec: {{site: {namespace}/{name}}}\n\
+            "apiVersion: shopfloor.io/v1alpha1\nkind: EdgeAgent\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{fleet: sim}}}}\nspec: {{site: {namespace}/{name}{heartbeat}}}\n\
              ---\napiVersion: shopfloor.io/v1alpha1\nkind: Equipment\nmetadata: {{name: {name}-conveyor, namespace: {namespace}}}\n\
              spec:\n  agentRef: {{name: {name}}}\n  networkSliceRef: {{name: fleet}}\n  simulated: {{}}\n  reporting: {{interval: 5s}}\n  \
              properties:\n  - {{name: speed, type: Float, access: ReadWrite, min: 0, max: 2, desired: 0.5}}\n"
@@ -214,6 +219,27 @@ async fn start_one(
     Ok((agent, tasks))
 }
 
+/// Raises this process's open-file limit for `n` agents (each holds its socket and its journal
+/// open, enrollment opens more): as root past the hard limit too. Says so loudly when it cannot,
+/// since the fleet then fails with "Too many open files" part of the way.
+fn make_room_for(n: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let want = n as u64 * 4 + 1024;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    if soft >= want {
+        return;
+    }
+    if setrlimit(Resource::RLIMIT_NOFILE, want, want.max(hard)).is_err() {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.min(want), hard);
+    }
+    let now = getrlimit(Resource::RLIMIT_NOFILE).map(|(s, _)| s).unwrap_or(soft);
+    if now < want {
+        eprintln!(
+            "WARNING: {n} agents want about {want} open files, and this process may open only {now} (not root?): the fleet may fail with \"Too many open files\""
+        );
+    }
+}
+
 /// What one run of a plant of simulated agents measured.
 #[derive(Clone, Debug, Default)]
 pub struct Figures {
@@ -224,6 +250,10 @@ pub struct Figures {
     pub rss_connected_kib: u64,
     /// Controller CPU (user + system) over an idle window, as a share of one core.
     pub idle_cpu: f64,
+    /// This process's (the fleet simulator's: every agent) VmRSS with every agent connected.
+    pub fleet_rss_kib: u64,
+    /// This process's CPU over the same idle window, as a share of one core.
+    pub fleet_idle_cpu: f64,
     /// From starting the fleet (enrollment included) until every agent held a session.
     pub all_connected: Duration,
     /// From the slice edit until every agent applied the new revision.
@@ -282,8 +312,10 @@ pub fn until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
 /// Runs a plant of `n` simulated agents against a standalone controller process, keeping the
 /// agents' state under `agents_root`: connect, configure, sit idle, change the slice every agent
 /// rides, restart the controller. Panics naming the step that did not finish within `limit`.
-pub fn measure(n: usize, agents_root: &Path, limit: Duration) -> Figures {
+/// The EdgeAgents ask for `heartbeat` (`interval/timeout`), or the default.
+pub fn measure(n: usize, agents_root: &Path, limit: Duration, heartbeat: Option<&str>) -> Figures {
     use crate::harness::Scenario;
+    make_room_for(n);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let s = Scenario::new();
     std::fs::create_dir_all(s.path("plant")).expect("plant");
@@ -291,7 +323,7 @@ pub fn measure(n: usize, agents_root: &Path, limit: Duration) -> Figures {
     std::fs::write(s.path("plant/fleet-slice.yaml"), slice("fleet", 10)).expect("manifests");
     for first in (0..n).step_by(AGENTS_PER_FILE) {
         let file = s.path(&format!("plant/fleet-agents-{:05}.yaml", first));
-        std::fs::write(file, agents("fleet", first..n.min(first + AGENTS_PER_FILE))).expect("manifests");
+        std::fs::write(file, agents("fleet", first..n.min(first + AGENTS_PER_FILE), heartbeat)).expect("manifests");
     }
     for loaded in shopfloor_api::manifest::load_valid(&s.path("plant")).expect("manifests") {
         if let Err(e) = loaded {
@@ -324,11 +356,15 @@ pub fn measure(n: usize, agents_root: &Path, limit: Duration) -> Figures {
     // A longer window (SHOPFLOOR_FLEET_IDLE_SECS) leaves time to attach a profiler to the pid.
     let idle = std::env::var("SHOPFLOOR_FLEET_IDLE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
     eprintln!("fleet of {n}: all connected and configured; idle window of {idle} s on controller pid {pid}");
-    let (t0, c0) = (std::time::Instant::now(), cpu_ticks(pid));
+    let me = std::process::id();
+    let (t0, c0, m0) = (std::time::Instant::now(), cpu_ticks(pid), cpu_ticks(me));
     std::thread::sleep(Duration::from_secs(idle));
     // Linux reports CPU time in ticks of 1/100 s (USER_HZ).
-    f.idle_cpu = (cpu_ticks(pid) - c0) as f64 / 100.0 / t0.elapsed().as_secs_f64();
+    let secs = t0.elapsed().as_secs_f64();
+    f.idle_cpu = (cpu_ticks(pid) - c0) as f64 / 100.0 / secs;
+    f.fleet_idle_cpu = (cpu_ticks(me) - m0) as f64 / 100.0 / secs;
     f.rss_connected_kib = proc_status_kib(pid, "VmRSS:");
+    f.fleet_rss_kib = proc_status_kib(me, "VmRSS:");
 
     eprintln!("fleet of {n}: idle CPU {:.1}%; changing the slice", f.idle_cpu * 100.0);
     std::fs::write(s.path("plant/fleet-slice.yaml"), slice("fleet", 20)).expect("manifests");

@@ -89,7 +89,7 @@ impl Plant {
             ca,
             "127.0.0.1:0".parse().expect("addr"),
             &["127.0.0.1".into()],
-            Timing::default(),
+            endpoint::timing(),
         )
         .expect("endpoint");
         let endpoint_addr = ep.local_addr().expect("addr");

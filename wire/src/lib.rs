@@ -18,6 +18,7 @@ pub mod rate;
 pub mod time;
 pub mod tls;
 pub mod transport;
+pub mod udp;
 pub mod value;
 
 /// TLS application protocol negotiated on every connection.

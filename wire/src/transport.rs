@@ -11,10 +11,22 @@ use rustls_pki_types::CertificateDer;
 use crate::close_code;
 
 /// Liveness settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timing {
     pub keep_alive: Duration,
     pub idle_timeout: Duration,
+}
+
+impl Timing {
+    /// The heartbeat a Welcome asks for (`heartbeat_interval_ms`, `heartbeat_timeout_ms`), or
+    /// `None` when it makes no sense (no interval, or one not shorter than the timeout): the
+    /// agent then keeps what it has.
+    pub fn from_terms(interval_ms: u64, timeout_ms: u64) -> Option<Self> {
+        (interval_ms > 0 && interval_ms < timeout_ms).then(|| Self {
+            keep_alive: Duration::from_millis(interval_ms),
+            idle_timeout: Duration::from_millis(timeout_ms),
+        })
+    }
 }
 
 impl Default for Timing {
@@ -87,7 +99,36 @@ pub fn server_endpoint(
     config.max_incoming(MAX_INCOMING);
     config.incoming_buffer_size(64 * 1024);
     config.incoming_buffer_size_total(8 * 1024 * 1024);
-    quinn::Endpoint::server(config, addr)
+    let socket = server_socket(addr)?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, Arc::new(quinn::TokioRuntime))
+}
+
+/// What the controller asks of its socket's receive buffer. Every agent's keep-alives, reports
+/// and handshakes arrive on this one socket: with the kernel's default (208 KiB) a fleet of
+/// thousands overflowed it whenever the controller paused (3 million datagrams dropped while
+/// 10,000 agents enrolled), lost keep-alives timed sessions out, and the reconnections made it
+/// worse.
+pub const SERVER_RECEIVE_BUFFER: usize = 8 * 1024 * 1024;
+
+/// The controller's UDP socket on `addr`, with as much of [`SERVER_RECEIVE_BUFFER`] as the
+/// kernel grants (`net.core.rmem_max` caps it; a warning says so).
+pub fn server_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let sock = socket2::SockRef::from(&socket);
+    // Refused only on odd platforms; the default buffer still works, for a smaller fleet.
+    if let Err(e) = sock.set_recv_buffer_size(SERVER_RECEIVE_BUFFER) {
+        tracing::warn!("cannot size the QUIC socket's receive buffer: {e}");
+    }
+    // Linux reports twice what it grants (the doubling covers its bookkeeping).
+    let granted = sock.recv_buffer_size().unwrap_or(0);
+    if granted < SERVER_RECEIVE_BUFFER {
+        tracing::warn!(
+            granted,
+            wanted = SERVER_RECEIVE_BUFFER,
+            "the QUIC socket's receive buffer is smaller than asked: a large fleet may lose packets when the controller pauses; raise net.core.rmem_max to at least {SERVER_RECEIVE_BUFFER}"
+        );
+    }
+    Ok(socket)
 }
 
 /// A client configuration for dialling the controller.
@@ -98,10 +139,11 @@ pub fn client_config(tls: rustls::ClientConfig, timing: Timing) -> std::io::Resu
     Ok(config)
 }
 
-/// A client endpoint on an ephemeral port of the right address family.
+/// A client endpoint on an ephemeral port of the right address family (see [`crate::udp`] for
+/// why its socket receives one datagram per buffer).
 pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     let bind: SocketAddr = if remote.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-    quinn::Endpoint::client(bind)
+    crate::udp::client_endpoint(bind)
 }
 
 /// The verified certificate the peer presented, if any.
@@ -169,5 +211,35 @@ pub fn explain(err: &ConnectionError, dialled: &str) -> String {
         ConnectionError::LocallyClosed => "closed locally".into(),
         ConnectionError::Reset => format!("the controller at {dialled} reset the connection (restarted?)"),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_terms_that_make_no_sense_are_not_taken() {
+        assert_eq!(
+            Timing::from_terms(5_000, 20_000),
+            Some(Timing { keep_alive: Duration::from_secs(5), idle_timeout: Duration::from_secs(20) })
+        );
+        assert_eq!(Timing::from_terms(0, 5_000), None, "no keep-alive at all");
+        assert_eq!(Timing::from_terms(5_000, 5_000), None, "a keep-alive as long as the timeout loses the link");
+    }
+
+    /// The kernel's default (208 KiB) overflowed under a fleet; the controller asks for more and
+    /// gets what `net.core.rmem_max` allows (Linux reports it doubled).
+    #[test]
+    fn the_controllers_socket_takes_a_receive_buffer_for_a_fleet() {
+        let socket = server_socket("127.0.0.1:0".parse().expect("addr")).expect("socket");
+        let granted = socket2::SockRef::from(&socket).recv_buffer_size().expect("size");
+        let max = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(SERVER_RECEIVE_BUFFER);
+        let expected = SERVER_RECEIVE_BUFFER.min(max);
+        println!("receive buffer: {granted} bytes granted, rmem_max {max}");
+        assert!(granted >= expected, "{granted} bytes, expected at least {expected}");
     }
 }

@@ -40,6 +40,9 @@ pub struct EquipmentRegistry {
     equipment: RwLock<HashMap<String, Arc<Equipment>>>,
     slices: Arc<dyn SliceBackend>,
     opcua: Arc<drivers::opcua::Site>,
+    /// Counts installs, so that the telemetry loop sleeps until a reading is due or the
+    /// equipment changes instead of looking every few milliseconds.
+    installs: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for EquipmentRegistry {
@@ -57,7 +60,12 @@ impl Default for EquipmentRegistry {
 
 impl EquipmentRegistry {
     pub fn new(slices: Arc<dyn SliceBackend>) -> Self {
-        Self { equipment: RwLock::default(), slices, opcua: Arc::default() }
+        Self {
+            equipment: RwLock::default(),
+            slices,
+            opcua: Arc::default(),
+            installs: tokio::sync::watch::Sender::new(0),
+        }
     }
 
     /// The host's OPC UA trust and users, for equipment that speaks OPC UA.
@@ -105,7 +113,14 @@ impl EquipmentRegistry {
             }
         }
         *map = next;
+        drop(map);
+        self.installs.send_modify(|n| *n += 1);
         results
+    }
+
+    /// Changes whenever a configuration is installed.
+    pub fn installs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.installs.subscribe()
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Equipment>> {

@@ -46,6 +46,8 @@ pub struct Agent {
     pub identity: Identity,
     pub executor: Arc<Executor>,
     pub telemetry: Arc<StdMutex<Buffer>>,
+    /// Told when a reading joins `telemetry`.
+    readings_ready: Arc<tokio::sync::Notify>,
     pub metrics: Arc<Metrics>,
     tracer: Arc<std::sync::RwLock<Tracer>>,
     held: Mutex<Option<ApplyConfig>>,
@@ -70,6 +72,7 @@ impl Agent {
             identity,
             executor,
             telemetry: Arc::new(StdMutex::new(Buffer::new(buffer))),
+            readings_ready: Arc::default(),
             metrics: Arc::default(),
             tracer: Arc::default(),
             held: Mutex::new(None),
@@ -143,7 +146,15 @@ impl Agent {
         self.offset.read().unwrap_or_else(|p| p.into_inner()).to_controller(self.executor.wall_clock().now_micros())
     }
 
+    /// Buffers a reading for the next report and wakes the report sender.
+    fn record_reading(&self, reading: proto::Reading) {
+        self.telemetry.lock().unwrap_or_else(|e| e.into_inner()).push(reading);
+        self.readings_ready.notify_one();
+    }
+
     /// Reads every equipment's properties at its reporting interval into the telemetry buffer.
+    /// Sleeps until the next reading is due or the equipment changes: a fleet of agents in one
+    /// process (or a small edge host) pays for readings, not for looking at the clock.
     pub async fn poll_telemetry(self: Arc<Self>) {
         use crate::equipment::drivers::Pushed;
         let mut due: std::collections::HashMap<String, Instant> = std::collections::HashMap::new();
@@ -153,9 +164,10 @@ impl Agent {
         type Key = (usize, Vec<proto::PropertyConfig>);
         let mut pushing: std::collections::HashMap<String, Key> = std::collections::HashMap::new();
         let mut polled: std::collections::HashMap<String, Key> = std::collections::HashMap::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut installs = self.executor.equipment().installs();
+        let mut installs_open = true;
         loop {
-            tick.tick().await;
+            let mut next: Option<Instant> = None;
             for eq in self.executor.equipment().all() {
                 let name = eq.config.name.clone();
                 let key: Key = (Arc::as_ptr(&eq.driver) as *const () as usize, eq.config.properties.clone());
@@ -164,10 +176,12 @@ impl Agent {
                 }
                 let every = Duration::from_millis(eq.config.reporting_interval_ms.max(100));
                 let now = Instant::now();
-                if due.get(&name).is_some_and(|t| *t > now) {
+                if let Some(t) = due.get(&name).filter(|t| **t > now) {
+                    next = Some(next.map_or(*t, |n| n.min(*t)));
                     continue;
                 }
                 due.insert(name.clone(), now + every);
+                next = Some(next.map_or(now + every, |n| n.min(now + every)));
                 if polled.get(&name) != Some(&key) {
                     let (tx, mut rx) = tokio::sync::mpsc::channel::<Pushed>(256);
                     match eq.driver.subscribe(&eq.config.properties, tx).await {
@@ -179,14 +193,12 @@ impl Agent {
                             tokio::spawn(async move {
                                 while let Some(p) = rx.recv().await {
                                     match p.value {
-                                        Ok(v) => this.telemetry.lock().unwrap_or_else(|e| e.into_inner()).push(
-                                            proto::Reading {
-                                                equipment: equipment.clone(),
-                                                property: p.property,
-                                                value: Some(v),
-                                                observed_unix_micros: this.controller_time(),
-                                            },
-                                        ),
+                                        Ok(v) => this.record_reading(proto::Reading {
+                                            equipment: equipment.clone(),
+                                            property: p.property,
+                                            value: Some(v),
+                                            observed_unix_micros: this.controller_time(),
+                                        }),
                                         Err(e) => {
                                             tracing::debug!(%equipment, property = %p.property, "pushed value unreadable: {e}")
                                         }
@@ -205,7 +217,7 @@ impl Agent {
                 }
                 for p in &eq.config.properties {
                     match eq.driver.read(p).await {
-                        Ok(v) => self.telemetry.lock().unwrap_or_else(|e| e.into_inner()).push(proto::Reading {
+                        Ok(v) => self.record_reading(proto::Reading {
                             equipment: eq.config.name.clone(),
                             property: p.name.clone(),
                             value: Some(v),
@@ -214,6 +226,16 @@ impl Agent {
                         Err(e) => tracing::debug!(equipment = %eq.config.name, property = %p.name, "read failed: {e}"),
                     }
                 }
+            }
+            let sleep = async {
+                match next {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = sleep => {}
+                changed = installs.changed(), if installs_open => installs_open = changed.is_ok(),
             }
         }
     }
@@ -274,6 +296,9 @@ impl Agent {
 
     async fn connect_once(self: &Arc<Self>, timing: Timing, patience: Duration) -> Result<Ended, SessionError> {
         let creds = load_credentials(&self.state)?;
+        // The session runs on this certificate until it ends: a renewed one is used from the
+        // next connection, so its expiry is read here once, not from disk every second.
+        let not_after = creds.not_after;
         let now = unix_secs();
         if creds.not_after <= now {
             return Err(SessionError::Expired(unix_to_string(creds.not_after)));
@@ -283,8 +308,10 @@ impl Agent {
         let tls = tls::client_config(&creds.ca, vec![creds.cert.clone()], creds.key)
             .map_err(|e| SessionError::Tls(e.to_string()))?;
         let endpoint = transport::client_endpoint(addr).map_err(|e| SessionError::Tls(e.to_string()))?;
+        // The heartbeat the EdgeAgent asks for, as the last Welcome said; `timing` until one did.
+        let asked = super::heartbeat::load(&self.state, timing);
         // A live link must be heard several times within the shortest fail-safe's `after`.
-        let timing = Timing { keep_alive: self.executor.fail_safes().keep_alive(timing.keep_alive), ..timing };
+        let timing = Timing { keep_alive: self.executor.fail_safes().keep_alive(asked.keep_alive), ..asked };
         let config = transport::client_config(tls, timing).map_err(|e| SessionError::Tls(e.to_string()))?;
         let connecting = endpoint
             .connect_with(config, addr, &id.server_name)
@@ -339,6 +366,22 @@ impl Agent {
             }
         };
         let (welcome, offset) = welcome;
+        if let Some(terms) = Timing::from_terms(welcome.heartbeat_interval_ms, welcome.heartbeat_timeout_ms)
+            && terms != asked
+        {
+            // Kept first: the next connection is made with them, whatever ends this one.
+            super::heartbeat::store(&self.state, terms)?;
+            let reason = format!(
+                "the EdgeAgent asks for a keep-alive every {:?} and a timeout of {:?} (this connection has {:?} and {:?}): reconnecting with them",
+                terms.keep_alive, terms.idle_timeout, asked.keep_alive, asked.idle_timeout
+            );
+            tracing::info!("{reason}");
+            if let Some(bye) = side.goodbye(&reason) {
+                let _ = tx.send(&bye).await;
+            }
+            transport::close(&conn, shopfloor_wire::close_code::GOODBYE, &reason);
+            return Ok(Ended { reason, silent: false });
+        }
         if let Some(o) = offset {
             *self.offset.write().unwrap_or_else(|p| p.into_inner()) = o;
             if o.micros.abs() > CLOCK_SKEW_WARNING.as_micros() as i64 {
@@ -371,8 +414,12 @@ impl Agent {
             self.tracer.clone(),
             offset,
         ));
-        let reports =
-            tokio::spawn(send_reports(conn.clone(), self.telemetry.clone(), self.executor.fail_safes().clone()));
+        let reports = tokio::spawn(send_reports(
+            conn.clone(),
+            self.telemetry.clone(),
+            self.readings_ready.clone(),
+            self.executor.fail_safes().clone(),
+        ));
         let fail_safes = self.executor.fail_safes();
         // A session is a sign of life: it lifts `Automatic` fail-safes, re-applied below.
         fail_safes.heard();
@@ -418,14 +465,13 @@ impl Agent {
                 },
                 _ = renew_check.tick() => {
                     self.metrics.rtt_seconds.set(conn.rtt().as_secs_f64());
-                    let creds_now = load_credentials(&self.state)?;
-                    if side.renewal_due(unix_secs(), creds_now.not_after) {
+                    if side.renewal_due(unix_secs(), not_after) {
                         let key = pki::generate_key().map_err(|e| SessionError::Tls(e.to_string()))?;
                         let csr = pki::csr(&key).map_err(|e| SessionError::Tls(e.to_string()))?;
                         reply = side.renew(csr);
                         if reply.is_some() {
                             renewing = Some(key);
-                            tracing::info!("certificate expires at {}: renewing", unix_to_string(creds_now.not_after));
+                            tracing::info!("certificate expires at {}: renewing", unix_to_string(not_after));
                         }
                     }
                     if let Some((at, wait)) = retry_at && Instant::now() >= at

@@ -28,6 +28,7 @@ pub(super) fn edge_agent_spec_rules(spec: &EdgeAgentSpec) -> Violations {
     }
     let hb = &spec.heartbeat;
     v.duration_between("spec.heartbeat.interval", &hb.interval, MS(100), None);
+    v.duration_between("spec.heartbeat.timeout", &hb.timeout, MS(100), Some(crate::edge_agent::MAX_HEARTBEAT_TIMEOUT));
     if hb.interval >= hb.timeout {
         v.push(
             "spec.heartbeat.interval",

@@ -1,10 +1,11 @@
 //! Agents whose connection, reports or certificate changed what their statuses say, outside any
 //! store event: marked by the endpoint, taken in one batch by the store's loop, which then
 //! reconciles those agents only — the work of a pass follows what changed, not the fleet's size.
-//! Readings touch an agent's own objects only; a session change (connected, disconnected,
-//! enrolled, a configuration applied) also touches the slices selecting it, whose status counts
-//! every selected agent: a pass after readings alone leaves those alone (at 1,000 agents,
-//! recounting the slices after every report was half the controller's idle CPU).
+//! Readings touch the agent's equipment only; a session change (connected, disconnected,
+//! enrolled, a configuration applied) touches the agent, its equipment and the slices selecting
+//! it, whose status counts every selected agent: a pass after readings alone leaves those alone
+//! (at 1,000 agents, recounting the slices after every report was half the controller's idle
+//! CPU).
 
 use std::{collections::BTreeSet, sync::Mutex};
 

@@ -152,7 +152,7 @@ async fn run_standalone(args: &Args, dir: &PathBuf, health: Arc<metrics::Health>
         .with_context(|| format!("cannot listen on {} for health and metrics", args.http))?;
     let ca = endpoint::ensure_ca(&**core.store()).await.context("cannot load or create the plant CA")?;
     let fingerprint = ca.fingerprint();
-    let quic = Endpoint::bind(core.endpoint_context(), ca, args.listen, &args.server_names, Default::default())
+    let quic = Endpoint::bind(core.endpoint_context(), ca, args.listen, &args.server_names, endpoint::timing())
         .with_context(|| format!("cannot listen on {} for agents (QUIC/UDP)", args.listen))?;
     let quic_addr = quic.local_addr()?;
     // Where agents should dial, for `kubectl shopfloor enroll`: the first server name and the port.
@@ -231,7 +231,7 @@ async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Resul
     }
     set_label(serde_json::json!("true")).await;
     // Only the leader accepts agents: a standby holds no sessions to lose at takeover.
-    let quic = Endpoint::bind(core.endpoint_context(), ca, args.listen, &args.server_names, Default::default())
+    let quic = Endpoint::bind(core.endpoint_context(), ca, args.listen, &args.server_names, endpoint::timing())
         .with_context(|| format!("cannot listen on {} for agents (QUIC/UDP)", args.listen))?;
     tokio::spawn(quic.run());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

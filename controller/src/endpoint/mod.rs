@@ -70,6 +70,13 @@ impl<S: Store> std::fmt::Debug for Endpoint<S> {
     }
 }
 
+/// The controller's liveness settings. It sends no keep-alive of its own (agents do), and its
+/// idle timeout is the longest an EdgeAgent may ask for: QUIC takes the shorter of the two
+/// sides', so each agent's `spec.heartbeat.timeout` is the one that applies.
+pub fn timing() -> Timing {
+    Timing { idle_timeout: shopfloor_api::edge_agent::MAX_HEARTBEAT_TIMEOUT, ..Timing::default() }
+}
+
 /// Handshakes and enrollments in progress at once.
 pub const MAX_HANDSHAKES: usize = 256;
 

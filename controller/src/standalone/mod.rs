@@ -4,6 +4,7 @@
 //! connection, a report) — from the store's memory, reading no file — and a full pass comes
 //! when a deadline is due or every [`TICK`].
 
+mod files;
 pub mod store;
 
 use std::{sync::Arc, time::Duration};

@@ -6,13 +6,12 @@
 //!   last status of each object (what the API server would keep in `metadata` and `status`);
 //! - `secrets/<name>.yaml`: CA, tokens and other secrets, mode 0600.
 //!
-//! Every write is atomic (temporary file, fsync, rename, fsync of the directory), so a crash
-//! leaves either the old or the new file. Objects without a namespace go to `default`, as
+//! Every write is atomic (a temporary file or the object's spare `.<name>.prev`, fsync, rename or
+//! swap, fsync of the directory: `files`), so a crash leaves either the old or the new file. Objects without a namespace go to `default`, as
 //! `kubectl apply` would put them.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    io::Write,
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -26,6 +25,7 @@ use shopfloor_api::{
     manifest::{self, Object},
 };
 
+use super::files::{replace_durably, swap_into_place, write_atomic, write_spare};
 use crate::store::{ObjectKey, SecretData, StatusUpdate, Store, StoreError, World};
 
 const DEFAULT_NAMESPACE: &str = "default";
@@ -94,29 +94,6 @@ fn plural(kind: &str) -> &'static str {
         "NetworkSlice" => "networkslices",
         _ => "controlcommands",
     }
-}
-
-/// Writes `bytes` to `path` atomically and durably.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// A file written without a sync: the caller syncs a batch at once.
-fn write_unsynced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(path)?;
-    f.write_all(bytes)
 }
 
 fn status_value(update: &StatusUpdate) -> serde_json::Value {
@@ -337,7 +314,7 @@ impl FolderStore {
             dirty = true;
         }
         if dirty {
-            write_atomic(&path, &to_yaml(&state), 0o644).map_err(io(path.display().to_string()))?;
+            replace_durably(&path, &to_yaml(&state), 0o644).map_err(io(path.display().to_string()))?;
         }
         states.insert((kind, key.clone()), state.clone());
         if state.deleted {
@@ -373,7 +350,7 @@ impl FolderStore {
             None => read_yaml(&path)?.ok_or_else(|| StoreError::Gone { kind, key: key.clone() })?,
         };
         f(&mut state);
-        write_atomic(&path, &to_yaml(&state), 0o644).map_err(io(path.display().to_string()))?;
+        replace_durably(&path, &to_yaml(&state), 0o644).map_err(io(path.display().to_string()))?;
         states.insert((kind, key.clone()), state);
         Ok(())
     }
@@ -463,9 +440,9 @@ impl Store for FolderStore {
         Ok(())
     }
 
-    /// Group commit: every status of the batch is written to a temporary file, one `syncfs(2)`
-    /// makes them all durable, then each is renamed into place and each directory touched is
-    /// synced once — a few syncs per batch instead of two per object.
+    /// Group commit: every status of the batch is written to its object's spare, one `syncfs(2)`
+    /// makes them all durable, then each is swapped into place and each directory touched is
+    /// synced once — a few syncs per batch instead of two per object (`files` says why spares).
     async fn write_statuses(&self, updates: Vec<StatusUpdate>) -> Vec<Result<(), StoreError>> {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         let mut staged: Vec<Result<(PathBuf, PathBuf, ObjectState), StoreError>> = Vec::with_capacity(updates.len());
@@ -479,13 +456,8 @@ impl Store for FolderStore {
             };
             staged.push(state.and_then(|mut state| {
                 state.status = Some(status_value(update));
-                let tmp = path.with_file_name(format!(
-                    ".{}.tmp-{}",
-                    path.file_name().and_then(|n| n.to_str()).unwrap_or("object"),
-                    std::process::id()
-                ));
-                write_unsynced(&tmp, &to_yaml(&state)).map_err(io(tmp.display().to_string()))?;
-                Ok((tmp, path, state))
+                let spare = write_spare(&path, &to_yaml(&state), 0o644).map_err(io(path.display().to_string()))?;
+                Ok((spare, path, state))
             }));
         }
         let synced =
@@ -493,15 +465,15 @@ impl Store for FolderStore {
         let mut dirs = std::collections::BTreeSet::new();
         let mut results = Vec::with_capacity(updates.len());
         for (update, staged) in updates.iter().zip(staged) {
-            let result = staged.and_then(|(tmp, path, state)| {
+            let result = staged.and_then(|(spare, path, state)| {
                 if let Err(e) = &synced {
-                    let _ = std::fs::remove_file(&tmp);
+                    // The spare is left as it is: it is never read, and the next write reuses it.
                     return Err(StoreError::Io {
                         what: format!("syncing {}", self.state.display()),
                         source: std::io::Error::new(e.kind(), e.to_string()),
                     });
                 }
-                std::fs::rename(&tmp, &path).map_err(io(path.display().to_string()))?;
+                swap_into_place(&spare, &path).map_err(io(path.display().to_string()))?;
                 if let Some(d) = path.parent() {
                     dirs.insert(d.to_owned());
                 }
