@@ -40,6 +40,9 @@ const CONFIG: &str = "config.pb";
 /// A clock this far from the controller's is worth a warning in the log.
 const CLOCK_SKEW_WARNING: Duration = Duration::from_secs(1);
 
+/// What an agent dials from (quinn's client endpoint).
+pub use quinn::Endpoint;
+
 /// A running agent.
 pub struct Agent {
     pub state: StateDir,
@@ -55,6 +58,9 @@ pub struct Agent {
     version: String,
     /// The controller's clock relative to ours, from the latest handshake.
     offset: Arc<std::sync::RwLock<Offset>>,
+    /// The QUIC endpoint to dial from, when shared (a fleet simulator running thousands of
+    /// agents in one process, under its open-file limit); otherwise each attempt makes its own.
+    endpoint: std::sync::OnceLock<Endpoint>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -79,6 +85,7 @@ impl Agent {
             boot_id: b.iter().map(|x| format!("{x:02x}")).collect(),
             version: env!("CARGO_PKG_VERSION").into(),
             offset: Arc::default(),
+            endpoint: std::sync::OnceLock::new(),
         })
     }
 
@@ -111,6 +118,12 @@ impl Agent {
         tracing::info!(revision = %cfg.revision, failures = apply::needs_retry(self.executor.equipment(), &applied), "configuration applied");
         *self.held.lock().await = Some(cfg);
         Ok(applied)
+    }
+
+    /// Dials from `endpoint` from now on, sharing its socket with whoever else uses it; `false`
+    /// when one was set already.
+    pub fn dial_from(&self, endpoint: Endpoint) -> bool {
+        self.endpoint.set(endpoint).is_ok()
     }
 
     /// The revision of the configuration this agent holds, if any.
@@ -307,7 +320,10 @@ impl Agent {
         let addr = resolve(&id.controller).await?;
         let tls = tls::client_config(&creds.ca, vec![creds.cert.clone()], creds.key)
             .map_err(|e| SessionError::Tls(e.to_string()))?;
-        let endpoint = transport::client_endpoint(addr).map_err(|e| SessionError::Tls(e.to_string()))?;
+        let endpoint = match self.endpoint.get() {
+            Some(shared) => shared.clone(),
+            None => transport::client_endpoint(addr).map_err(|e| SessionError::Tls(e.to_string()))?,
+        };
         // The heartbeat the EdgeAgent asks for, as the last Welcome said; `timing` until one did.
         let asked = super::heartbeat::load(&self.state, timing);
         // A live link must be heard several times within the shortest fail-safe's `after`.
