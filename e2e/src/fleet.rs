@@ -238,12 +238,13 @@ async fn start_one(
     Ok((agent, tasks))
 }
 
-/// Raises this process's open-file limit for `n` agents (each holds its socket and its journal
-/// open, enrollment opens more): as root past the hard limit too. Says so loudly when it cannot,
-/// since the fleet then fails with "Too many open files" part of the way.
+/// Raises this process's open-file limit for `n` agents (each holds its journal open, every
+/// [`AGENTS_PER_SOCKET`] a socket, enrollments more for a moment): past the hard limit too where
+/// the process may (CAP_SYS_RESOURCE). Says so loudly when it cannot, since the fleet then fails
+/// with "Too many open files" part of the way.
 fn make_room_for(n: usize) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let want = n as u64 * 4 + 1024;
+    let want = (n + n / AGENTS_PER_SOCKET) as u64 + 2048;
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
     if soft >= want {
         return;
@@ -254,7 +255,7 @@ fn make_room_for(n: usize) {
     let now = getrlimit(Resource::RLIMIT_NOFILE).map(|(s, _)| s).unwrap_or(soft);
     if now < want {
         eprintln!(
-            "WARNING: {n} agents want about {want} open files, and this process may open only {now} (not root?): the fleet may fail with \"Too many open files\""
+            "WARNING: {n} agents want about {want} open files, and this process may open only {now} (no CAP_SYS_RESOURCE to raise it): the fleet may fail with \"Too many open files\""
         );
     }
 }
