@@ -385,18 +385,22 @@ impl Agent {
         if let Some(terms) = Timing::from_terms(welcome.heartbeat_interval_ms, welcome.heartbeat_timeout_ms)
             && terms != asked
         {
-            // Kept first: the next connection is made with them, whatever ends this one.
-            super::heartbeat::store(&self.state, terms)?;
-            let reason = format!(
-                "the EdgeAgent asks for a keep-alive every {:?} and a timeout of {:?} (this connection has {:?} and {:?}): reconnecting with them",
-                terms.keep_alive, terms.idle_timeout, asked.keep_alive, asked.idle_timeout
-            );
-            tracing::info!("{reason}");
-            if let Some(bye) = side.goodbye(&reason) {
-                let _ = tx.send(&bye).await;
+            // Kept first: the next connection is made with them, whatever ends this one. Not
+            // kept (a full disk), a reconnection would come back to the same terms: carry on.
+            if let Err(e) = super::heartbeat::store(&self.state, terms) {
+                tracing::warn!("cannot keep the heartbeat the EdgeAgent asks for ({e}); keeping this connection's");
+            } else {
+                let reason = format!(
+                    "the EdgeAgent asks for a keep-alive every {:?} and a timeout of {:?} (this connection has {:?} and {:?}): reconnecting with them",
+                    terms.keep_alive, terms.idle_timeout, asked.keep_alive, asked.idle_timeout
+                );
+                tracing::info!("{reason}");
+                if let Some(bye) = side.goodbye(&reason) {
+                    let _ = tx.send(&bye).await;
+                }
+                transport::close(&conn, shopfloor_wire::close_code::GOODBYE, &reason);
+                return Ok(Ended { reason, silent: false });
             }
-            transport::close(&conn, shopfloor_wire::close_code::GOODBYE, &reason);
-            return Ok(Ended { reason, silent: false });
         }
         if let Some(o) = offset {
             *self.offset.write().unwrap_or_else(|p| p.into_inner()) = o;
