@@ -16,10 +16,11 @@ fn a_fleet_connects_follows_a_change_and_survives_a_controller_restart() {
     let f = measure(n, dir.path(), Duration::from_secs(120), None);
     println!("{f:?}");
     // Every agent's QUIC endpoint used to take a 3 MiB receive buffer, zeroed (quinn sizes it for
-    // GRO): 300 agents made the simulator about 1 GiB, and 10,000 could not fit on the machine.
+    // GRO), and 10,000 agents could not fit on the machine. Measured here (debug build, the whole
+    // process ÷ agents): 966 KiB per agent with GRO, 221 KiB without.
     let per_agent_kib = f.fleet_rss_kib / n as u64;
     println!("fleet simulator: VmRSS {} KiB, {per_agent_kib} KiB per agent (derived)", f.fleet_rss_kib);
-    assert!(per_agent_kib < 1024, "the fleet simulator holds {per_agent_kib} KiB per agent");
+    assert!(per_agent_kib < 512, "the fleet simulator holds {per_agent_kib} KiB per agent");
     assert_eq!(f.sessions_after_restart, n as u64, "one new session per agent after the restart");
     // The controller was down for a few seconds: each agent tried a handful of times meanwhile,
     // spaced by its backoff. A storm would be hundreds per agent.
