@@ -3,7 +3,7 @@
 //! the others; the Kubernetes controllers and the standalone loop both call them.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     sync::{Arc, RwLock},
     time::Duration,
 };
@@ -412,13 +412,15 @@ impl<S: Store> Reconciler<S> {
         self.count("NetworkSlice");
         let key = ObjectKey::of(&slice.metadata);
         let problems: Vec<_> = plans.problems_of("NetworkSlice", &key).collect();
-        let selected = plans.slice_agents.get(&key).cloned().unwrap_or_default();
-        let reports: BTreeMap<ObjectKey, _> = selected
-            .iter()
-            .filter_map(|a| self.observed.applied(a).map(|r| (a.clone(), r)))
-            .filter(|(a, r)| plans.agents.get(a).is_some_and(|p| p.revision() == r.revision))
-            .collect();
-        let status = build::network_slice(slice, &problems, &selected, |a| reports.get(a), Timestamp::now());
+        let selected = plans.slice_agents.get(&key).map(Vec::as_slice).unwrap_or_default();
+        let now = Timestamp::now();
+        let status = self.observed.with_applied(|applied| {
+            // Only reports of the revision planned now count: an older one says nothing of this slice.
+            let current = |a: &ObjectKey| {
+                applied.get(a).filter(|r| plans.agents.get(a).is_some_and(|p| p.revision() == r.revision))
+            };
+            build::network_slice(slice, &problems, selected, current, now)
+        });
         let label = SliceLabel { namespace: key.namespace.clone(), slice: key.name.clone() };
         match &slice.spec.qos.packet_delay_budget {
             Some(b) => {

@@ -22,7 +22,21 @@ pub fn bin_dir() -> PathBuf {
     let release = dir.file_name().is_some_and(|n| n == "release");
     BUILD.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let mut build = Command::new(cargo);
+        // Cargo sets these for the test or benchmark that runs this, and build scripts (ring's)
+        // rerun when they change: passed on, they made every run rebuild the TLS stack and all
+        // that depends on it, 10 minutes of a release build.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_MANIFEST_")
+                || ["CARGO_CRATE_NAME", "CARGO_BIN_NAME", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"]
+                    .contains(&&*name)
+            {
+                build.env_remove(&*name);
+            }
+        }
+        let status = build
             .arg("build")
             // Benchmarks run from target/release and must time release binaries of this tree.
             .args(release.then_some("--release"))

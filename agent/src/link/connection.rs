@@ -54,6 +54,9 @@ pub struct Agent {
     pub metrics: Arc<Metrics>,
     tracer: Arc<std::sync::RwLock<Tracer>>,
     held: Mutex<Option<ApplyConfig>>,
+    /// The report of the last apply (of the held configuration), repeated at the start of each
+    /// session: see [`Agent::opening_report`].
+    report: StdMutex<Option<proto::ConfigApplied>>,
     boot_id: String,
     version: String,
     /// The controller's clock relative to ours, from the latest handshake.
@@ -82,6 +85,7 @@ impl Agent {
             metrics: Arc::default(),
             tracer: Arc::default(),
             held: Mutex::new(None),
+            report: StdMutex::new(None),
             boot_id: b.iter().map(|x| format!("{x:02x}")).collect(),
             version: env!("CARGO_PKG_VERSION").into(),
             offset: Arc::default(),
@@ -142,6 +146,16 @@ impl Agent {
         let ok = applied.slices.iter().filter(|s| s.ok).count();
         self.metrics.slices_applied.set(i64::try_from(ok).unwrap_or(i64::MAX));
         self.metrics.slices_failed.set(i64::try_from(applied.slices.len() - ok).unwrap_or(i64::MAX));
+        *self.report.lock().unwrap_or_else(|p| p.into_inner()) = Some(applied.clone());
+    }
+
+    /// What a session opens with after the Welcome: the report of the configuration this agent
+    /// holds. The controller pushes nothing an agent already holds, so a report lost with the
+    /// connection it was sent on (a timeout just after applying) or with the controller (killed
+    /// before it wrote the status) would leave the EdgeAgent's status on the old revision for
+    /// good.
+    fn opening_report(&self) -> Option<proto::ConfigApplied> {
+        self.report.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Brings the gauges read from the agent's state up to date (before each scrape).
@@ -426,6 +440,9 @@ impl Agent {
             }
         }
         let _disconnected = Disconnected(&self.metrics);
+        if let Some(m) = self.opening_report().and_then(|r| side.applied(r)) {
+            tx.send(&m).await.map_err(|e| SessionError::Protocol(format!("control stream: {e}")))?;
+        }
 
         let commands = tokio::spawn(serve_commands(
             conn.clone(),

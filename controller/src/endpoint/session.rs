@@ -77,6 +77,9 @@ pub(super) async fn serve<S: Store>(
         tx: FrameWriter::new(send, DEFAULT_MAX_FRAME),
     }));
     let mut registered = false;
+    // The revision the agent said it holds, until its first report: a report of that revision
+    // then restates what it holds (agents open each session with one) and is no new event.
+    let mut opening: Option<String> = None;
     let mut reports = None;
     let result = loop {
         let msg = tokio::select! {
@@ -114,6 +117,7 @@ pub(super) async fn serve<S: Store>(
                     }
                 }
                 Event::Established(g) => {
+                    opening.clone_from(&g.held_revision);
                     let session = Arc::new(QuicSession { conn: conn.clone(), control: control.clone() });
                     tracing::info!(agent = %key, peer = %conn.remote_address(), held = ?g.held_revision, version = %g.agent_version, "agent connected");
                     ctx.book.event(
@@ -145,9 +149,11 @@ pub(super) async fn serve<S: Store>(
                 Event::Applied(applied) => {
                     ctx.registry.set_held_revision(&key, Some(applied.revision.clone()));
                     ctx.observed.record_applied(key.clone(), translate::applied_report(&applied));
-                    tracing::info!(agent = %key, revision = %applied.revision, "configuration applied");
                     let failures = translate::apply_failures(&applied);
-                    if failures.is_empty() {
+                    if opening.take().is_some_and(|held| held == applied.revision) {
+                        tracing::debug!(agent = %key, revision = %applied.revision, "holds this configuration");
+                    } else if failures.is_empty() {
+                        tracing::info!(agent = %key, revision = %applied.revision, "configuration applied");
                         ctx.book.event(
                             &key,
                             false,
@@ -155,6 +161,7 @@ pub(super) async fn serve<S: Store>(
                             format!("revision {} applied", applied.revision),
                         );
                     } else {
+                        tracing::info!(agent = %key, revision = %applied.revision, "configuration applied");
                         ctx.book.event(
                             &key,
                             true,
