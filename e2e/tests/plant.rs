@@ -58,6 +58,17 @@ fn connected_and_applied(s: &Scenario) -> bool {
     st["phase"] == "Connected" && desired.is_some() && desired.as_deref() == st["config"]["appliedRevision"].as_str()
 }
 
+/// The plant with line-1 enrolled, connected and holding its configuration; the controller's
+/// QUIC address.
+fn connected(s: &Scenario) -> String {
+    plant(s, false);
+    let endpoint = s.controller();
+    s.enroll("line-1");
+    s.agent("line-1");
+    eventually("connected and applied", Duration::from_secs(30), || connected_and_applied(s).then_some(()));
+    endpoint
+}
+
 #[test]
 fn enroll_connect_apply_command_and_refusals() {
     let s = Scenario::new();
@@ -126,11 +137,7 @@ fn enroll_connect_apply_command_and_refusals() {
 #[test]
 fn a_restarted_agent_restores_its_configuration_without_the_controller_and_reconnects() {
     let s = Scenario::new();
-    plant(&s, false);
-    let endpoint = s.controller();
-    s.enroll("line-1");
-    s.agent("line-1");
-    eventually("connected and applied", Duration::from_secs(30), || connected_and_applied(&s).then_some(()));
+    let endpoint = connected(&s);
     let (code, out) = s.plugin(&["exec", "conveyor", "start", "speed=1.5", "--timeout", "10s"]);
     assert_eq!(code, 0, "{out}");
 
@@ -220,11 +227,7 @@ fn the_agent_renews_its_certificate_over_the_live_connection_without_dropping_co
 #[test]
 fn a_status_a_controller_crash_lost_is_restated_by_the_agent_on_reconnection() {
     let s = Scenario::new();
-    plant(&s, false);
-    let endpoint = s.controller();
-    s.enroll("line-1");
-    s.agent("line-1");
-    eventually("connected and applied", Duration::from_secs(30), || connected_and_applied(&s).then_some(()));
+    let endpoint = connected(&s);
     s.kill("controller");
 
     let file = s.path("state/objects/edgeagents/plant-a/line-1.yaml");
