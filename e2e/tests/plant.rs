@@ -245,4 +245,6 @@ fn a_status_a_controller_crash_lost_is_restated_by_the_agent_on_reconnection() {
     let log = std::fs::read_to_string(s.path("controller.log")).unwrap_or_default();
     let restarted = log.rsplit("standalone controller started").next().unwrap_or_default();
     assert!(!restarted.contains("configuration pushed"), "nothing pushed: the agent holds the desired revision\n{log}");
+    // A restated report is no new apply: no ConfigurationApplied event for it.
+    assert!(!restarted.contains("ConfigurationApplied"), "no event for a restated configuration\n{log}");
 }

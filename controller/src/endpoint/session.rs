@@ -149,25 +149,21 @@ pub(super) async fn serve<S: Store>(
                 Event::Applied(applied) => {
                     ctx.registry.set_held_revision(&key, Some(applied.revision.clone()));
                     ctx.observed.record_applied(key.clone(), translate::applied_report(&applied));
-                    let failures = translate::apply_failures(&applied);
                     if opening.take().is_some_and(|held| held == applied.revision) {
                         tracing::debug!(agent = %key, revision = %applied.revision, "holds this configuration");
-                    } else if failures.is_empty() {
-                        tracing::info!(agent = %key, revision = %applied.revision, "configuration applied");
-                        ctx.book.event(
-                            &key,
-                            false,
-                            "ConfigurationApplied",
-                            format!("revision {} applied", applied.revision),
-                        );
                     } else {
                         tracing::info!(agent = %key, revision = %applied.revision, "configuration applied");
-                        ctx.book.event(
-                            &key,
-                            true,
-                            "ConfigurationFailed",
-                            format!("revision {}: {}", applied.revision, failures.join("; ")),
-                        );
+                        let failures = translate::apply_failures(&applied);
+                        let (warning, reason, note) = if failures.is_empty() {
+                            (false, "ConfigurationApplied", format!("revision {} applied", applied.revision))
+                        } else {
+                            (
+                                true,
+                                "ConfigurationFailed",
+                                format!("revision {}: {}", applied.revision, failures.join("; ")),
+                            )
+                        };
+                        ctx.book.event(&key, warning, reason, note);
                     }
                     ctx.changes.mark(&key, Change::Session);
                 }
