@@ -188,7 +188,8 @@ impl<S: Store> Endpoint<S> {
         let remote = conn.remote_address();
         let Some(cert) = transport::peer_certificate(&conn) else {
             // An enrollment holds its slot until it is answered: enrollments count as handshakes.
-            if let Err(failure) = enroll::serve(&self.ctx, &self.issuer, conn).await {
+            // Boxed, so that an enrollment's future does not widen every session's task.
+            if let Err(failure) = Box::pin(enroll::serve(&self.ctx, &self.issuer, conn)).await {
                 self.note_failure(remote, failure);
             }
             drop(slot);
@@ -209,6 +210,8 @@ impl<S: Store> Endpoint<S> {
             transport::close(&conn, close_code::UNAUTHORIZED, &reason);
             return;
         }
+        // Not held for the session's life: once per connected agent.
+        drop((cert, id));
         let connection_id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = session::serve(&self.ctx, &self.issuer, conn.clone(), key.clone(), connection_id).await {
             tracing::info!(agent = %key, "session ended: {e}");

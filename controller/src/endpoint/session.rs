@@ -64,13 +64,17 @@ pub(super) async fn serve<S: Store>(
         .map_err(|_| "no control stream".to_owned())?
         .map_err(|e| e.to_string())?;
     let mut rx = FrameReader::new(recv, DEFAULT_MAX_FRAME);
-    let agent = ctx.book.agent(&key).ok_or("the EdgeAgent vanished")?;
-    let millis = |d: shopfloor_api::Duration| u64::try_from(Duration::from(d).as_millis()).unwrap_or(u64::MAX);
-    let terms = Terms {
-        heartbeat_interval_ms: millis(agent.spec.heartbeat.interval),
-        heartbeat_timeout_ms: millis(agent.spec.heartbeat.timeout),
-        renew_before_secs: Duration::from(agent.spec.certificate.renew_before).as_secs(),
-        controller_replica: ctx.replica.clone(),
+    // In a block of its own: the EdgeAgent is not kept in this future for the connection's life
+    // (every byte of it is held once per connected agent).
+    let terms = {
+        let agent = ctx.book.agent(&key).ok_or("the EdgeAgent vanished")?;
+        let millis = |d: shopfloor_api::Duration| u64::try_from(Duration::from(d).as_millis()).unwrap_or(u64::MAX);
+        Terms {
+            heartbeat_interval_ms: millis(agent.spec.heartbeat.interval),
+            heartbeat_timeout_ms: millis(agent.spec.heartbeat.timeout),
+            renew_before_secs: Duration::from(agent.spec.certificate.renew_before).as_secs(),
+            controller_replica: ctx.replica.clone(),
+        }
     };
     let control = Arc::new(Mutex::new(Control {
         side: ControllerSide::new(terms),
@@ -168,7 +172,9 @@ pub(super) async fn serve<S: Store>(
                     ctx.changes.mark(&key, Change::Session);
                 }
                 Event::RenewalRequested(csr) => {
-                    let response = match issuer.issue(&key, &csr, false).await {
+                    // Boxed: renewal is rare, and inline its future would widen every
+                    // connected agent's session task for the connection's life.
+                    let response = match Box::pin(issuer.issue(&key, &csr, false)).await {
                         Ok(der) => proto::RenewResponse { certificate_der: der, error: String::new() },
                         Err(e) => proto::RenewResponse { error: e, ..Default::default() },
                     };
