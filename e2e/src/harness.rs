@@ -59,7 +59,15 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
+/// The binary `name`. `SHOPFLOOR_E2E_CONTROLLER=<path>` runs that controller instead of this
+/// tree's (a build with symbols, for a profiler attached to a benchmark's controller).
 pub fn bin(name: &str) -> PathBuf {
+    if name == "shopfloor-controller"
+        && let Some(path) = std::env::var_os("SHOPFLOOR_E2E_CONTROLLER")
+    {
+        eprintln!("NOTE: running the controller {} (SHOPFLOOR_E2E_CONTROLLER), not this tree's", path.display());
+        return path.into();
+    }
     bin_dir().join(name)
 }
 

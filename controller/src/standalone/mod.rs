@@ -87,8 +87,8 @@ pub async fn run(core: Arc<Reconciler<FolderStore>>) -> Result<(), StoreError> {
             }
             // Statuses written since the last pass, from the store's memory.
             Pass::Full => world = core.store().current(),
-            // A stale status in `world` only makes the writer compare and skip: no refresh.
-            Pass::Changed(_) => {}
+            // The marked agents' objects only: their statuses are what the pass builds on.
+            Pass::Changed(marked) => core.store().refresh_statuses(&mut world, &marked.agents),
         }
     }
 }
