@@ -209,33 +209,32 @@ pub(super) async fn serve<S: Store>(
     result.map(|_| ())
 }
 
+/// Reads the agent's report streams one after another, in this task: an agent keeps one open for
+/// its session (agents before it opened one per report, each ended after its report), so a
+/// task per stream would be a task per report.
 async fn receive_reports<S: Store>(conn: quinn::Connection, agent: ObjectKey, ctx: EndpointContext<S>) {
     while let Ok(recv) = conn.accept_uni().await {
-        let ctx = ctx.clone();
-        let agent = agent.clone();
-        tokio::spawn(async move {
-            let mut rx = FrameReader::new(recv, DEFAULT_MAX_FRAME);
-            loop {
-                match rx.next::<proto::Report>().await {
-                    Ok(Some(report)) => {
-                        if report.dropped > 0 {
-                            ctx.metrics.telemetry_dropped.inc_by(report.dropped);
-                            tracing::warn!(agent = %agent, dropped = report.dropped, "the agent dropped telemetry while disconnected");
-                        }
-                        ctx.observed.record_fail_safes(&agent, translate::fail_safes(&report));
-                        for (eq, values) in translate::readings(report) {
-                            ctx.observed.record_readings(ObjectKey::new(agent.namespace.clone(), eq), values);
-                        }
-                        ctx.changes.mark(&agent, Change::Readings);
+        let mut rx = FrameReader::new(recv, DEFAULT_MAX_FRAME);
+        loop {
+            match rx.next::<proto::Report>().await {
+                Ok(Some(report)) => {
+                    if report.dropped > 0 {
+                        ctx.metrics.telemetry_dropped.inc_by(report.dropped);
+                        tracing::warn!(agent = %agent, dropped = report.dropped, "the agent dropped telemetry while disconnected");
                     }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(agent = %agent, "bad report frame: {e}");
-                        break;
+                    ctx.observed.record_fail_safes(&agent, translate::fail_safes(&report));
+                    for (eq, values) in translate::readings(report) {
+                        ctx.observed.record_readings(ObjectKey::new(agent.namespace.clone(), eq), values);
                     }
+                    ctx.changes.mark(&agent, Change::Readings);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(agent = %agent, "bad report frame: {e}");
+                    break;
                 }
             }
-        });
+        }
     }
 }
 
