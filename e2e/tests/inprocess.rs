@@ -101,19 +101,35 @@ async fn certificate_less(plant: &Plant) -> quinn::ClientConfig {
 /// Dials the controller with a certificate the plant CA signed for `id` and says Hello; returns
 /// how the controller ended the connection.
 async fn dial_as(plant: &Plant, id: &AgentId) -> ConnectionError {
-    let ca = endpoint::ensure_ca(&**plant.core.store()).await.expect("ca");
+    dial(&**plant.core.store(), plant.addr, id, Duration::from_secs(5))
+        .await
+        .expect("the TLS handshake itself succeeds: the certificate chains to the plant CA")
+}
+
+/// As [`dial_as`], to the controller at `addr` whose CA `store` keeps; `None` when the handshake
+/// is not answered within `patience`.
+async fn dial(
+    store: &impl shopfloor_controller::store::Store,
+    addr: std::net::SocketAddr,
+    id: &AgentId,
+    patience: Duration,
+) -> Option<ConnectionError> {
+    let ca = endpoint::ensure_ca(store).await.expect("ca");
     let key = pki::generate_key().expect("key");
     let cert = ca
         .sign_agent_csr(&pki::csr(&key).expect("csr"), id, DEFAULT_TRUST_DOMAIN, Duration::from_secs(3600))
         .expect("cert");
     let tls =
         tls::client_config(ca.cert_der(), vec![cert], PrivateKeyDer::Pkcs8(key.serialize_der().into())).expect("tls");
-    let client = transport::client_endpoint(plant.addr).expect("endpoint");
-    let conn = client
-        .connect_with(transport::client_config(tls, Timing::default()).expect("cfg"), plant.addr, "127.0.0.1")
-        .expect("connect")
-        .await
-        .expect("the TLS handshake itself succeeds: the certificate chains to the plant CA");
+    let client = transport::client_endpoint(addr).expect("endpoint");
+    let connecting = client
+        .connect_with(transport::client_config(tls, Timing::default()).expect("cfg"), addr, "127.0.0.1")
+        .expect("connect");
+    let conn = match tokio::time::timeout(patience, connecting).await {
+        Err(_) => return None,
+        Ok(Err(e)) => return Some(e),
+        Ok(Ok(conn)) => conn,
+    };
     if let Ok((send, _recv)) = conn.open_bi().await {
         let hello = proto::AgentMessage {
             body: Some(proto::agent_message::Body::Hello(proto::Hello {
@@ -123,7 +139,37 @@ async fn dial_as(plant: &Plant, id: &AgentId) -> ConnectionError {
         };
         let _ = FrameWriter::new(send, DEFAULT_MAX_FRAME).send(&hello).await;
     }
-    tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.expect("the controller closes the connection")
+    Some(
+        tokio::time::timeout(Duration::from_secs(5), conn.closed())
+            .await
+            .expect("the controller closes the connection"),
+    )
+}
+
+/// A controller that has not read its plant yet lets no agent in, rather than refuse agents
+/// whose EdgeAgent it has not read as ones that do not exist: a restarted controller did, in the
+/// moment between listening and reading its folder, and the refused agents backed off for up to
+/// 30 s (at 10,000 agents, the last ones were back 20 s after the rest). Once it has read the
+/// plant, it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_that_has_not_read_its_plant_turns_no_agent_away() {
+    use shopfloor_controller::{reconcile::Reconciler, store::memory::MemoryStore};
+    let core = Reconciler::new(std::sync::Arc::new(MemoryStore::default()), "starting", Duration::from_millis(200));
+    let ca = endpoint::ensure_ca(&**core.store()).await.expect("ca");
+    let listen = "127.0.0.1:0".parse().expect("addr");
+    let ep = endpoint::Endpoint::bind(core.endpoint_context(), ca, listen, &["127.0.0.1".into()], endpoint::timing())
+        .expect("endpoint");
+    let addr = ep.local_addr().expect("addr");
+    tokio::spawn(ep.run());
+    let id = AgentId::new("plant-a", "line-1");
+    if let Some(e) = dial(&**core.store(), addr, &id, Duration::from_millis(1500)).await {
+        panic!("an agent was answered before the plant was read: {e}");
+    }
+    core.reconcile_world(0, &objects(&fixtures::robot_cell_with_template("30s"))).await;
+    let answer =
+        dial(&**core.store(), addr, &id, Duration::from_secs(5)).await.expect("answered once the plant is read");
+    let reason = refused_because(&answer);
+    assert!(reason.contains("no certificate is recorded for EdgeAgent plant-a/line-1"), "{reason}");
 }
 
 fn refused_because(e: &ConnectionError) -> String {

@@ -31,6 +31,8 @@ pub struct AgentBook<S: Store> {
     issued: RwLock<BTreeMap<ObjectKey, (CertificateStatus, Timestamp)>>,
     /// Agents whose bootstrap token this replica already ensured, with the token's expiry.
     tokens: Mutex<BTreeMap<ObjectKey, Timestamp>>,
+    /// Whether the book has held the whole plant's EdgeAgents once ([`AgentBook::remember_only`]).
+    complete: std::sync::atomic::AtomicBool,
 }
 
 impl<S: Store> std::fmt::Debug for AgentBook<S> {
@@ -49,7 +51,21 @@ fn enrollment_of(status: &mut EdgeAgentStatus) -> &mut EnrollmentStatus {
 
 impl<S: Store> AgentBook<S> {
     pub fn new(store: Arc<S>, statuses: Arc<StatusWriter>) -> Self {
-        Self { store, statuses, agents: RwLock::default(), issued: RwLock::default(), tokens: Mutex::default() }
+        Self {
+            store,
+            statuses,
+            agents: RwLock::default(),
+            issued: RwLock::default(),
+            tokens: Mutex::default(),
+            complete: Default::default(),
+        }
+    }
+
+    /// Whether the book knows every EdgeAgent of the plant: until then an agent it does not
+    /// know may exist all the same (the controller is starting, or taking over as leader), and
+    /// the endpoint admits no one rather than refuse agents that do exist.
+    pub fn is_complete(&self) -> bool {
+        self.complete.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The EdgeAgent as last reconciled, with the certificate this controller issued it.
@@ -73,13 +89,16 @@ impl<S: Store> AgentBook<S> {
         agent
     }
 
-    /// Keeps only the agents in `present`, recording each (the standalone store's full pass).
+    /// Keeps only the agents in `present`, recording each: the whole plant, as the standalone
+    /// store's full pass or the Kubernetes watches once synced see it. The book is complete from
+    /// then on.
     pub fn remember_only(&self, present: &[EdgeAgent]) {
         let keep: std::collections::BTreeSet<ObjectKey> = present.iter().map(|a| ObjectKey::of(&a.metadata)).collect();
         self.agents.write().unwrap_or_else(|p| p.into_inner()).retain(|k, _| keep.contains(k));
         for a in present {
             self.remember(a);
         }
+        self.complete.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Forgets a deleted EdgeAgent: its certificate no longer passes the handshake check.

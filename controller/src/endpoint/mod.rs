@@ -144,7 +144,19 @@ impl<S: Store> Endpoint<S> {
     /// in time is abandoned. Failures are counted in a metric; their log lines are rate-limited.
     pub async fn run(self: Arc<Self>) {
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+        let mut said_starting = false;
         while let Some(incoming) = self.endpoint.accept().await {
+            // Until the plant is known, every agent would be refused as one whose EdgeAgent does
+            // not exist, and refused agents back off for up to 30 s: a restarted controller
+            // turned away the first agents back and lost them for the rest of the fleet's
+            // return. Unanswered, an agent dials again within a second or two.
+            if !self.ctx.book.is_complete() {
+                if !std::mem::replace(&mut said_starting, true) {
+                    tracing::info!("agents are let in once the plant's EdgeAgents are read");
+                }
+                incoming.ignore();
+                continue;
+            }
             let busy = MAX_HANDSHAKES - slots.available_permits();
             if busy >= MAX_HANDSHAKES / 2 && !incoming.remote_address_validated() && incoming.may_retry() {
                 let _ = incoming.retry();

@@ -81,6 +81,16 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Readers<K> {
     fn get(&self, r: &ObjectRef<K>) -> Option<Arc<K>> {
         self.0.iter().find_map(|s| s.get(r))
     }
+
+    /// Waits until every scope's watch has listed its objects once; `false` if one never will.
+    async fn synced(&self) -> bool {
+        for r in &self.0 {
+            if r.wait_until_ready().await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 /// Everything a reconcile needs.
@@ -406,6 +416,19 @@ pub async fn run(
         Readers(equipment.iter().map(Controller::store).collect()),
         Readers(slices.iter().map(Controller::store).collect()),
     );
+    // The endpoint admits agents once the book holds every EdgeAgent: a leader taking over
+    // would otherwise refuse the agents that dial it first as ones that do not exist.
+    let synced = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            if ctx.agents.synced().await {
+                let agents: Vec<EdgeAgent> =
+                    ctx.agents.state().iter().filter_map(|a| a.0.as_ref().ok().cloned()).collect();
+                ctx.core.book().remember_only(&agents);
+                tracing::info!(agents = agents.len(), "EdgeAgents read: agents are let in");
+            }
+        })
+    };
     // Agent reports (connections, applied configurations, readings) change statuses without any
     // API event: refresh the agents they came from (their equipment and slices with them), at
     // most twice a second.
@@ -458,6 +481,7 @@ pub async fn run(
     }
     futures::future::join_all(runs).await;
     refresh.abort();
+    synced.abort();
 }
 
 async fn log<T: std::fmt::Debug, E: std::fmt::Debug>(r: Result<T, E>) {
