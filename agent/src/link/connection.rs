@@ -22,7 +22,7 @@ use tokio::sync::Mutex;
 
 use super::{
     command_streams::serve_commands,
-    credentials::{Identity, load_credentials, resolve, store_credentials, unix_to_string},
+    credentials::{Credentials, Identity, load_credentials, resolve, store_credentials, unix_to_string},
     error::{Ended, SessionError},
     reconnect::{Attempt, Reconnect},
     reports::send_reports,
@@ -64,6 +64,11 @@ pub struct Agent {
     /// The QUIC endpoint to dial from, when shared (a fleet simulator running thousands of
     /// agents in one process, under its open-file limit); otherwise each attempt makes its own.
     endpoint: std::sync::OnceLock<Endpoint>,
+    /// The dialling configuration of the last attempt, with the certificate, CA and heartbeat it was
+    /// made for: reused while they hold. Made afresh it parsed the key and built the TLS
+    /// configuration at every attempt, most of what an attempt refused by a busy controller
+    /// costs the agent.
+    dialling: StdMutex<Option<(CertificateDer<'static>, CertificateDer<'static>, Timing, quinn::ClientConfig)>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -90,6 +95,7 @@ impl Agent {
             version: env!("CARGO_PKG_VERSION").into(),
             offset: Arc::default(),
             endpoint: std::sync::OnceLock::new(),
+            dialling: StdMutex::new(None),
         })
     }
 
@@ -321,6 +327,25 @@ impl Agent {
         }
     }
 
+    /// The client configuration for `creds` and `timing`: the last one when they are the same
+    /// (a renewed certificate or new heartbeat terms make a new one).
+    fn dialling_config(&self, creds: Credentials, timing: Timing) -> Result<quinn::ClientConfig, SessionError> {
+        let mut cached = self.dialling.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((cert, ca, t, config)) = cached.as_ref()
+            && *cert == creds.cert
+            && *ca == creds.ca
+            && *t == timing
+        {
+            return Ok(config.clone());
+        }
+        let cert = creds.cert.clone();
+        let tls =
+            tls::client_config(&creds.ca, vec![creds.cert], creds.key).map_err(|e| SessionError::Tls(e.to_string()))?;
+        let config = transport::client_config(tls, timing).map_err(|e| SessionError::Tls(e.to_string()))?;
+        *cached = Some((cert, creds.ca, timing, config.clone()));
+        Ok(config)
+    }
+
     async fn connect_once(self: &Arc<Self>, timing: Timing, patience: Duration) -> Result<Ended, SessionError> {
         let creds = load_credentials(&self.state)?;
         // The session runs on this certificate until it ends: a renewed one is used from the
@@ -332,8 +357,6 @@ impl Agent {
         }
         let id = &self.identity;
         let addr = resolve(&id.controller).await?;
-        let tls = tls::client_config(&creds.ca, vec![creds.cert.clone()], creds.key)
-            .map_err(|e| SessionError::Tls(e.to_string()))?;
         let endpoint = match self.endpoint.get() {
             Some(shared) => shared.clone(),
             None => transport::client_endpoint(addr).map_err(|e| SessionError::Tls(e.to_string()))?,
@@ -342,7 +365,7 @@ impl Agent {
         let asked = super::heartbeat::load(&self.state, timing);
         // A live link must be heard several times within the shortest fail-safe's `after`.
         let timing = Timing { keep_alive: self.executor.fail_safes().keep_alive(asked.keep_alive), ..asked };
-        let config = transport::client_config(tls, timing).map_err(|e| SessionError::Tls(e.to_string()))?;
+        let config = self.dialling_config(creds, timing)?;
         let connecting = endpoint
             .connect_with(config, addr, &id.server_name)
             .map_err(|e| SessionError::Connect { addr: id.controller.clone(), message: e.to_string() })?;

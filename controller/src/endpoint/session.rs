@@ -229,10 +229,13 @@ async fn receive_reports<S: Store>(conn: quinn::Connection, agent: ObjectKey, ct
                     ctx.changes.mark(&agent, Change::Readings);
                 }
                 Ok(None) => break,
-                Err(e) => {
+                // The stream lives as long as the connection: it ends with it, which the session
+                // logs. Only what the agent sent wrong is worth a warning here.
+                Err(e) if e.is_protocol_violation() => {
                     tracing::warn!(agent = %agent, "bad report frame: {e}");
                     break;
                 }
+                Err(_) => break,
             }
         }
     }
