@@ -32,7 +32,7 @@ fn main() {
         let per_agent = f.rss_connected_kib.saturating_sub(f.rss_before_kib) as f64 / n as f64;
         println!(
             "{n:>6} agents: RSS {:.1} MiB before, {:.1} MiB connected ({per_agent:.1} KiB per agent, derived) | idle CPU {:.1}% of a core | \
-             all connected {:.2} s | slice change applied by all {:.2} s, in every status {:.2} s | after a controller restart all back in {:.2} s (listening after {:.2} s) with {} sessions, {} attempts | \
+             all connected {:.2} s | slice change applied by all {:.2} s, in every status {:.2} s | after a controller restart all back in {:.2} s (the first after {:.2} s) with {} sessions, {} attempts | \
              the fleet simulator (all {n} agents): VmRSS {:.1} MiB ({:.1} KiB per agent, derived), idle CPU {:.1}% of a core",
             f.rss_before_kib as f64 / 1024.0,
             f.rss_connected_kib as f64 / 1024.0,
@@ -41,7 +41,7 @@ fn main() {
             f.change_applied.as_secs_f64(),
             f.change_in_status.as_secs_f64(),
             f.reconnected_after_restart.as_secs_f64(),
-            f.listening_after_restart.as_secs_f64(),
+            f.first_back_after_restart.as_secs_f64(),
             f.sessions_after_restart,
             f.attempts_after_restart,
             f.fleet_rss_kib as f64 / 1024.0,

@@ -282,8 +282,8 @@ pub struct Figures {
     pub change_in_status: Duration,
     /// From a controller restart until every agent held a session again.
     pub reconnected_after_restart: Duration,
-    /// The part of it until the restarted controller listened (its manifests and state read).
-    pub listening_after_restart: Duration,
+    /// The part of it until the first agent was back (the controller's start, its plant read).
+    pub first_back_after_restart: Duration,
     /// Sessions the fleet opened to get back after the restart (one each is ideal).
     pub sessions_after_restart: u64,
     /// Attempts the fleet made from the controller's death until all were back (failed ones
@@ -418,7 +418,8 @@ pub fn measure(n: usize, agents_root: &Path, limit: Duration, heartbeat: Option<
     until(limit, || fleet.connected() == 0).expect("the fleet saw the controller go");
     let restarted = std::time::Instant::now();
     s.controller_on(&endpoint);
-    f.listening_after_restart = restarted.elapsed();
+    until(limit, || fleet.connected() > 0).expect("an agent back after the controller restart");
+    f.first_back_after_restart = restarted.elapsed();
     until(limit, || fleet.connected() == n)
         .unwrap_or_else(|| panic!("{} of {n} reconnected after a controller restart", fleet.connected()));
     f.reconnected_after_restart = restarted.elapsed();

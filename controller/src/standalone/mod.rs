@@ -34,24 +34,50 @@ enum Pass {
     Changed(Marked),
 }
 
-/// Runs until the task is cancelled.
+/// Runs until the task is cancelled. Between passes the loop holds no copy of the plant: the
+/// store keeps the one world, and each pass takes what it needs from it (the whole plant, or the
+/// marked agents' objects with the slices), so the plant is not kept twice.
 pub async fn run(core: Arc<Reconciler<FolderStore>>) -> Result<(), StoreError> {
     let (_watcher, mut changes) = core.store().watch()?;
     let mut version: u64 = 0;
     let mut last_refused: Vec<String> = Vec::new();
-    let mut world = core.store().load();
+    let mut first = Some(core.store().load());
     let mut pass = Pass::Full;
     let mut wait = TICK;
     loop {
         match pass {
             Pass::Reload | Pass::Full => {
+                let world = match (first.take(), &pass) {
+                    (Some(world), _) => world,
+                    (None, Pass::Reload) => {
+                        let world = core.store().load();
+                        version += 1;
+                        tracing::info!(
+                            agents = world.agents.len(),
+                            equipment = world.equipment.len(),
+                            slices = world.slices.len(),
+                            commands = world.commands.len(),
+                            refused = world.refused.len(),
+                            "manifests reloaded"
+                        );
+                        world
+                    }
+                    // Statuses written since the last pass, from the store's memory.
+                    (None, _) => core.store().current(),
+                };
                 for r in world.refused.iter().filter(|r| !last_refused.contains(r)) {
                     tracing::error!("refused: {r}");
                 }
                 last_refused = world.refused.clone();
                 wait = core.reconcile_world(version, &world).await.unwrap_or(TICK).min(TICK);
             }
-            Pass::Changed(keys) => core.reconcile_changed(&core.plans(version, &world), &world, &keys).await,
+            Pass::Changed(marked) => {
+                // The marked agents' objects with the statuses written since: what the pass
+                // builds their statuses on (conditions keep their transition times only so).
+                let world = core.store().objects_of(&marked.agents);
+                let plans = core.plans_from(version, || core.store().current());
+                core.reconcile_changed(&plans, &world, &marked).await
+            }
         }
         let started = tokio::time::Instant::now();
         pass = tokio::select! {
@@ -72,23 +98,5 @@ pub async fn run(core: Arc<Reconciler<FolderStore>>) -> Result<(), StoreError> {
         };
         // The time waited counts against the next full pass's deadline.
         wait = wait.saturating_sub(started.elapsed());
-        match &pass {
-            Pass::Reload => {
-                world = core.store().load();
-                version += 1;
-                tracing::info!(
-                    agents = world.agents.len(),
-                    equipment = world.equipment.len(),
-                    slices = world.slices.len(),
-                    commands = world.commands.len(),
-                    refused = world.refused.len(),
-                    "manifests reloaded"
-                );
-            }
-            // Statuses written since the last pass, from the store's memory.
-            Pass::Full => world = core.store().current(),
-            // The marked agents' objects only: their statuses are what the pass builds on.
-            Pass::Changed(marked) => core.store().refresh_statuses(&mut world, &marked.agents),
-        }
     }
 }

@@ -52,36 +52,6 @@ impl World {
         self.positions().equipment_by_key.get(key).and_then(|&i| self.equipment.get(i)).filter(|e| is(&e.metadata, key))
     }
 
-    /// Takes from `newer`, a later copy of the same plant, the statuses of agent `key`'s
-    /// EdgeAgent and Equipment, object by object (same key and uid; others are left alone).
-    pub fn take_statuses_of(&mut self, key: &ObjectKey, newer: &World) {
-        let (agent, equipment) = newer.agent_objects(key);
-        fn same(
-            mine: &shopfloor_api::common::ObjectMeta,
-            theirs: &shopfloor_api::common::ObjectMeta,
-            key: &ObjectKey,
-        ) -> bool {
-            is(mine, key) && mine.uid == theirs.uid
-        }
-        if let Some(theirs) = agent {
-            let at = self.positions().agents.get(key).copied();
-            if let Some(mine) =
-                at.and_then(|i| self.agents.get_mut(i)).filter(|m| same(&m.metadata, &theirs.metadata, key))
-            {
-                mine.status.clone_from(&theirs.status);
-            }
-        }
-        for theirs in equipment {
-            let k = ObjectKey::of(&theirs.metadata);
-            let at = self.positions().equipment_by_key.get(&k).copied();
-            if let Some(mine) =
-                at.and_then(|i| self.equipment.get_mut(i)).filter(|m| same(&m.metadata, &theirs.metadata, &k))
-            {
-                mine.status.clone_from(&theirs.status);
-            }
-        }
-    }
-
     fn positions(&self) -> &Positions {
         self.index.0.get_or_init(|| Positions::of(self))
     }
