@@ -92,6 +92,10 @@ pub fn server_config(ca: &CertificateDer<'static>, certs: Arc<ServerCerts>) -> R
     config.alpn_protocols = vec![ALPN.to_vec()];
     // No 0-RTT: a command replayed from early data could actuate twice.
     config.max_early_data_size = 0;
+    // No resumption: every handshake verifies the agent's certificate chain and expiry afresh (a
+    // resumed one would take them from a ticket up to a day old), and no ticket cache is kept.
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(config)
 }
 
@@ -107,6 +111,8 @@ pub fn client_config(
         .with_client_auth_cert(chain, key)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     config.enable_early_data = false;
+    // An agent keeps this configuration across attempts; it must not resume a session either.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 
@@ -175,5 +181,75 @@ impl ServerCertVerifier for PinnedCa {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rustls::{ClientConnection, HandshakeKind, ServerConnection};
+
+    use super::*;
+    use crate::{identity::AgentId, pki};
+
+    /// Drives a handshake between `client` and `server` in memory to its end.
+    fn handshake(client: &mut ClientConnection, server: &mut ServerConnection) {
+        for _ in 0..20 {
+            let mut buf = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut buf).expect("client writes");
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                server.read_tls(&mut rd).expect("server reads");
+                server.process_new_packets().expect("server accepts");
+            }
+            let mut buf = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut buf).expect("server writes");
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                client.read_tls(&mut rd).expect("client reads");
+                client.process_new_packets().expect("client accepts");
+            }
+            if !client.is_handshaking() && !server.is_handshaking() && !client.wants_write() {
+                return;
+            }
+        }
+        panic!("the handshake did not finish");
+    }
+
+    /// An agent dials again and again with one configuration (it keeps it across attempts):
+    /// every handshake is a full one, so the controller verifies the agent's certificate each
+    /// time instead of resuming a session from a ticket.
+    #[test]
+    fn an_agent_dialling_again_with_one_configuration_never_resumes_a_session() {
+        let ca = pki::Ca::generate("test CA", Duration::from_secs(3600)).expect("ca");
+        let (cert, key) = ca.issue_server(&["controller".into()], Duration::from_secs(3600)).expect("server cert");
+        let certs = ServerCerts::new(vec![cert, ca.cert_der().clone()], key).expect("certs");
+        let server = Arc::new(server_config(ca.cert_der(), certs).expect("server config"));
+        let agent_key = pki::generate_key().expect("key");
+        let agent_cert = ca
+            .sign_agent_csr(
+                &pki::csr(&agent_key).expect("csr"),
+                &AgentId::new("plant-a", "line-1"),
+                crate::identity::DEFAULT_TRUST_DOMAIN,
+                Duration::from_secs(3600),
+            )
+            .expect("agent cert");
+        let client = Arc::new(
+            client_config(ca.cert_der(), vec![agent_cert], PrivateKeyDer::Pkcs8(agent_key.serialize_der().into()))
+                .expect("client config"),
+        );
+        for attempt in 0..3 {
+            let name = ServerName::try_from("controller").expect("name");
+            let mut c = ClientConnection::new(client.clone(), name).expect("client");
+            let mut s = ServerConnection::new(server.clone()).expect("server");
+            handshake(&mut c, &mut s);
+            assert_eq!(c.handshake_kind(), Some(HandshakeKind::Full), "attempt {attempt}");
+            assert!(s.peer_certificates().is_some_and(|p| !p.is_empty()), "attempt {attempt}: the agent's certificate");
+        }
     }
 }

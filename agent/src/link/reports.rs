@@ -1,6 +1,6 @@
-//! Telemetry reports: buffered readings on a unidirectional stream kept for the session, each
-//! with the state of every fail-safe; a report goes out at the start of a session and whenever a
-//! fail-safe changes, even without readings. The sender sleeps until there is something to say, then lets readings
+//! Telemetry reports: buffered readings on unidirectional streams, each with the state of every
+//! fail-safe; a report goes out at the start of a session and whenever a fail-safe changes, even
+//! without readings. The sender sleeps until there is something to say, then lets readings
 //! gather for a moment so that one report carries them together.
 
 use std::{
@@ -18,8 +18,7 @@ use crate::{fail_safe::FailSafes, telemetry::Buffer};
 /// How long readings gather before a report goes out.
 const GATHER: Duration = Duration::from_millis(250);
 
-/// Sends buffered readings on the session's report stream; on failure they go back into the
-/// buffer and the sender stops (the next session sends them).
+/// Sends buffered readings on unidirectional streams; on failure they go back into the buffer.
 /// `ready` is told when a reading joins the buffer.
 pub(super) async fn send_reports(
     conn: quinn::Connection,
@@ -31,9 +30,6 @@ pub(super) async fn send_reports(
     // Unseen: the first report tells the fail-safes, readings or not.
     changes.mark_changed();
     let mut first = true;
-    // One stream for the session's reports: a stream per report cost the controller a stream's
-    // state, a task and stream credit for every report (2,000 a second from 10,000 agents).
-    let mut stream: Option<FrameWriter<quinn::SendStream>> = None;
     loop {
         if !std::mem::take(&mut first) {
             tokio::select! {
@@ -59,12 +55,11 @@ pub(super) async fn send_reports(
             changes.mark_unchanged();
             let report = proto::Report { readings, dropped, fail_safes: fail_safes.states() };
             let sent = async {
-                if stream.is_none() {
-                    let send = conn.open_uni().await.map_err(|e| e.to_string())?;
-                    stream = Some(FrameWriter::new(send, DEFAULT_MAX_FRAME));
-                }
-                let Some(tx) = stream.as_mut() else { unreachable!("opened above") };
-                tx.send(&report).await.map_err(|e| e.to_string())
+                let send = conn.open_uni().await.map_err(|e| e.to_string())?;
+                let mut tx = FrameWriter::new(send, DEFAULT_MAX_FRAME);
+                tx.send(&report).await.map_err(|e| e.to_string())?;
+                tx.get_mut().finish().map_err(|e| e.to_string())?;
+                Ok::<(), String>(())
             }
             .await;
             if let Err(e) = sent {

@@ -209,9 +209,11 @@ pub(super) async fn serve<S: Store>(
     result.map(|_| ())
 }
 
-/// Reads the agent's report streams one after another, in this task: an agent keeps one open for
-/// its session (agents before it opened one per report, each ended after its report), so a
-/// task per stream would be a task per report.
+/// Reads the agent's report streams one after another, in this task rather than a task per
+/// stream: an agent opens one per report and ends it after the report. (One stream kept for the
+/// session was tried: the stream credit the controller returns per report is its only packet an
+/// agent acknowledges, so without it the controller's RTT estimate, and the `LinkWithinBudget`
+/// condition that follows it, froze.)
 async fn receive_reports<S: Store>(conn: quinn::Connection, agent: ObjectKey, ctx: EndpointContext<S>) {
     while let Ok(recv) = conn.accept_uni().await {
         let mut rx = FrameReader::new(recv, DEFAULT_MAX_FRAME);
@@ -229,8 +231,8 @@ async fn receive_reports<S: Store>(conn: quinn::Connection, agent: ObjectKey, ct
                     ctx.changes.mark(&agent, Change::Readings);
                 }
                 Ok(None) => break,
-                // The stream lives as long as the connection: it ends with it, which the session
-                // logs. Only what the agent sent wrong is worth a warning here.
+                // A stream cut by its connection's end is the session's to log; only what the
+                // agent sent wrong is worth a warning here.
                 Err(e) if e.is_protocol_violation() => {
                     tracing::warn!(agent = %agent, "bad report frame: {e}");
                     break;

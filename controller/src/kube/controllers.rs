@@ -421,12 +421,24 @@ pub async fn run(
     let synced = {
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            if ctx.agents.synced().await {
-                let agents: Vec<EdgeAgent> =
-                    ctx.agents.state().iter().filter_map(|a| a.0.as_ref().ok().cloned()).collect();
-                ctx.core.book().remember_only(&agents);
-                tracing::info!(agents = agents.len(), "EdgeAgents read: agents are let in");
+            // One namespace whose watch cannot list (a Role missing there) must not keep every
+            // agent out for good: after a minute the book takes what is listed, and an agent of
+            // that namespace is refused by name, as before.
+            match tokio::time::timeout(Duration::from_secs(60), ctx.agents.synced()).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(_) => tracing::warn!(
+                    "the EdgeAgents of a watched namespace are still not listed after 60 s (check the controller's RBAC there): letting in the agents of those listed"
+                ),
             }
+            let agents: Vec<EdgeAgent> = ctx
+                .agents
+                .state()
+                .iter()
+                .filter_map(|a| a.0.as_ref().ok().filter(|a| a.metadata.deletion_timestamp.is_none()).cloned())
+                .collect();
+            ctx.core.book().remember_only(&agents);
+            tracing::info!(agents = agents.len(), "EdgeAgents read: agents are let in");
         })
     };
     // Agent reports (connections, applied configurations, readings) change statuses without any
