@@ -44,37 +44,65 @@ struct ObjectState {
     /// Set when a finished command was deleted (its TTL elapsed) while its manifest remains.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     deleted: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Written to the file by [`ObjectState::file`], from the typed status when there is one.
+    #[serde(default, skip_serializing)]
     status: Option<StoredStatus>,
 }
 
+impl ObjectState {
+    /// The state file's bytes, with `written` (the status being written, typed) or else the
+    /// stored one as its status.
+    fn file(&self, written: Option<&StatusUpdate>) -> Vec<u8> {
+        let status = written.map(StatusOut::Written).or(self.status.as_ref().map(StatusOut::Stored));
+        to_yaml(&StateFile { state: self, status })
+    }
+}
+
+/// A state file: the stored state with its status.
+#[derive(Serialize)]
+struct StateFile<'a> {
+    #[serde(flatten)]
+    state: &'a ObjectState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<StatusOut<'a>>,
+}
+
+/// A status as a state file shows it: serialized from the typed status being written (no text
+/// parsed on the way), or from the stored text (a write that changes no status).
+enum StatusOut<'a> {
+    Written(&'a StatusUpdate),
+    Stored(&'a StoredStatus),
+}
+
+impl Serialize for StatusOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        match self {
+            StatusOut::Written(StatusUpdate::EdgeAgent(_, s)) => s.serialize(serializer),
+            StatusOut::Written(StatusUpdate::Equipment(_, s)) => s.serialize(serializer),
+            StatusOut::Written(StatusUpdate::NetworkSlice(_, s)) => s.serialize(serializer),
+            StatusOut::Written(StatusUpdate::ControlCommand(_, s)) => s.serialize(serializer),
+            StatusOut::Stored(text) => {
+                text.parse::<serde_json::Value>().map_err(S::Error::custom)?.serialize(serializer)
+            }
+        }
+    }
+}
+
 /// A status as compact JSON text. Kept for every object of the plant, a parsed
-/// `serde_json::Value` cost several times its text (a B-tree node per JSON object: about 6 KiB
-/// for a connected EdgeAgent's status, against about 1 KiB of text). In the state file it is the
-/// status's YAML mapping, as before.
+/// `serde_json::Value` cost several times its text (a B-tree node per JSON object: estimated at
+/// about 6 KiB for a connected EdgeAgent's status, against about 1 KiB of text). Floats are
+/// parsed back exactly (serde_json's `float_roundtrip`).
 #[derive(Clone, Debug, PartialEq)]
 struct StoredStatus(Box<str>);
 
 impl StoredStatus {
     fn of(update: &StatusUpdate) -> Self {
-        let text = match update {
-            StatusUpdate::EdgeAgent(_, s) => serde_json::to_string(s),
-            StatusUpdate::Equipment(_, s) => serde_json::to_string(s),
-            StatusUpdate::NetworkSlice(_, s) => serde_json::to_string(s),
-            StatusUpdate::ControlCommand(_, s) => serde_json::to_string(s),
-        };
-        Self(text.expect("status always serializes").into())
+        Self(serde_json::to_string(&StatusOut::Written(update)).expect("status always serializes").into())
     }
 
     fn parse<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_str(&self.0)
-    }
-}
-
-impl Serialize for StoredStatus {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::Error;
-        self.parse::<serde_json::Value>().map_err(S::Error::custom)?.serialize(serializer)
     }
 }
 
@@ -361,7 +389,7 @@ impl FolderStore {
             dirty = true;
         }
         if dirty {
-            replace_durably(&path, &to_yaml(&state), 0o644).map_err(io(path.display().to_string()))?;
+            replace_durably(&path, &state.file(None), 0o644).map_err(io(path.display().to_string()))?;
         }
         states.insert((kind, key.clone()), state.clone());
         if state.deleted {
@@ -384,10 +412,13 @@ impl FolderStore {
         Ok(true)
     }
 
+    /// Changes an object's state with `f` and writes its file; `written` is the status being
+    /// written, if any (the file is serialized from it).
     fn update_state(
         &self,
         kind: &'static str,
         key: &ObjectKey,
+        written: Option<&StatusUpdate>,
         f: impl FnOnce(&mut ObjectState),
     ) -> Result<(), StoreError> {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
@@ -397,7 +428,7 @@ impl FolderStore {
             None => read_yaml(&path)?.ok_or_else(|| StoreError::Gone { kind, key: key.clone() })?,
         };
         f(&mut state);
-        replace_durably(&path, &to_yaml(&state), 0o644).map_err(io(path.display().to_string()))?;
+        replace_durably(&path, &state.file(written), 0o644).map_err(io(path.display().to_string()))?;
         states.insert((kind, key.clone()), state);
         Ok(())
     }
@@ -482,7 +513,7 @@ impl Store for FolderStore {
 
     async fn write_status(&self, update: StatusUpdate) -> Result<(), StoreError> {
         let value = StoredStatus::of(&update);
-        self.update_state(update.kind(), update.key(), |state| state.status = Some(value))?;
+        self.update_state(update.kind(), update.key(), Some(&update), |state| state.status = Some(value))?;
         self.apply_to_world(&update);
         Ok(())
     }
@@ -503,7 +534,8 @@ impl Store for FolderStore {
             };
             staged.push(state.and_then(|mut state| {
                 state.status = Some(StoredStatus::of(update));
-                let spare = write_spare(&path, &to_yaml(&state), 0o644).map_err(io(path.display().to_string()))?;
+                let spare =
+                    write_spare(&path, &state.file(Some(update)), 0o644).map_err(io(path.display().to_string()))?;
                 Ok((spare, path, state))
             }));
         }
@@ -544,7 +576,7 @@ impl Store for FolderStore {
     }
 
     async fn delete_command(&self, key: &ObjectKey) -> Result<(), StoreError> {
-        self.update_state("ControlCommand", key, |state| state.deleted = true)?;
+        self.update_state("ControlCommand", key, None, |state| state.deleted = true)?;
         let mut cached = self.world.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = cached.as_mut() {
             let mut world = std::mem::take(&mut c.world);
