@@ -380,6 +380,32 @@ fn succeeded<K: Resource<DynamicType = ()>>(ctx: &Context, obj: &K) {
     ctx.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&failure_key(obj));
 }
 
+/// How long the endpoint waits for every watched namespace's EdgeAgents to be listed before it
+/// lets in the agents of those listed.
+const LISTING_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Fills the agent book with every EdgeAgent once the watches have listed them (or `patience`
+/// has passed: one namespace whose watch cannot list, a Role missing there, must not keep every
+/// agent out; an agent of that namespace is then refused by name), which opens the endpoint.
+/// EdgeAgents being deleted are left out.
+async fn let_agents_in(ctx: Arc<Context>, patience: Duration) {
+    match tokio::time::timeout(patience, ctx.agents.synced()).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(_) => tracing::warn!(
+            "the EdgeAgents of a watched namespace are still not listed after {patience:?} (check the controller's RBAC there): letting in the agents of those listed"
+        ),
+    }
+    let agents: Vec<EdgeAgent> = ctx
+        .agents
+        .state()
+        .iter()
+        .filter_map(|a| a.0.as_ref().ok().filter(|a| a.metadata.deletion_timestamp.is_none()).cloned())
+        .collect();
+    ctx.core.book().remember_only(&agents);
+    tracing::info!(agents = agents.len(), "EdgeAgents read: agents are let in");
+}
+
 /// Runs the four controllers over `scope` until `shutdown` resolves: one set per namespace when
 /// scoped, sharing one context so plans see every watched object.
 pub async fn run(
@@ -418,29 +444,7 @@ pub async fn run(
     );
     // The endpoint admits agents once the book holds every EdgeAgent: a leader taking over
     // would otherwise refuse the agents that dial it first as ones that do not exist.
-    let synced = {
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            // One namespace whose watch cannot list (a Role missing there) must not keep every
-            // agent out for good: after a minute the book takes what is listed, and an agent of
-            // that namespace is refused by name, as before.
-            match tokio::time::timeout(Duration::from_secs(60), ctx.agents.synced()).await {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(_) => tracing::warn!(
-                    "the EdgeAgents of a watched namespace are still not listed after 60 s (check the controller's RBAC there): letting in the agents of those listed"
-                ),
-            }
-            let agents: Vec<EdgeAgent> = ctx
-                .agents
-                .state()
-                .iter()
-                .filter_map(|a| a.0.as_ref().ok().filter(|a| a.metadata.deletion_timestamp.is_none()).cloned())
-                .collect();
-            ctx.core.book().remember_only(&agents);
-            tracing::info!(agents = agents.len(), "EdgeAgents read: agents are let in");
-        })
-    };
+    let synced = tokio::spawn(let_agents_in(ctx.clone(), LISTING_PATIENCE));
     // Agent reports (connections, applied configurations, readings) change statuses without any
     // API event: refresh the agents they came from (their equipment and slices with them), at
     // most twice a second.
@@ -562,6 +566,41 @@ mod tests {
         a.metadata.generation = Some(2);
         apply(&a);
         assert_ne!(ctx.version(), labelled, "a spec change");
+    }
+
+    /// A leader taking over lets no agent in before its watches have listed the EdgeAgents (it
+    /// refused the first agents back as ones that do not exist, and they backed off for up to
+    /// 30 s); then its book holds every listed EdgeAgent but those being deleted.
+    #[tokio::test]
+    async fn agents_are_let_in_once_the_edge_agents_are_listed() {
+        let (agents, mut agents_in) = reflector::store();
+        let ctx = context(agents, reflector::store().0);
+        let opening = tokio::spawn(let_agents_in(ctx.clone(), Duration::from_secs(60)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!ctx.core.book().is_complete(), "closed before the list");
+        let mut deleting = agent("line-2");
+        deleting.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).expect("time"),
+        ));
+        agents_in.apply_watcher_event(&watcher::Event::Init);
+        for a in [agent("line-1"), deleting] {
+            agents_in.apply_watcher_event(&watcher::Event::InitApply(DeserializeGuard(Ok(a))));
+        }
+        agents_in.apply_watcher_event(&watcher::Event::InitDone);
+        tokio::time::timeout(Duration::from_secs(5), opening).await.expect("opened").expect("task");
+        assert!(ctx.core.book().is_complete());
+        assert!(ctx.core.book().agent(&ObjectKey::new("plant-a", "line-1")).is_some(), "a listed agent is known");
+        assert!(ctx.core.book().agent(&ObjectKey::new("plant-a", "line-2")).is_none(), "one being deleted is not");
+    }
+
+    /// A watch that never lists (a namespace without the controller's Role) keeps no one out
+    /// for good: after the patience the agents listed elsewhere are let in.
+    #[tokio::test(start_paused = true)]
+    async fn a_namespace_that_never_lists_keeps_no_one_out_for_good() {
+        let (agents, _never) = reflector::store::<DeserializeGuard<EdgeAgent>>();
+        let ctx = context(agents, reflector::store().0);
+        let_agents_in(ctx.clone(), Duration::from_secs(60)).await;
+        assert!(ctx.core.book().is_complete());
     }
 
     /// The refresh after agents' reports reads the marked agents and their equipment, not the
