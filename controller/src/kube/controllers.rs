@@ -580,7 +580,7 @@ mod tests {
         assert!(!ctx.core.book().is_complete(), "closed before the list");
         let mut deleting = agent("line-2");
         deleting.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).expect("time"),
+            jiff::Timestamp::from_second(1_800_000_000).expect("time"),
         ));
         agents_in.apply_watcher_event(&watcher::Event::Init);
         for a in [agent("line-1"), deleting] {
