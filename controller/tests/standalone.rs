@@ -130,8 +130,8 @@ fn transition_times(status_file: &Path) -> Vec<String> {
 
 /// Reports change an equipment's reported values, not the time its conditions last flipped.
 /// The pass after a report used to build the status from the one loaded with the folder: every
-/// condition looked new, took the pass's time, and every report rewrote the status file (2,000
-/// a second for an idle fleet of 10,000) saying its conditions had just changed.
+/// condition looked new, took the pass's time, and every report rewrote the status file saying
+/// its conditions had just changed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_leave_the_conditions_transition_times_alone() {
     use shopfloor_controller::agents::observed::Reading;

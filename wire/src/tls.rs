@@ -188,32 +188,29 @@ impl ServerCertVerifier for PinnedCa {
 mod tests {
     use std::time::Duration;
 
-    use rustls::{ClientConnection, HandshakeKind, ServerConnection};
+    use rustls::{ClientConnection, Connection, HandshakeKind, ServerConnection};
 
     use super::*;
     use crate::{identity::AgentId, pki};
 
+    /// Hands everything `from` has to send to `to`.
+    fn pass(from: &mut Connection, to: &mut Connection) {
+        let mut buf = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut buf).expect("writes");
+        }
+        let mut rd = &buf[..];
+        while !rd.is_empty() {
+            to.read_tls(&mut rd).expect("reads");
+            to.process_new_packets().expect("accepts");
+        }
+    }
+
     /// Drives a handshake between `client` and `server` in memory to its end.
-    fn handshake(client: &mut ClientConnection, server: &mut ServerConnection) {
+    fn handshake(client: &mut Connection, server: &mut Connection) {
         for _ in 0..20 {
-            let mut buf = Vec::new();
-            while client.wants_write() {
-                client.write_tls(&mut buf).expect("client writes");
-            }
-            let mut rd = &buf[..];
-            while !rd.is_empty() {
-                server.read_tls(&mut rd).expect("server reads");
-                server.process_new_packets().expect("server accepts");
-            }
-            let mut buf = Vec::new();
-            while server.wants_write() {
-                server.write_tls(&mut buf).expect("server writes");
-            }
-            let mut rd = &buf[..];
-            while !rd.is_empty() {
-                client.read_tls(&mut rd).expect("client reads");
-                client.process_new_packets().expect("client accepts");
-            }
+            pass(client, server);
+            pass(server, client);
             if !client.is_handshaking() && !server.is_handshaking() && !client.wants_write() {
                 return;
             }
@@ -245,8 +242,8 @@ mod tests {
         );
         for attempt in 0..3 {
             let name = ServerName::try_from("controller").expect("name");
-            let mut c = ClientConnection::new(client.clone(), name).expect("client");
-            let mut s = ServerConnection::new(server.clone()).expect("server");
+            let mut c = Connection::Client(ClientConnection::new(client.clone(), name).expect("client"));
+            let mut s = Connection::Server(ServerConnection::new(server.clone()).expect("server"));
             handshake(&mut c, &mut s);
             assert_eq!(c.handshake_kind(), Some(HandshakeKind::Full), "attempt {attempt}");
             assert!(s.peer_certificates().is_some_and(|p| !p.is_empty()), "attempt {attempt}: the agent's certificate");

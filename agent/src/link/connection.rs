@@ -64,10 +64,10 @@ pub struct Agent {
     /// The QUIC endpoint to dial from, when shared (a fleet simulator running thousands of
     /// agents in one process, under its open-file limit); otherwise each attempt makes its own.
     endpoint: std::sync::OnceLock<Endpoint>,
-    /// The dialling configuration of the last attempt, with the certificate, CA and heartbeat it was
-    /// made for: reused while they hold. Made afresh it parsed the key and built the TLS
-    /// configuration at every attempt, most of what an attempt refused by a busy controller
-    /// costs the agent.
+    /// The dialling configuration of the last attempt, with the certificate, CA and heartbeat it
+    /// was made for: reused while they hold, instead of parsing the key and building the TLS
+    /// configuration at every attempt (also those a busy controller refuses at once). It resumes
+    /// no TLS session (`tls::client_config`).
     dialling: StdMutex<Option<(CertificateDer<'static>, CertificateDer<'static>, Timing, quinn::ClientConfig)>>,
 }
 

@@ -324,8 +324,7 @@ impl FolderStore {
     /// the statuses written since the folder was read, and every slice (a slice's status counts
     /// the agents it selects). A pass that built statuses on the ones read with the folder saw
     /// every condition as new, gave it the pass's time as its `lastTransitionTime`, and so
-    /// rewrote each equipment's status at every report (2,000 files a second for an idle fleet
-    /// of 10,000).
+    /// rewrote each equipment's status at every report.
     pub fn objects_of<'a>(&self, agents: impl IntoIterator<Item = &'a ObjectKey>) -> World {
         let cached = self.world.lock().unwrap_or_else(|p| p.into_inner());
         let Some(c) = cached.as_ref() else {
