@@ -211,9 +211,9 @@ pub(super) async fn serve<S: Store>(
 
 /// Reads the agent's report streams one after another, in this task rather than a task per
 /// stream: an agent opens one per report and ends it after the report. (One stream kept for the
-/// session was tried: the stream credit the controller returns per report is its only packet an
-/// agent acknowledges, so without it the controller's RTT estimate, and the `LinkWithinBudget`
-/// condition that follows it, froze.)
+/// session was tried: the stream credit the controller returns per report is the only packet an
+/// idle controller sends that an agent acknowledges, so without it the controller's RTT
+/// estimate, and the `LinkWithinBudget` condition that follows it, froze.)
 async fn receive_reports<S: Store>(conn: quinn::Connection, agent: ObjectKey, ctx: EndpointContext<S>) {
     while let Ok(recv) = conn.accept_uni().await {
         let mut rx = FrameReader::new(recv, DEFAULT_MAX_FRAME);

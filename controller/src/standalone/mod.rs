@@ -41,29 +41,27 @@ pub async fn run(core: Arc<Reconciler<FolderStore>>) -> Result<(), StoreError> {
     let (_watcher, mut changes) = core.store().watch()?;
     let mut version: u64 = 0;
     let mut last_refused: Vec<String> = Vec::new();
-    let mut first = Some(core.store().load());
-    let mut pass = Pass::Full;
+    // The first pass reads the folder like any change of it.
+    let mut pass = Pass::Reload;
     let mut wait = TICK;
     loop {
         match pass {
             Pass::Reload | Pass::Full => {
-                let world = match (first.take(), &pass) {
-                    (Some(world), _) => world,
-                    (None, Pass::Reload) => {
-                        let world = core.store().load();
-                        version += 1;
-                        tracing::info!(
-                            agents = world.agents.len(),
-                            equipment = world.equipment.len(),
-                            slices = world.slices.len(),
-                            commands = world.commands.len(),
-                            refused = world.refused.len(),
-                            "manifests reloaded"
-                        );
-                        world
-                    }
+                let world = if matches!(pass, Pass::Reload) {
+                    let world = core.store().load();
+                    version += 1;
+                    tracing::info!(
+                        agents = world.agents.len(),
+                        equipment = world.equipment.len(),
+                        slices = world.slices.len(),
+                        commands = world.commands.len(),
+                        refused = world.refused.len(),
+                        "manifests read"
+                    );
+                    world
+                } else {
                     // Statuses written since the last pass, from the store's memory.
-                    (None, _) => core.store().current(),
+                    core.store().current()
                 };
                 for r in world.refused.iter().filter(|r| !last_refused.contains(r)) {
                     tracing::error!("refused: {r}");
