@@ -57,39 +57,98 @@ impl Scope {
     }
 }
 
-/// The reflector stores of one kind, one per watched namespace (or one for the cluster).
+/// The reflector stores of one kind, one per watched namespace (or one for the cluster), and
+/// whether each has listed its objects once.
+///
+/// Readiness is our own signal, set when the reflector passes its `InitDone`, not
+/// `Store::wait_until_ready`: that is one shared oneshot receiver with a single waker slot, and
+/// kube-runtime's `Controller` waits on it too, so a second waiter loses its wakeup (the gate then
+/// opened only at its 60 s patience on every start and takeover).
 #[derive(Clone)]
-pub struct Readers<K: Resource<DynamicType = ()> + Clone + 'static>(Vec<Reader<K>>);
+pub struct Readers<K: Resource<DynamicType = ()> + Clone + 'static> {
+    stores: Vec<Reader<K>>,
+    listed: Vec<tokio::sync::watch::Receiver<bool>>,
+}
 
 impl<K: Resource<DynamicType = ()> + Clone + 'static> std::fmt::Debug for Readers<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Readers").field("scopes", &self.0.len()).finish()
-    }
-}
-
-impl<K: Resource<DynamicType = ()> + Clone + 'static> From<Reader<K>> for Readers<K> {
-    fn from(r: Reader<K>) -> Self {
-        Self(vec![r])
+        f.debug_struct("Readers").field("scopes", &self.stores.len()).finish()
     }
 }
 
 impl<K: Resource<DynamicType = ()> + Clone + 'static> Readers<K> {
     fn state(&self) -> Vec<Arc<K>> {
-        self.0.iter().flat_map(Reader::state).collect()
+        self.stores.iter().flat_map(Reader::state).collect()
     }
 
     fn get(&self, r: &ObjectRef<K>) -> Option<Arc<K>> {
-        self.0.iter().find_map(|s| s.get(r))
+        self.stores.iter().find_map(|s| s.get(r))
     }
 
-    /// Waits until every scope's watch has listed its objects once; `false` if one never will.
+    /// Waits until every scope's watch has listed its objects once; `false` if one never will
+    /// (its watch ended).
     async fn synced(&self) -> bool {
-        for r in &self.0 {
-            if r.wait_until_ready().await.is_err() {
+        for listed in &self.listed {
+            if listed.clone().wait_for(|l| *l).await.is_err() {
                 return false;
             }
         }
         true
+    }
+}
+
+/// One scope's watch of `K`: the reflector store, the stream that fills it (which a
+/// `Controller` drives), and the store's listing signal. Anything may wait on the signal, as
+/// many times as it likes, beside the `Controller`.
+pub struct Watch<K: Resource<DynamicType = ()> + Clone + 'static> {
+    pub store: Reader<K>,
+    pub listed: tokio::sync::watch::Receiver<bool>,
+    pub objects: futures::stream::BoxStream<'static, Result<K, watcher::Error>>,
+}
+
+impl<K> Watch<K>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
+    /// A watch of whatever `events` yields (a `watcher`, or a test's own events).
+    pub fn of(events: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static) -> Self {
+        use kube::runtime::WatchStreamExt as _;
+        let (store, writer) = kube::runtime::reflector::store();
+        let (listed_tx, listed) = tokio::sync::watch::channel(false);
+        // After the reflector: the store holds the whole list when InitDone comes out.
+        let objects = kube::runtime::reflector(writer, events)
+            .inspect(move |e| {
+                if let Ok(watcher::Event::InitDone) = e {
+                    listed_tx.send_replace(true);
+                }
+            })
+            .applied_objects()
+            .boxed();
+        Self { store, listed, objects }
+    }
+
+    /// The watch of `api` the controller runs.
+    pub fn api(api: Api<K>, wc: watcher::Config) -> Self
+    where
+        K: serde::de::DeserializeOwned,
+    {
+        Self::of(watcher(api, wc))
+    }
+}
+
+/// A store its owner fills (a test's fixture), taken as listed.
+impl<K: Resource<DynamicType = ()> + Clone + 'static> From<Reader<K>> for Readers<K> {
+    fn from(store: Reader<K>) -> Self {
+        Self { stores: vec![store], listed: vec![tokio::sync::watch::channel(true).1] }
+    }
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> FromIterator<(Reader<K>, tokio::sync::watch::Receiver<bool>)>
+    for Readers<K>
+{
+    fn from_iter<I: IntoIterator<Item = (Reader<K>, tokio::sync::watch::Receiver<bool>)>>(iter: I) -> Self {
+        let (stores, listed) = iter.into_iter().unzip();
+        Self { stores, listed }
     }
 }
 
@@ -406,6 +465,24 @@ async fn let_agents_in(ctx: Arc<Context>, patience: Duration) {
     tracing::info!(agents = agents.len(), "EdgeAgents read: agents are let in");
 }
 
+fn watches<K>(apis: Vec<Api<K>>, wc: &watcher::Config) -> Vec<Watch<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    apis.into_iter().map(|api| Watch::api(api, wc.clone())).collect()
+}
+
+fn readers<K: Resource<DynamicType = ()> + Clone + 'static>(watches: &[Watch<K>]) -> Readers<K> {
+    watches.iter().map(|w| (w.store.clone(), w.listed.clone())).collect()
+}
+
+fn controllers<K>(watches: Vec<Watch<K>>) -> Vec<Controller<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    watches.into_iter().map(|w| Controller::for_stream(w.objects, w.store)).collect()
+}
+
 /// Runs the four controllers over `scope` until `shutdown` resolves: one set per namespace when
 /// scoped, sharing one context so plans see every watched object.
 pub async fn run(
@@ -421,27 +498,14 @@ pub async fn run(
         }
     };
     let wc = watcher::Config::default().any_semantic();
-    let agent_apis = scope.apis::<DeserializeGuard<EdgeAgent>>(&client);
     let equipment_apis = scope.apis::<DeserializeGuard<Equipment>>(&client);
-    let agents: Vec<_> = agent_apis.iter().map(|api| Controller::new(api.clone(), wc.clone())).collect();
-    let equipment: Vec<_> = equipment_apis.iter().map(|api| Controller::new(api.clone(), wc.clone())).collect();
-    let slices: Vec<_> = scope
-        .apis::<DeserializeGuard<NetworkSlice>>(&client)
-        .into_iter()
-        .map(|api| Controller::new(api, wc.clone()))
-        .collect();
-    let commands: Vec<_> = scope
-        .apis::<DeserializeGuard<ControlCommand>>(&client)
-        .into_iter()
-        .map(|api| Controller::new(api, wc.clone()))
-        .collect();
-    let ctx = Context::new(
-        client.clone(),
-        core,
-        Readers(agents.iter().map(Controller::store).collect()),
-        Readers(equipment.iter().map(Controller::store).collect()),
-        Readers(slices.iter().map(Controller::store).collect()),
-    );
+    let agents = watches(scope.apis::<DeserializeGuard<EdgeAgent>>(&client), &wc);
+    let equipment = watches(equipment_apis.clone(), &wc);
+    let slices = watches(scope.apis::<DeserializeGuard<NetworkSlice>>(&client), &wc);
+    let commands = watches(scope.apis::<DeserializeGuard<ControlCommand>>(&client), &wc);
+    let ctx = Context::new(client.clone(), core, readers(&agents), readers(&equipment), readers(&slices));
+    let (agents, equipment, slices, commands) =
+        (controllers(agents), controllers(equipment), controllers(slices), controllers(commands));
     // The endpoint admits agents once the book holds every EdgeAgent: a leader taking over
     // would otherwise refuse the agents that dial it first as ones that do not exist.
     let synced = tokio::spawn(let_agents_in(ctx.clone(), LISTING_PATIENCE));
@@ -514,8 +578,8 @@ mod tests {
 
     /// A context over reflector stores filled by the test, with a mocked API nobody answers.
     fn context(
-        agents: Reader<DeserializeGuard<EdgeAgent>>,
-        equipment: Reader<DeserializeGuard<Equipment>>,
+        agents: impl Into<Readers<DeserializeGuard<EdgeAgent>>>,
+        equipment: impl Into<Readers<DeserializeGuard<Equipment>>>,
     ) -> Arc<Context> {
         let (service, _api) =
             tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
@@ -570,35 +634,61 @@ mod tests {
 
     /// A leader taking over lets no agent in before its watches have listed the EdgeAgents (it
     /// refused the first agents back as ones that do not exist, and they backed off for up to
-    /// 30 s); then its book holds every listed EdgeAgent but those being deleted.
+    /// 30 s); then its book holds every listed EdgeAgent but those being deleted. kube-runtime's
+    /// `Controller` runs on the same watch, as in `run`: when the gate waited on the store's
+    /// readiness future as well, the Controller took its only waker slot and the gate opened
+    /// only at its 60 s patience.
     #[tokio::test]
-    async fn agents_are_let_in_once_the_edge_agents_are_listed() {
-        let (agents, mut agents_in) = reflector::store();
-        let ctx = context(agents, reflector::store().0);
+    async fn agents_are_let_in_once_the_edge_agents_are_listed_beside_a_controller() {
+        let (events, rx) = futures::channel::mpsc::unbounded();
+        let watch = Watch::of(rx.map(Ok));
+        let ctx = context(readers(std::slice::from_ref(&watch)), reflector::store().0);
         let opening = tokio::spawn(let_agents_in(ctx.clone(), Duration::from_secs(60)));
+        tokio::task::yield_now().await;
+        let reconciled = Arc::new(tokio::sync::Notify::new());
+        let controller = {
+            let reconciled = reconciled.clone();
+            Controller::for_stream(watch.objects, watch.store)
+                .run(
+                    |_, n: Arc<tokio::sync::Notify>| async move {
+                        n.notify_one();
+                        Ok::<_, Error>(Action::await_change())
+                    },
+                    |_, _, _| Action::await_change(),
+                    reconciled,
+                )
+                .for_each(|_| async {})
+        };
+        let controller = tokio::spawn(controller);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!ctx.core.book().is_complete(), "closed before the list");
         let mut deleting = agent("line-2");
         deleting.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             jiff::Timestamp::from_second(1_800_000_000).expect("time"),
         ));
-        agents_in.apply_watcher_event(&watcher::Event::Init);
+        let send = |e| events.unbounded_send(e).expect("send");
+        send(watcher::Event::Init);
         for a in [agent("line-1"), deleting] {
-            agents_in.apply_watcher_event(&watcher::Event::InitApply(DeserializeGuard(Ok(a))));
+            send(watcher::Event::InitApply(DeserializeGuard(Ok(a))));
         }
-        agents_in.apply_watcher_event(&watcher::Event::InitDone);
-        tokio::time::timeout(Duration::from_secs(5), opening).await.expect("opened").expect("task");
+        send(watcher::Event::InitDone);
+        tokio::time::timeout(Duration::from_secs(1), opening)
+            .await
+            .expect("open within 1 s of the list")
+            .expect("task");
+        tokio::time::timeout(Duration::from_secs(5), reconciled.notified()).await.expect("the Controller ran too");
         assert!(ctx.core.book().is_complete());
         assert!(ctx.core.book().agent(&ObjectKey::new("plant-a", "line-1")).is_some(), "a listed agent is known");
         assert!(ctx.core.book().agent(&ObjectKey::new("plant-a", "line-2")).is_none(), "one being deleted is not");
+        controller.abort();
     }
 
     /// A watch that never lists (a namespace without the controller's Role) keeps no one out
     /// for good: after the patience the agents listed elsewhere are let in.
     #[tokio::test(start_paused = true)]
     async fn a_namespace_that_never_lists_keeps_no_one_out_for_good() {
-        let (agents, _never) = reflector::store::<DeserializeGuard<EdgeAgent>>();
-        let ctx = context(agents, reflector::store().0);
+        let never = Watch::<DeserializeGuard<EdgeAgent>>::of(futures::stream::pending());
+        let ctx = context(readers(std::slice::from_ref(&never)), reflector::store().0);
         let_agents_in(ctx.clone(), Duration::from_secs(60)).await;
         assert!(ctx.core.book().is_complete());
     }
