@@ -79,7 +79,7 @@ impl AgentSession for FakeSession {
         })
     }
 
-    fn close(&self, _: &str) {}
+    fn close(&self, _: &str, _: Option<Duration>) {}
 }
 
 fn plant() -> (Vec<Equipment>, Vec<ControlCommand>) {

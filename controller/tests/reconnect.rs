@@ -89,7 +89,7 @@ impl AgentSession for Session {
         })
     }
 
-    fn close(&self, _: &str) {}
+    fn close(&self, _: &str, _: Option<Duration>) {}
 }
 
 fn connect(registry: &Registry, agent: &ObjectKey, connection_id: u64, answer: Answer) -> Arc<Session> {

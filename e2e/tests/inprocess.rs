@@ -149,8 +149,9 @@ async fn dial(
 /// A controller that has not read its plant yet lets no agent in, rather than refuse agents
 /// whose EdgeAgent it has not read as ones that do not exist: a restarted controller did, in the
 /// moment between listening and reading its folder, and the refused agents backed off for up to
-/// 30 s (at 10,000 agents, the last ones were back 20 s after the rest). Once it has read the
-/// plant, it answers.
+/// 30 s (at 10,000 agents, the last ones were back 20 s after the rest). Nor does it leave them
+/// unanswered (they logged a network fault): it asks them to dial again shortly. Once it has
+/// read the plant, it answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_that_has_not_read_its_plant_turns_no_agent_away() {
     use shopfloor_controller::{reconcile::Reconciler, store::memory::MemoryStore};
@@ -162,9 +163,9 @@ async fn a_controller_that_has_not_read_its_plant_turns_no_agent_away() {
     let addr = ep.local_addr().expect("addr");
     tokio::spawn(ep.run());
     let id = AgentId::new("plant-a", "line-1");
-    if let Some(e) = dial(&**core.store(), addr, &id, Duration::from_millis(1500)).await {
-        panic!("an agent was answered before the plant was read: {e}");
-    }
+    let early = dial(&**core.store(), addr, &id, Duration::from_secs(5)).await.expect("answered while starting");
+    let reason = closed_because(&early, close_code::REDIAL);
+    assert!(reason.contains("controller starting") && reason.contains("retry in 0.5 s"), "{reason}");
     core.reconcile_world(0, &objects(&fixtures::robot_cell_with_template("30s"))).await;
     let answer =
         dial(&**core.store(), addr, &id, Duration::from_secs(5)).await.expect("answered once the plant is read");
@@ -173,12 +174,16 @@ async fn a_controller_that_has_not_read_its_plant_turns_no_agent_away() {
 }
 
 fn refused_because(e: &ConnectionError) -> String {
+    closed_because(e, close_code::UNAUTHORIZED)
+}
+
+fn closed_because(e: &ConnectionError, code: u32) -> String {
     match e {
         ConnectionError::ApplicationClosed(c) => {
-            assert_eq!(c.error_code.into_inner(), u64::from(close_code::UNAUTHORIZED), "{c:?}");
+            assert_eq!(c.error_code.into_inner(), u64::from(code), "{c:?}");
             String::from_utf8_lossy(&c.reason).into_owned()
         }
-        other => panic!("expected an UNAUTHORIZED close, got {other}"),
+        other => panic!("expected a close with code {code}, got {other}"),
     }
 }
 

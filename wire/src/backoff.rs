@@ -30,11 +30,16 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
+        self.jitter(ceiling)
+    }
+
+    /// Uniformly random in `[0, span]`, without counting an attempt.
+    pub fn jitter(&mut self, span: Duration) -> Duration {
         self.state ^= self.state << 13;
         self.state ^= self.state >> 7;
         self.state ^= self.state << 17;
         let unit = (self.state >> 11) as f64 / (1u64 << 53) as f64;
-        ceiling.mul_f64(unit)
+        span.mul_f64(unit)
     }
 
     /// After a successful connection.

@@ -16,3 +16,6 @@ pub const REPLACED: u32 = 5;
 pub const UNSUPPORTED_VERSION: u32 = 6;
 /// Enrollment refused (token unknown, used, expired or foreign).
 pub const ENROLLMENT_REFUSED: u32 = 7;
+/// Closed by a controller that is starting or handing over, not refusing the agent: dial the
+/// same address again at once (after the Goodbye's `redial_after_ms`).
+pub const REDIAL: u32 = 8;

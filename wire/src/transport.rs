@@ -176,6 +176,7 @@ pub fn explain(err: &ConnectionError, dialled: &str) -> String {
             match u32::try_from(close.error_code.into_inner()).unwrap_or(u32::MAX) {
                 close_code::UNAUTHORIZED => format!("the controller refused this agent: {reason}"),
                 close_code::GOODBYE => format!("the controller closed the connection: {reason}"),
+                close_code::REDIAL => format!("the controller asked this agent to dial again: {reason}"),
                 close_code::REPLACED => "a newer connection of this agent replaced this one".into(),
                 close_code::UNSUPPORTED_VERSION => {
                     format!("no protocol version in common with the controller: {reason}")

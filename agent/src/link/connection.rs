@@ -299,6 +299,11 @@ impl Agent {
         loop {
             let started = Instant::now();
             let attempt = match self.connect_once(timing, policy.patience()).await {
+                Ok(Ended { reason, redial_after: Some(after), .. }) => {
+                    tracing::info!("the controller asked for a new dial: {reason}");
+                    silent_since = None;
+                    Attempt::Redial(after)
+                }
                 Ok(ended) => {
                     tracing::warn!("disconnected: {}", ended.reason);
                     silent_since = None;
@@ -395,6 +400,9 @@ impl Agent {
         let first = match tokio::time::timeout(Duration::from_secs(10), rx.next::<ControllerMessage>()).await {
             Ok(Ok(Some(m))) => m,
             _ => {
+                if let Some(ended) = conn.close_reason().as_ref().and_then(|e| redial(e, &id.server_name)) {
+                    return Ok(ended);
+                }
                 return Err(conn
                     .close_reason()
                     .map(explain)
@@ -411,7 +419,10 @@ impl Agent {
                 );
                 (welcome, offset)
             }
-            Ok(Event::Refused(reason)) => return Ok(Ended { reason: format!("refused: {reason}"), silent: false }),
+            Ok(Event::Refused(reason)) => return Ok(Ended::closed(format!("refused: {reason}"), false)),
+            Ok(Event::Redial { reason, after }) => {
+                return Ok(Ended { reason, silent: false, redial_after: Some(after) });
+            }
             Ok(other) => return Err(SessionError::Protocol(format!("unexpected {other:?} before the Welcome"))),
             Err(v) => {
                 transport::close(&conn, v.code, &v.reason);
@@ -436,7 +447,7 @@ impl Agent {
                     let _ = tx.send(&bye).await;
                 }
                 transport::close(&conn, shopfloor_wire::close_code::GOODBYE, &reason);
-                return Ok(Ended { reason, silent: false });
+                return Ok(Ended::closed(reason, false));
             }
         }
         if let Some(o) = offset {
@@ -485,6 +496,7 @@ impl Agent {
         fail_safes.heard();
         let liveness = tokio::spawn(super::dead_man::hear(conn.clone(), fail_safes.clone()));
         let mut renew_check = tokio::time::interval(Duration::from_secs(1));
+        let mut redial_after: Option<Duration> = None;
         let mut renewing: Option<pki::KeyPair> = None;
         let mut retry_at: Option<(Instant, Duration)> = None;
         let result = loop {
@@ -508,6 +520,10 @@ impl Agent {
                             (None, true) => tracing::warn!("a renewed certificate without a key waiting for it"),
                         },
                         Ok(Event::Ended(why)) => break why,
+                        Ok(Event::Redial { reason, after }) => {
+                            redial_after = Some(after);
+                            break reason;
+                        }
                         Ok(Event::Ignored(why)) => tracing::debug!("ignored: {why}"),
                         Ok(other @ (Event::Welcomed { .. } | Event::Refused(_))) => tracing::debug!("ignored: {other:?}"),
                         Err(v) => {
@@ -545,7 +561,12 @@ impl Agent {
                         reply = side.applied(applied);
                     }
                 }
-                e = conn.closed() => break transport::explain(&e, &id.server_name),
+                e = conn.closed() => {
+                    if let Some(ended) = redial(&e, &id.server_name) {
+                        redial_after = ended.redial_after;
+                    }
+                    break transport::explain(&e, &id.server_name);
+                }
             }
             if let Some(m) = reply
                 && let Err(e) = tx.send(&m).await
@@ -556,9 +577,29 @@ impl Agent {
         commands.abort();
         reports.abort();
         liveness.abort();
-        Ok(Ended { reason: result, silent: matches!(conn.close_reason(), Some(quinn::ConnectionError::TimedOut)) })
+        Ok(Ended {
+            reason: result,
+            silent: matches!(conn.close_reason(), Some(quinn::ConnectionError::TimedOut)),
+            redial_after,
+        })
     }
 }
+
+/// A connection the controller closed with the redial code, its Goodbye not read (the close
+/// overtook it): dial again as a starting controller asks.
+fn redial(e: &quinn::ConnectionError, dialled: &str) -> Option<Ended> {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code.into_inner() == u64::from(shopfloor_wire::close_code::REDIAL) =>
+        {
+            Some(Ended { reason: transport::explain(e, dialled), silent: false, redial_after: Some(REDIAL_UNSAID) })
+        }
+        _ => None,
+    }
+}
+
+/// How long to wait before dialling again after a redial close whose Goodbye was not read.
+const REDIAL_UNSAID: Duration = Duration::from_millis(500);
 
 /// Now, in whole seconds of Unix time.
 fn unix_secs() -> i64 {

@@ -8,6 +8,15 @@ pub struct Ended {
     pub reason: String,
     /// The controller stopped answering (idle timeout), as opposed to closing or refusing.
     pub silent: bool,
+    /// The controller is starting or handing over and asked for a new dial after this long.
+    pub redial_after: Option<Duration>,
+}
+
+impl Ended {
+    /// Ended with nothing to redial for.
+    pub fn closed(reason: String, silent: bool) -> Self {
+        Self { reason, silent, redial_after: None }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -35,6 +35,8 @@ pub enum Attempt {
     NoAnswer,
     /// Refused, or failed some other way.
     Failed,
+    /// The controller is starting or handing over and asked for a new dial after this long.
+    Redial(Duration),
 }
 
 /// The reconnection policy of one agent.
@@ -80,6 +82,12 @@ impl Reconnect {
                 self.silent_in_a_row = 0;
                 self.failed.next_delay()
             }
+            // Not a failure: no backoff grows. Up to half again as jitter, so a fleet sent away
+            // together does not come back in one burst.
+            Attempt::Redial(after) => {
+                self.silent_in_a_row = 0;
+                after + self.silent.jitter(after / 2)
+            }
         }
     }
 
@@ -119,6 +127,16 @@ mod tests {
         assert!(late.len() > 3, "spread: {delays:?}");
         let d = r.after(Attempt::Ended { lasted: STABLE, silent: false });
         assert!(d <= Duration::from_millis(200), "a session that lasted resets the backoff: {d:?}");
+    }
+
+    #[test]
+    fn a_redial_waits_what_the_controller_asked_and_grows_no_backoff() {
+        let mut r = Reconnect::default();
+        for _ in 0..30 {
+            let d = r.after(Attempt::Redial(Duration::from_millis(200)));
+            assert!((Duration::from_millis(200)..=Duration::from_millis(300)).contains(&d), "{d:?}");
+        }
+        assert!(r.after(Attempt::Failed) <= Duration::from_millis(200), "the refusal backoff did not grow");
     }
 
     #[test]

@@ -50,8 +50,10 @@ pub trait AgentSession: Send + Sync + 'static {
     /// Opens a command stream and sends the command; replies arrive on the receiver, which
     /// closes when the stream ends (with or without a result).
     fn dispatch(&self, command: Dispatch) -> BoxFuture<'_, Result<mpsc::Receiver<Reply>, SessionError>>;
-    /// Closes the connection with a Goodbye carrying `reason`.
-    fn close(&self, reason: &str);
+    /// Closes the connection with a Goodbye carrying `reason`; with `redial_after`, a Goodbye
+    /// that asks the agent to dial the same address again after that delay, without backing
+    /// off (a handover, not a refusal).
+    fn close(&self, reason: &str, redial_after: Option<Duration>);
 }
 
 /// A result reported by the agent, with the agent's own timestamps.

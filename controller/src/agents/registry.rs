@@ -77,7 +77,7 @@ impl Registry {
     pub fn connect(&self, agent: ObjectKey, connected: Connected) {
         let old = self.agents.write().unwrap_or_else(|p| p.into_inner()).insert(agent.clone(), connected);
         if let Some(old) = old {
-            old.session.close("replaced by a newer connection of the same agent");
+            old.session.close("replaced by a newer connection of the same agent", None);
         }
         let _ = self.changes.send(Change::Connected(agent));
     }
@@ -126,12 +126,24 @@ impl Registry {
         let removed = self.agents.write().unwrap_or_else(|p| p.into_inner()).remove(agent);
         match removed {
             Some(c) => {
-                c.session.close(reason);
+                c.session.close(reason, None);
                 let _ = self.changes.send(Change::Disconnected(agent.clone()));
                 true
             }
             None => false,
         }
+    }
+
+    /// Closes every session asking its agent to dial again after `redial_after` (this replica
+    /// steps down, another takes over); returns how many were closed. Their Disconnected events
+    /// are not this replica's to publish: the next leader sees them back.
+    pub fn hand_over(&self, reason: &str, redial_after: std::time::Duration) -> usize {
+        let sessions: Vec<Connected> =
+            std::mem::take(&mut *self.agents.write().unwrap_or_else(|p| p.into_inner())).into_values().collect();
+        for c in &sessions {
+            c.session.close(reason, Some(redial_after));
+        }
+        sessions.len()
     }
 
     pub fn len(&self) -> usize {

@@ -233,7 +233,7 @@ async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Resul
     // Only the leader accepts agents: a standby holds no sessions to lose at takeover.
     let quic = Endpoint::bind(core.endpoint_context(), ca, args.listen, &args.server_names, endpoint::timing())
         .with_context(|| format!("cannot listen on {} for agents (QUIC/UDP)", args.listen))?;
-    tokio::spawn(quic.run());
+    tokio::spawn(quic.clone().run());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let controllers = tokio::spawn(controllers::run(client, core, scope, stop_rx));
     let released = tokio::select! {
@@ -247,6 +247,11 @@ async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Resul
         }
     };
     health.leader.store(false, Ordering::Relaxed);
+    // Agents first: each is told to dial again (the Service sends it to the next leader) while
+    // its fail-safe countdown has hardly begun; waiting for their heartbeat timeouts engaged
+    // every fail-safe shorter than it.
+    let handed = quic.hand_over();
+    tracing::info!(agents = handed, "agents asked to dial the next leader");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), controllers).await;
     // Unlabelled first, so the Service stops sending agents here before a standby takes over.
@@ -258,5 +263,7 @@ async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Resul
             Err(e) => tracing::warn!("cannot release the leader lease ({e}); a standby takes over when it expires"),
         }
     }
+    // The Goodbyes and closes are sent by the endpoint's tasks: let them go out before exiting.
+    quic.drain(Duration::from_secs(1)).await;
     Ok(())
 }

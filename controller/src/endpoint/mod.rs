@@ -62,6 +62,8 @@ pub struct Endpoint<S: Store> {
     endpoint: quinn::Endpoint,
     next_id: AtomicU64,
     failure_log: crate::log_limit::LogLimit,
+    /// Set when this replica steps down: every agent is sent to the next leader.
+    handing_over: std::sync::atomic::AtomicBool,
 }
 
 impl<S: Store> std::fmt::Debug for Endpoint<S> {
@@ -98,6 +100,14 @@ impl Drop for Slot {
         self.gauge.dec();
     }
 }
+/// How long a starting controller asks agents to wait before they dial again: its plant is
+/// usually read within a second; an agent adds up to half again as jitter.
+pub const STARTING_REDIAL: Duration = Duration::from_millis(500);
+/// How long a replica stepping down asks its agents to wait before they dial the next leader:
+/// the Lease changes hands within milliseconds of the release, and the next leader reads its
+/// plant within a second.
+pub const HANDOVER_REDIAL: Duration = Duration::from_millis(200);
+
 /// A handshake not complete by then is abandoned (agents give up after 1 s and retry).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -124,6 +134,7 @@ impl<S: Store> Endpoint<S> {
             endpoint,
             next_id: AtomicU64::new(1),
             failure_log: crate::log_limit::LogLimit::new(10, Duration::from_secs(10)),
+            handing_over: Default::default(),
         }))
     }
 
@@ -137,6 +148,35 @@ impl<S: Store> Endpoint<S> {
         self.certs.replace(vec![cert, self.issuer.ca.cert_der().clone()], key).map_err(|e| e.to_string())
     }
 
+    /// Steps down: every connected agent is closed with a Goodbye asking it to dial the same
+    /// address again after [`HANDOVER_REDIAL`] (the Service then routes it to the next leader),
+    /// and every agent that dials here from now on is answered the same. Returns how many
+    /// sessions were closed. Fail-safes count silence from the last packet an agent heard, so a
+    /// handover within their `after` engages none.
+    pub fn hand_over(&self) -> usize {
+        self.handing_over.store(true, std::sync::atomic::Ordering::Release);
+        self.ctx.registry.hand_over("this controller replica is stepping down: dial again", HANDOVER_REDIAL)
+    }
+
+    /// Waits, at most `patience`, until every connection has closed and its close was sent.
+    pub async fn drain(&self, patience: Duration) {
+        let _ = tokio::time::timeout(patience, self.endpoint.wait_idle()).await;
+    }
+
+    /// Why a connection is declined before its session, and when to dial again: while the plant
+    /// is not read (every agent would be refused as one whose EdgeAgent does not exist) and after
+    /// a step-down.
+    fn declining(&self) -> Option<(String, Duration)> {
+        if self.handing_over.load(std::sync::atomic::Ordering::Acquire) {
+            let after = HANDOVER_REDIAL;
+            return Some((format!("controller replica stepping down, retry in {:.1} s", after.as_secs_f64()), after));
+        }
+        (!self.ctx.book.is_complete()).then(|| {
+            let after = STARTING_REDIAL;
+            (format!("controller starting (reading its EdgeAgents), retry in {:.1} s", after.as_secs_f64()), after)
+        })
+    }
+
     /// Accepts connections until the endpoint closes. At most [`MAX_HANDSHAKES`] handshakes and
     /// enrollments are in progress at once; beyond that new attempts are refused (agents retry
     /// with backoff), and past half of it a peer must first prove its address with a Retry, so
@@ -146,16 +186,11 @@ impl<S: Store> Endpoint<S> {
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         let mut said_starting = false;
         while let Some(incoming) = self.endpoint.accept().await {
-            // Until the plant is known, every agent would be refused as one whose EdgeAgent does
-            // not exist, and refused agents back off for up to 30 s: a restarted controller
-            // turned away the first agents back and lost them for the rest of the fleet's
-            // return. Unanswered, an agent dials again within a second or two.
-            if !self.ctx.book.is_complete() {
-                if !std::mem::replace(&mut said_starting, true) {
-                    tracing::info!("agents are let in once the plant's EdgeAgents are read");
-                }
-                incoming.ignore();
-                continue;
+            if !said_starting && !self.ctx.book.is_complete() {
+                said_starting = true;
+                tracing::info!(
+                    "agents are let in once the plant's EdgeAgents are read; until then they are asked to dial again"
+                );
             }
             let busy = MAX_HANDSHAKES - slots.available_permits();
             if busy >= MAX_HANDSHAKES / 2 && !incoming.remote_address_validated() && incoming.may_retry() {
@@ -198,6 +233,18 @@ impl<S: Store> Endpoint<S> {
 
     async fn serve(self: Arc<Self>, conn: quinn::Connection, slot: Slot) {
         let remote = conn.remote_address();
+        // Declined with a delay to dial again, not refused: refused agents back off for up to
+        // 30 s, and unanswered ones log a network fault that is not there.
+        if let Some((reason, after)) = self.declining() {
+            let has_cert = transport::peer_certificate(&conn).is_some();
+            drop(slot);
+            if has_cert {
+                session::decline(conn, &reason, after).await;
+            } else {
+                transport::close(&conn, close_code::REDIAL, &reason);
+            }
+            return;
+        }
         let Some(cert) = transport::peer_certificate(&conn) else {
             // An enrollment holds its slot until it is answered: enrollments count as handshakes.
             // Boxed, so that an enrollment's future does not widen every session's task.

@@ -51,6 +51,29 @@ fn now(conn: &quinn::Connection) -> Now {
     Now { unix_micros: now_micros(), rtt_micros: i64::try_from(conn.rtt().as_micros()).unwrap_or(i64::MAX) }
 }
 
+/// Declines a connection before its session: answers the agent's Hello with a Goodbye that asks
+/// it to dial again after `after` (a starting controller, one handing over), then closes.
+pub(super) async fn decline(conn: quinn::Connection, reason: &str, after: Duration) {
+    let answered = tokio::time::timeout(Duration::from_secs(2), async {
+        let (send, recv) = conn.accept_bi().await.ok()?;
+        let mut rx = FrameReader::new(recv, DEFAULT_MAX_FRAME);
+        // The Hello is read, not acted on: the answer is the same whoever it is from.
+        rx.next::<AgentMessage>().await.ok()??;
+        let mut tx = FrameWriter::new(send, DEFAULT_MAX_FRAME);
+        let bye = ControllerSide::new(Terms::default()).redial(reason, after)?;
+        tx.send(&bye).await.ok()?;
+        tx.get_mut().finish().ok()?;
+        // Closing at once would discard the Goodbye unsent: the agent closes once it has it.
+        conn.closed().await;
+        Some(())
+    })
+    .await;
+    if answered.is_err() {
+        tracing::debug!(remote = %conn.remote_address(), "declined a connection that sent no Hello in time");
+    }
+    transport::close(&conn, close_code::REDIAL, reason);
+}
+
 /// Serves one agent's connection until it ends.
 pub(super) async fn serve<S: Store>(
     ctx: &EndpointContext<S>,
@@ -300,19 +323,24 @@ impl AgentSession for QuicSession {
         })
     }
 
-    fn close(&self, reason: &str) {
+    fn close(&self, reason: &str, redial_after: Option<Duration>) {
         let control = self.control.clone();
         let conn = self.conn.clone();
         let reason = reason.to_owned();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_millis(200), async {
                 let mut c = control.lock().await;
-                if let Some(bye) = c.side.goodbye(&reason) {
+                let bye = match redial_after {
+                    Some(after) => c.side.redial(&reason, after),
+                    None => c.side.goodbye(&reason),
+                };
+                if let Some(bye) = bye {
                     let _ = c.send(&bye).await;
                 }
             })
             .await;
-            transport::close(&conn, close_code::GOODBYE, &reason);
+            let code = if redial_after.is_some() { close_code::REDIAL } else { close_code::GOODBYE };
+            transport::close(&conn, code, &reason);
         });
     }
 }

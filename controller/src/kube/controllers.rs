@@ -106,6 +106,12 @@ pub struct Watch<K: Resource<DynamicType = ()> + Clone + 'static> {
     pub objects: futures::stream::BoxStream<'static, Result<K, watcher::Error>>,
 }
 
+impl<K: Resource<DynamicType = ()> + Clone + 'static> std::fmt::Debug for Watch<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch").field("listed", &*self.listed.borrow()).finish_non_exhaustive()
+    }
+}
+
 impl<K> Watch<K>
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,

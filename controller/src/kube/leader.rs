@@ -153,13 +153,20 @@ impl LeaderElector {
 
     /// Waits as a standby until this replica holds the lease.
     pub async fn acquire(&self) {
+        use futures::StreamExt as _;
+        use kube::runtime::{WatchStreamExt as _, watcher};
+        // A release is seen as it happens, so a planned handover takes milliseconds, not up to
+        // a retry interval; the interval still bounds the wait for an expiry, which no event
+        // announces, and a watch the RBAC does not allow.
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+        let mut changes = watcher(self.api.clone(), config).default_backoff().boxed();
         loop {
             match self.try_acquire_or_renew().await {
                 Ok(true) => return,
                 Ok(false) => {}
                 Err(e) => tracing::warn!("leader election: {e}"),
             }
-            tokio::time::sleep(self.timing.retry_every).await;
+            let _ = tokio::time::timeout(self.timing.retry_every, changes.next()).await;
         }
     }
 

@@ -367,7 +367,7 @@ mod tests {
         > {
             Box::pin(async { Err(crate::agents::port::SessionError::Closed) })
         }
-        fn close(&self, _: &str) {}
+        fn close(&self, _: &str, _: Option<std::time::Duration>) {}
     }
 
     fn connected(offset: i64, problem: Option<&str>) -> Connected {

@@ -54,5 +54,5 @@ impl AgentSession for Silent {
         Box::pin(async { Err(shopfloor_controller::agents::port::SessionError::Closed) })
     }
 
-    fn close(&self, _: &str) {}
+    fn close(&self, _: &str, _: Option<Duration>) {}
 }

@@ -38,6 +38,9 @@ pub enum Event {
     Renewed(RenewResponse),
     /// The controller ended the session.
     Ended(String),
+    /// The controller is starting or handing over (before or during a session): dial the same
+    /// address again after `after`, without backing off.
+    Redial { reason: String, after: std::time::Duration },
     /// A message that is late or repeated: nothing to do but say so.
     Ignored(String),
 }
@@ -110,6 +113,11 @@ impl AgentSide {
                 self.state = State::Established;
                 Ok(Event::Welcomed { welcome, hello_sent_unix_micros, received_unix_micros: now_unix_micros })
             }
+            (State::AwaitingWelcome { .. } | State::Established, Body::Goodbye(g)) if g.redial_after_ms.is_some() => {
+                self.state = State::Closed;
+                let after = std::time::Duration::from_millis(u64::from(g.redial_after_ms.unwrap_or_default()));
+                Ok(Event::Redial { reason: g.reason, after })
+            }
             (State::AwaitingWelcome { .. }, Body::Goodbye(g)) => {
                 self.state = State::Closed;
                 Ok(Event::Refused(g.reason))
@@ -170,6 +178,8 @@ impl AgentSide {
         if std::mem::replace(&mut self.state, State::Closed) == State::Closed {
             return None;
         }
-        Some(AgentMessage { body: Some(agent_message::Body::Goodbye(Goodbye { reason: reason.to_owned() })) })
+        Some(AgentMessage {
+            body: Some(agent_message::Body::Goodbye(Goodbye { reason: reason.to_owned(), redial_after_ms: None })),
+        })
     }
 }

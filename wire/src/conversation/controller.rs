@@ -209,9 +209,22 @@ impl ControllerSide {
 
     /// Ends the session with `reason`; `None` when it already ended.
     pub fn goodbye(&mut self, reason: &str) -> Option<ControllerMessage> {
+        self.bye(reason, None)
+    }
+
+    /// Ends the session, or declines it before the Welcome, asking the agent to dial the same
+    /// address again after `after` (a starting controller, a handover); `None` when it already
+    /// ended.
+    pub fn redial(&mut self, reason: &str, after: std::time::Duration) -> Option<ControllerMessage> {
+        self.bye(reason, Some(u32::try_from(after.as_millis()).unwrap_or(u32::MAX)))
+    }
+
+    fn bye(&mut self, reason: &str, redial_after_ms: Option<u32>) -> Option<ControllerMessage> {
         if std::mem::replace(&mut self.state, State::Closed) == State::Closed {
             return None;
         }
-        Some(ControllerMessage { body: Some(controller_message::Body::Goodbye(Goodbye { reason: reason.to_owned() })) })
+        Some(ControllerMessage {
+            body: Some(controller_message::Body::Goodbye(Goodbye { reason: reason.to_owned(), redial_after_ms })),
+        })
     }
 }
