@@ -67,6 +67,15 @@ pub fn agents(namespace: &str, range: std::ops::Range<usize>, heartbeat: Option<
     out
 }
 
+/// `manifests` of [`agents`] with a fail-safe on every conveyor: after `after` of silence its
+/// speed goes to 0 and stays there until an operator resumes it.
+pub fn with_fail_safe(manifests: &str, after: &str) -> String {
+    manifests.replace(
+        "  properties:\n  - {name: speed",
+        &format!("  failSafe: {{after: {after}, values: [{{property: speed, value: 0}}], resume: Manual}}\n  properties:\n  - {{name: speed"),
+    )
+}
+
 /// Agents sharing one UDP socket (a QUIC endpoint) in the simulator. Each agent still has its
 /// own connection, key and certificate; one socket each and a journal each were 2 open files per
 /// agent, and 10,000 agents hit the machine's limit of 20,000 (not raisable without root's
@@ -125,6 +134,18 @@ impl Fleet {
         parallel: usize,
     ) -> Result<Self, FleetError> {
         let store = Arc::new(FolderStore::open(manifests, state).map_err(|e| FleetError::Store(e.to_string()))?);
+        Self::start_on(store, controller, namespace, names, agents_root, parallel).await
+    }
+
+    /// [`Self::start`] with the tokens and the CA read from `store` (a Kubernetes API's, say).
+    pub async fn start_on<S: Store>(
+        store: Arc<S>,
+        controller: &str,
+        namespace: &str,
+        names: &[String],
+        agents_root: &Path,
+        parallel: usize,
+    ) -> Result<Self, FleetError> {
         let fingerprint =
             endpoint::ensure_ca(&*store).await.map_err(|e| FleetError::Store(e.to_string()))?.fingerprint();
         let gate = Arc::new(Semaphore::new(parallel.max(1)));
@@ -144,7 +165,7 @@ impl Fleet {
             let dir = agents_root.join(&name);
             starting.push(tokio::spawn(async move {
                 let _turn = gate.acquire_owned().await;
-                start_one(&store, &controller, &namespace, &name, dir, &fingerprint, endpoint).await
+                start_one(&*store, &controller, &namespace, &name, dir, &fingerprint, endpoint).await
             }));
         }
         let mut fleet = Fleet { agents: Vec::new(), tasks: Vec::new() };
@@ -178,14 +199,19 @@ impl Fleet {
         self.agents.iter().map(|a| a.metrics.sessions.get()).sum()
     }
 
+    /// How many agents hold a fail-safe engaged.
+    pub fn fail_safes_engaged(&self) -> usize {
+        self.agents.iter().filter(|a| a.executor.fail_safes().states().iter().any(|s| s.engaged)).count()
+    }
+
     /// Attempts to reach the controller over the fleet's life, as each ended.
     pub fn attempts(&self) -> u64 {
         self.agents.iter().map(|a| a.metrics.connect_attempts.get()).sum()
     }
 }
 
-async fn start_one(
-    store: &FolderStore,
+async fn start_one<S: Store>(
+    store: &S,
     controller: &str,
     namespace: &str,
     name: &str,

@@ -43,6 +43,7 @@ pub struct Counters {
 #[derive(Debug)]
 pub struct UdpProxy {
     pub addr: SocketAddr,
+    upstream: Arc<Mutex<SocketAddr>>,
     impairment: Arc<Mutex<Impairment>>,
     pub counters: Arc<Counters>,
     task: JoinHandle<()>,
@@ -105,6 +106,8 @@ impl UdpProxy {
     pub async fn start(listen: SocketAddr, upstream: SocketAddr, seed: u64) -> std::io::Result<Self> {
         let front = Arc::new(UdpSocket::bind(listen).await?);
         let addr = front.local_addr()?;
+        let to = Arc::new(Mutex::new(upstream));
+        let upstream_now = to.clone();
         let impairment = Arc::new(Mutex::new(Impairment::default()));
         let counters = Arc::new(Counters::default());
         let shared = Arc::new(Shared {
@@ -142,11 +145,17 @@ impl UdpProxy {
                     }
                 };
                 if let Some(after) = shared.verdict(true) {
+                    let upstream = *upstream_now.lock().unwrap_or_else(|p| p.into_inner());
                     forward(&back, &buf[..n], upstream, after).await;
                 }
             }
         });
-        Ok(Self { addr, impairment, counters, task })
+        Ok(Self { addr, upstream: to, impairment, counters, task })
+    }
+
+    /// Forwards to `upstream` from now on (a Service whose endpoint changed).
+    pub fn set_upstream(&self, upstream: SocketAddr) {
+        *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = upstream;
     }
 
     pub fn set(&self, impairment: Impairment) {

@@ -1,0 +1,27 @@
+//! The controller binary in Kubernetes mode, as the chart runs it (a leader and a standby, the
+//! leader's pod labelled for the agents' Service), against the mock API server: a new leader
+//! lets agents in at once, and a planned handover engages no fail-safe.
+
+use shopfloor_e2e::cluster::handover;
+
+/// Before: the new leader's gate opened 60 s after it led (its wait lost its wakeup to
+/// kube-runtime's Controller), and agents noticed a stepped-down leader only at their heartbeat
+/// timeout, so every handover engaged the fail-safes shorter than that.
+#[test]
+fn a_new_leader_lets_agents_in_at_once_and_a_planned_handover_engages_no_fail_safe() {
+    let n = 20;
+    let h = handover(n);
+    eprintln!("{h:?}");
+    assert!(
+        h.first_admitted < jiff::SignedDuration::from_secs(1),
+        "the first agent came {} after leading",
+        h.first_admitted
+    );
+    assert!(
+        h.handed_over_line.contains(&format!("agents={n}")),
+        "the leader handed its agents over: {}",
+        h.handed_over_line
+    );
+    assert_eq!(h.engaged_by_handover, 0, "a planned handover engaged fail-safes");
+    assert_eq!(h.engaged_without_controller, n, "the control: with no controller left every fail-safe engages");
+}
