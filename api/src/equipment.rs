@@ -113,6 +113,12 @@ pub struct FailSafe {
     /// What lifts it once the link is back (default `Manual`).
     #[serde(default)]
     pub resume: Resume,
+    /// A controller in Kubernetes mode refuses a fail-safe whose `after` is shorter than its
+    /// failover bound (how long agents can be without a controller when the leader dies
+    /// unannounced; docs/operations.md gives the arithmetic): such a crash would engage it.
+    /// `true` accepts that; planned handovers engage none either way.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_shorter_than_failover: bool,
 }
 
 /// One safe value. Its type and the property's interlock limits are checked by the controller,

@@ -5,7 +5,7 @@
 //! same order, so a restarted controller computes the revisions its agents already hold and
 //! sends them nothing.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -61,8 +61,46 @@ impl Plans {
     }
 }
 
+/// How long agents can be without a controller when the leader dies unannounced (SIGKILL, a
+/// lost node): the Lease must expire and a standby notice (`lease` + `retry`) and read the
+/// plant (`start`), or the agent must notice the dead connection (its heartbeat timeout),
+/// whichever is later, and then the agent dials again and is let in (`redial`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Failover {
+    pub lease: Duration,
+    pub retry: Duration,
+    pub start: Duration,
+    pub redial: Duration,
+}
+
+impl Failover {
+    /// A standby's listing of the plant and its gate, with room to spare.
+    pub const START: Duration = Duration::from_secs(1);
+    /// An agent's longest delay after silence (0.75 s) and its longest wait for an answer
+    /// (1.5 s): `agent::link::reconnect`.
+    pub const REDIAL: Duration = Duration::from_millis(2250);
+
+    /// The bound for an agent whose heartbeat timeout is `heartbeat_timeout`.
+    pub fn bound(&self, heartbeat_timeout: Duration) -> Duration {
+        (self.lease + self.retry + self.start).max(heartbeat_timeout) + self.redial
+    }
+}
+
 /// Computes every agent's plan.
 pub fn plan(agents: &[EdgeAgent], equipment: &[Equipment], slices: &[NetworkSlice]) -> Plans {
+    plan_with(agents, equipment, slices, None)
+}
+
+/// [`plan`], refusing fail-safes shorter than `failover` allows (Kubernetes mode) unless their
+/// Equipment accepts that.
+pub fn plan_with(
+    agents: &[EdgeAgent],
+    equipment: &[Equipment],
+    slices: &[NetworkSlice],
+    failover: Option<Failover>,
+) -> Plans {
+    let heartbeats: BTreeMap<ObjectKey, Duration> =
+        agents.iter().map(|a| (ObjectKey::of(&a.metadata), a.spec.heartbeat.timeout.into())).collect();
     let mut out = Plans::default();
     for a in agents {
         let key = ObjectKey::of(&a.metadata);
@@ -116,6 +154,29 @@ pub fn plan(agents: &[EdgeAgent], equipment: &[Equipment], slices: &[NetworkSlic
             continue;
         }
         let akey = ObjectKey::new(key.namespace.clone(), e.spec.agent_ref.name.clone());
+        if let (Some(failover), Some(f), Some(hb)) = (failover, &e.spec.fail_safe, heartbeats.get(&akey))
+            && !f.allow_shorter_than_failover
+            && Duration::from(f.after) < failover.bound(*hb)
+        {
+            let bound = failover.bound(*hb);
+            out.problems.push(Problem {
+                kind: "Equipment",
+                key,
+                reason: "FailSafeShorterThanFailover",
+                message: format!(
+                    "spec.failSafe.after: {} is shorter than this controller's failover bound of {:.2} s (Lease {} s + retry {} s + start {} s, or EdgeAgent {akey}'s heartbeat timeout {} s if longer, + redial {:.2} s): a controller crash would engage the fail-safe; raise spec.failSafe.after to at least {:.0} s, or set spec.failSafe.allowShorterThanFailover: true to accept that (planned handovers engage none). Not applied until then",
+                    f.after,
+                    bound.as_secs_f64(),
+                    failover.lease.as_secs(),
+                    failover.retry.as_secs(),
+                    failover.start.as_secs(),
+                    hb.as_secs_f64(),
+                    failover.redial.as_secs_f64(),
+                    bound.as_secs_f64().ceil(),
+                ),
+            });
+            continue;
+        }
         let Some(p) = out.agents.get_mut(&akey) else {
             out.problems.push(Problem {
                 kind: "Equipment",

@@ -53,6 +53,8 @@ pub struct Reconciler<S: Store> {
     /// Agents whose statuses something outside the store changed (a connection, an applied
     /// configuration, reported values).
     changes: Arc<Changes>,
+    /// The failover bound fail-safes are held to (Kubernetes mode), once set.
+    failover: std::sync::OnceLock<planner::Failover>,
 }
 
 impl<S: Store> std::fmt::Debug for Reconciler<S> {
@@ -79,7 +81,15 @@ impl<S: Store> Reconciler<S> {
             plans: RwLock::new((u64::MAX, Arc::default())),
             replica: replica.into(),
             changes: Arc::default(),
+            failover: Default::default(),
         })
+    }
+
+    /// Holds every fail-safe to `failover` from the next plan on: one shorter than its bound is
+    /// refused unless its Equipment accepts that. Set once, before the first plan (Kubernetes
+    /// mode, where a standby takes over after a crash).
+    pub fn hold_fail_safes_to(&self, failover: planner::Failover) {
+        let _ = self.failover.set(failover);
     }
 
     /// What the QUIC endpoint needs, and nothing more.
@@ -142,7 +152,8 @@ impl<S: Store> Reconciler<S> {
         }
         let world = world();
         let world = world.borrow();
-        let plans = Arc::new(planner::plan(&world.agents, &world.equipment, &world.slices));
+        let plans =
+            Arc::new(planner::plan_with(&world.agents, &world.equipment, &world.slices, self.failover.get().copied()));
         self.engine.set_link_budgets(link_budget::budgets(&plans));
         *self.plans.write().unwrap_or_else(|p| p.into_inner()) = (version, plans.clone());
         plans

@@ -97,3 +97,34 @@ fn equipment_on_a_slice_that_does_not_select_its_agent_is_flagged() {
     assert_eq!(problems[0].reason, "SliceNotSelected");
     assert!(plans.agents[&key("line-1")].equipment.contains_key("press-plc"), "still planned");
 }
+
+/// In Kubernetes mode a crash of the leader leaves agents without a controller for up to the
+/// failover bound: a fail-safe shorter than that would engage on every crash, so it is refused
+/// (named, with the bound and both ways out) unless its Equipment accepts it.
+#[test]
+fn a_fail_safe_shorter_than_the_failover_bound_is_refused_unless_accepted() {
+    use std::time::Duration;
+    let (a, mut e, s) = plant();
+    let failover = planner::Failover {
+        lease: Duration::from_secs(10),
+        retry: Duration::from_secs(2),
+        start: planner::Failover::START,
+        redial: planner::Failover::REDIAL,
+    };
+    let conveyor = e.iter().position(|e| e.metadata.name.as_deref() == Some("infeed-conveyor")).expect("conveyor");
+    // The example accepts its 3 s.
+    assert!(planner::plan_with(&a, &e, &s, Some(failover)).problems.is_empty());
+    let f = e[conveyor].spec.fail_safe.as_mut().expect("the example conveyor has a fail-safe");
+    f.allow_shorter_than_failover = false;
+    let plans = planner::plan_with(&a, &e, &s, Some(failover));
+    let problem = plans.problems_of("Equipment", &key("infeed-conveyor")).next().expect("refused");
+    assert_eq!(problem.reason, "FailSafeShorterThanFailover");
+    for needle in ["spec.failSafe.after: 3s", "15.25 s", "allowShorterThanFailover: true", "at least 16 s"] {
+        assert!(problem.message.contains(needle), "{needle}: {}", problem.message);
+    }
+    assert!(!plans.agents[&key("line-1")].equipment.contains_key("infeed-conveyor"), "not applied");
+    // Standalone mode has no failover to hold it to; a long enough fail-safe passes.
+    assert!(planner::plan(&a, &e, &s).problems.is_empty());
+    e[conveyor].spec.fail_safe.as_mut().expect("fail-safe").after = Duration::from_secs(16).into();
+    assert!(planner::plan_with(&a, &e, &s, Some(failover)).problems.is_empty());
+}

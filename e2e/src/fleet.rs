@@ -72,7 +72,7 @@ pub fn agents(namespace: &str, range: std::ops::Range<usize>, heartbeat: Option<
 pub fn with_fail_safe(manifests: &str, after: &str) -> String {
     manifests.replace(
         "  properties:\n  - {name: speed",
-        &format!("  failSafe: {{after: {after}, values: [{{property: speed, value: 0}}], resume: Manual}}\n  properties:\n  - {{name: speed"),
+        &format!("  failSafe: {{after: {after}, values: [{{property: speed, value: 0}}], resume: Manual, allowShorterThanFailover: true}}\n  properties:\n  - {{name: speed"),
     )
 }
 

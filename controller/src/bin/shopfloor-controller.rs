@@ -191,13 +191,14 @@ async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Resul
     let scope = if args.namespaces.is_empty() { Scope::Cluster } else { Scope::Namespaces(args.namespaces.clone()) };
     tracing::info!(http = %addr, namespace = %args.namespace, replica = %args.replica(), ?scope, "controller started; electing a leader");
     health.ready.store(true, Ordering::Relaxed);
-    let elector = LeaderElector::new(
-        client.clone(),
-        &args.namespace,
-        "shopfloor-controller",
-        &args.replica(),
-        LeaseTiming::default(),
-    );
+    let timing = LeaseTiming::default();
+    core.hold_fail_safes_to(shopfloor_controller::planner::Failover {
+        lease: timing.duration,
+        retry: timing.retry_every,
+        start: shopfloor_controller::planner::Failover::START,
+        redial: shopfloor_controller::planner::Failover::REDIAL,
+    });
+    let elector = LeaderElector::new(client.clone(), &args.namespace, "shopfloor-controller", &args.replica(), timing);
     // Standby until we hold the lease; then reconcile until we lose it, and exit so that the
     // replacement pod starts clean as a standby.
     tokio::select! {

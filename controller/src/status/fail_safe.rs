@@ -95,6 +95,7 @@ mod tests {
             after: std::time::Duration::from_secs(2).into(),
             values: vec![SafeValue { property: "running".into(), value: Value::Bool(false) }],
             resume,
+            allow_shorter_than_failover: false,
         }
     }
 
