@@ -12,16 +12,15 @@ fn the_chart_lints_and_renders_cluster_wide_and_namespaced() {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/tests/render.py");
     let out = match Command::new("python3").arg(&script).output() {
         Ok(o) => o,
-        Err(e) => {
-            eprintln!("\n*** SKIPPED: python3 cannot run ({e}); the Helm chart was NOT checked ***\n");
-            return;
-        }
+        Err(e) => return shopfloor_e2e::harness::unmet(&format!("python3 ({e})"), "the Helm chart check"),
     };
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     match out.status.code() {
         Some(0) => println!("{text}"),
-        Some(3) => eprintln!("\n*** SKIPPED: {} ***\n", text.trim()),
-        Some(4) => eprintln!("\n*** {} ***\n", text.trim()),
+        Some(3) => shopfloor_e2e::harness::unmet("helm-python-sdk", &format!("the Helm chart check ({})", text.trim())),
+        Some(4) => {
+            shopfloor_e2e::harness::unmet("promtool", &format!("part of the Helm chart check ({})", text.trim()))
+        }
         _ => panic!("the chart is broken:\n{text}"),
     }
 }

@@ -65,15 +65,14 @@ fn a_controller_killed_with_commands_dispatched_ends_each_with_exactly_one_execu
     drop(proxy);
 }
 
+/// Run with `SHOPFLOOR_E2E_KUBECONFIG=<kubeconfig of a disposable cluster> cargo test -p
+/// shopfloor-e2e --test faults -- --ignored`.
 #[test]
+#[ignore = "needs SHOPFLOOR_E2E_KUBECONFIG: a disposable Kubernetes 1.35–1.37 cluster"]
 fn against_a_real_cluster_when_configured() {
-    match std::env::var_os("SHOPFLOOR_E2E_KUBECONFIG") {
-        None => eprintln!(
-            "\n*** SKIPPED: SHOPFLOOR_E2E_KUBECONFIG is not set, so the real-cluster flow was NOT run. Point it at \
-             a kubeconfig of a disposable cluster (Kubernetes 1.30–1.33) to run it. ***\n"
-        ),
-        Some(path) => cluster::run(std::path::Path::new(&path)),
-    }
+    let path = std::env::var_os("SHOPFLOOR_E2E_KUBECONFIG")
+        .expect("SHOPFLOOR_E2E_KUBECONFIG names the kubeconfig of a disposable cluster to run this flow on");
+    cluster::run(std::path::Path::new(&path));
 }
 
 mod cluster {
@@ -255,9 +254,12 @@ mod cluster {
         });
         let events =
             kubectl(kubeconfig, &["get", "events.events.k8s.io", "-n", &ns, "-o", "jsonpath={.items[*].reason}"]).1;
-        for reason in ["Accepted", "Succeeded", "Connected", "Disconnected", "ConfigurationApplied"] {
+        for reason in ["Accepted", "Succeeded", "Connected", "Disconnected"] {
             assert!(events.contains(reason), "event {reason} published: {events}");
         }
+        // The agents run the noop slice backend, which applies no slice: their configuration is
+        // reported failed for the slice, so the Event is ConfigurationFailed, never Applied.
+        assert!(events.contains("ConfigurationFailed"), "the configuration's outcome published: {events}");
 
         // Deleting a connected agent closes its connection and the object goes.
         let (ok, out) = kubectl(kubeconfig, &["delete", "edgeagent", "line-1", "-n", &ns, "--wait=false"]);
