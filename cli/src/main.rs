@@ -117,6 +117,13 @@ async fn backend(cli: &Cli) -> anyhow::Result<Backend> {
         "no usable kubeconfig context (and not in a cluster); pass --standalone <dir> for a standalone plant",
     )?;
     let namespace = cli.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
+    let mut config = config;
+    // The API server names a write's field manager after the User-Agent when none is given: the
+    // commands this plugin creates are then owned by `kubectl-shopfloor`, not `unknown`.
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(concat!("kubectl-shopfloor/", env!("CARGO_PKG_VERSION"))),
+    ));
     let client = kube::Client::try_from(config)?;
     Ok(Backend::Kube { client, namespace, controller_namespace: cli.controller_namespace.clone() })
 }

@@ -134,6 +134,8 @@ pub struct Handover {
     pub engaged_by_handover: usize,
     /// The old leader's log line saying how many agents it sent on.
     pub handed_over_line: String,
+    /// The field managers of every write to the API server, with their counts.
+    pub managers: std::collections::BTreeMap<String, usize>,
     /// Agents whose fail-safe engaged once no controller was left (the control: all of them).
     pub engaged_without_controller: usize,
 }
@@ -194,6 +196,7 @@ pub fn handover(n: usize) -> Handover {
         engaged_by_handover,
         handed_over_line,
         engaged_without_controller,
+        managers: cluster.api.managers(),
     }
 }
 

@@ -46,6 +46,8 @@ struct Db {
     rv: u64,
     objects: BTreeMap<Key, Value>,
     log: Vec<Change>,
+    /// Who wrote: the field manager of every write request, as the API server names it.
+    managers: BTreeMap<String, usize>,
 }
 
 /// A running mock API server.
@@ -192,6 +194,13 @@ impl MockApi {
         self.db.lock().unwrap_or_else(|p| p.into_inner()).objects.get(&key).cloned()
     }
 
+    /// The field managers of the writes so far, with how many each made: a request's
+    /// `fieldManager`, else its User-Agent up to the first `/`, as the API server names them
+    /// (`unknown` when there is neither).
+    pub fn managers(&self) -> BTreeMap<String, usize> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner()).managers.clone()
+    }
+
     /// Every object of `plural` (any namespace).
     pub fn list(&self, plural: &str) -> Vec<Value> {
         let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
@@ -251,6 +260,15 @@ async fn handle(State(api): State<MockApi>, req: Request) -> Response {
     };
     let q = query(&req);
     let method = req.method().clone();
+    if method != Method::GET {
+        let agent = req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let manager = q
+            .get("fieldManager")
+            .cloned()
+            .or_else(|| agent.split('/').next().filter(|a| !a.is_empty()).map(str::to_owned))
+            .unwrap_or_else(|| "unknown".into());
+        *api.db.lock().unwrap_or_else(|p| p.into_inner()).managers.entry(manager).or_default() += 1;
+    }
     let content_type =
         req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let body = match axum::body::to_bytes(req.into_body(), 64 << 20).await {

@@ -24,4 +24,10 @@ fn a_new_leader_lets_agents_in_at_once_and_a_planned_handover_engages_no_fail_sa
     );
     assert_eq!(h.engaged_by_handover, 0, "a planned handover engaged fail-safes");
     assert_eq!(h.engaged_without_controller, n, "the control: with no controller left every fail-safe engages");
+    // Finalizer patches (kube's helper sets no fieldManager) were owned by `unknown`.
+    assert!(
+        h.managers.keys().all(|m| m == "shopfloor-controller"),
+        "every write names the controller as its field manager: {:?}",
+        h.managers
+    );
 }

@@ -179,9 +179,16 @@ async fn run_standalone(args: &Args, dir: &PathBuf, health: Arc<metrics::Health>
 }
 
 async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Result<()> {
-    let client = kube::Client::try_default().await.context(
+    let mut config = kube::Config::infer().await.context(
         "cannot reach a Kubernetes API server (no in-cluster config and no usable kubeconfig); use --standalone <dir> to run without a cluster",
     )?;
+    // The API server names a write's field manager after the User-Agent when a request gives
+    // none (kube's finalizer helper gives none): `shopfloor-controller`, not `unknown`.
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(concat!("shopfloor-controller/", env!("CARGO_PKG_VERSION"))),
+    ));
+    let client = kube::Client::try_from(config).context("cannot build a Kubernetes client")?;
     let store = KubeStore::with_instance(client.clone(), &args.namespace, Some(args.replica()))
         .with_write_rate(WriteRate { per_second: args.kube_writes_per_second, burst: args.kube_write_burst });
     let core = Reconciler::new(Arc::new(store), args.replica(), args.status_pace());
