@@ -28,7 +28,7 @@ use crate::{
         fail_safe, link,
     },
     store::status_writer::{Pace, StatusWriter},
-    store::{ObjectKey, StatusUpdate, Store, StoreError, World},
+    store::{ObjectEvent, ObjectKey, StatusUpdate, Store, StoreError, World},
 };
 
 /// When to look at an object again.
@@ -412,6 +412,19 @@ impl<S: Store> Reconciler<S> {
             None => {
                 self.metrics.fail_safe_engaged.remove(&label);
             }
+        }
+        let before = eq.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+        for notice in crate::status::events::equipment(before, &status.conditions) {
+            let event = ObjectEvent {
+                kind: "Equipment",
+                key: key.clone(),
+                uid: eq.metadata.uid.clone(),
+                warning: notice.warning,
+                reason: notice.reason,
+                note: notice.note,
+            };
+            let store = self.store.clone();
+            tokio::spawn(async move { store.publish_event(event).await });
         }
         if eq.status.as_ref() != Some(&status) {
             self.statuses.submit(StatusUpdate::Equipment(key, status));

@@ -370,14 +370,18 @@ where
     Body::from_stream(s)
 }
 
-fn parse_body(body: &Bytes) -> Result<Value, Response> {
-    serde_json::from_slice(body).map_err(|e| status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()))
+fn parse_body(body: &Bytes) -> Result<Value, serde_json::Error> {
+    serde_json::from_slice(body)
+}
+
+fn bad_request(e: impl std::fmt::Display) -> Response {
+    status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string())
 }
 
 fn create(api: &MockApi, t: &Target, body: &Bytes) -> Response {
     let v = match parse_body(body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(e) => return bad_request(e),
     };
     let name = v["metadata"]["name"].as_str().map(str::to_owned).or_else(|| {
         v["metadata"]["generateName"]
@@ -435,7 +439,7 @@ fn write(api: &MockApi, db: &mut Db, key: Key, old: &Value, new: Value, status_o
 fn replace(api: &MockApi, t: &Target, name: &str, body: &Bytes) -> Response {
     let v = match parse_body(body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(e) => return bad_request(e),
     };
     let key = key(t, name);
     let mut db = api.db.lock().unwrap_or_else(|p| p.into_inner());
@@ -470,8 +474,8 @@ fn patch(api: &MockApi, t: &Target, name: &str, content_type: &str, body: &Bytes
         // that is absent, which kube's finalizer helper relies on; json_patch does not.
         let ops = match parse_body(body) {
             Ok(Value::Array(ops)) => ops,
-            Ok(_) => return status(StatusCode::BAD_REQUEST, "BadRequest", "a JSON patch is an array".into()),
-            Err(r) => return r,
+            Ok(_) => return bad_request("a JSON patch is an array"),
+            Err(e) => return bad_request(e),
         };
         let ops: Vec<Value> = ops
             .into_iter()
@@ -493,7 +497,7 @@ fn patch(api: &MockApi, t: &Target, name: &str, content_type: &str, body: &Bytes
         // the controller's status and metadata writes (no lists of objects are merged by key).
         let p = match parse_body(body) {
             Ok(p) => p,
-            Err(r) => return r,
+            Err(e) => return bad_request(e),
         };
         json_patch::merge(&mut v, &p);
     }
