@@ -108,6 +108,38 @@ async fn a_new_agent_first_gets_the_finalizer() {
     server.await.expect("server");
 }
 
+/// A first reconcile racing its own earlier finalizer patch (the watch's copy is behind): the
+/// API server fails the patch's test with 422. That was a WARN with a raw debug dump for each
+/// new EdgeAgent at first start; it is a stale cache, retried in a second, not counted as an
+/// error.
+#[tokio::test]
+async fn a_finalizer_patch_refused_for_a_stale_copy_is_retried_quietly() {
+    let a = agent(false, false);
+    let (ctx, mut handle) = setup(&a);
+    let server = tokio::spawn(async move {
+        let (_, send) = expect(
+            &mut handle,
+            http::Method::PATCH,
+            "/apis/shopfloor.io/v1alpha1/namespaces/plant-a/edgeagents/line-1",
+        )
+        .await;
+        respond(
+            send,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "Invalid", "code": 422,
+                   "message": "the server rejected our request due to an error in our request"}),
+        );
+    });
+    let obj = Arc::new(DeserializeGuard(Ok(a)));
+    let err = reconcile_agent(obj.clone(), ctx.clone()).await.expect_err("the patch was refused");
+    server.await.expect("server");
+    assert!(matches!(err, shopfloor_controller::kube::controllers::Error::Stale(_)), "{err}");
+    let action = shopfloor_controller::kube::controllers::error_policy(obj, &err, ctx.clone());
+    assert_eq!(action, kube::runtime::controller::Action::requeue(Duration::from_secs(1)));
+    let label = shopfloor_controller::metrics::KindLabel { kind: "EdgeAgent".into() };
+    assert_eq!(ctx.core.metrics().reconcile_errors.get_or_create(&label).get(), 0, "not counted as an error");
+}
+
 #[tokio::test]
 async fn an_unenrolled_agent_gets_a_bootstrap_token_secret_and_a_pending_status() {
     let a = agent(true, false);

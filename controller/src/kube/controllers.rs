@@ -183,6 +183,11 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// The finalizer patch's test failed (422) or conflicted (409): the watch's copy of the
+    /// object is behind the API server (typically a first reconcile racing its own previous
+    /// write). Retried at once when the watch catches up; nothing is wrong.
+    #[error("the cached object is behind the API server: {0}")]
+    Stale(String),
 }
 
 impl Context {
@@ -307,9 +312,17 @@ pub async fn reconcile_agent(agent: Arc<DeserializeGuard<EdgeAgent>>, ctx: Arc<C
         }
     })
     .await;
-    result.map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
+    result.map_err(|e| {
+        use kube::runtime::finalizer::Error as F;
+        match e {
+            F::ApplyFailed(e) | F::CleanupFailed(e) => e,
+            F::AddFinalizer(kube::Error::Api(s)) | F::RemoveFinalizer(kube::Error::Api(s))
+                if s.code == 409 || s.code == 422 =>
+            {
+                Error::Stale(s.message)
+            }
+            other => Error::Finalizer(other.to_string()),
+        }
     })
 }
 
@@ -424,6 +437,10 @@ where
     K: Resource<DynamicType = ()>,
 {
     let kind = K::kind(&()).to_string();
+    if let Error::Stale(why) = error {
+        tracing::debug!(kind, name = obj.meta().name.as_deref().unwrap_or_default(), "retrying: {why}");
+        return Action::requeue(Duration::from_secs(1));
+    }
     ctx.core.metrics().reconcile_errors.get_or_create(&crate::metrics::KindLabel { kind: kind.clone() }).inc();
     let n = {
         let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
@@ -570,9 +587,16 @@ pub async fn run(
     synced.abort();
 }
 
-async fn log<T: std::fmt::Debug, E: std::fmt::Debug>(r: Result<T, E>) {
-    if let Err(e) = r {
-        tracing::warn!("controller stream: {e:?}");
+/// What a controller's stream reports beside its reconciles. A failed reconcile was logged by
+/// `error_policy` already; an object gone from the watch between its trigger and its turn
+/// (deleted meanwhile) is nothing to warn about.
+async fn log<T>(r: Result<T, kube::runtime::controller::Error<Error, watcher::Error>>) {
+    use kube::runtime::controller::Error as C;
+    match r {
+        Ok(_) => {}
+        Err(C::ObjectNotFound(obj)) => tracing::debug!("{obj} is gone: nothing to reconcile"),
+        Err(C::ReconcilerFailed(..)) => {}
+        Err(e) => tracing::warn!("controller stream: {e}"),
     }
 }
 
