@@ -62,6 +62,24 @@ impl StateDir {
         std::fs::File::open(&self.root).and_then(|d| d.sync_all()).map_err(io)
     }
 
+    /// Replaces `name` atomically (a temporary file renamed over it) without syncing: for a
+    /// record rewritten often whose loss in a crash of the host is harmless.
+    pub fn write_unsynced(&self, name: &str, bytes: &[u8], mode: u32) -> Result<(), StateError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.path(name);
+        let tmp = self.path(&format!(".{name}.tmp"));
+        let io = |source| StateError::Io { path: path.clone(), source };
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(bytes))
+            .map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)
+    }
+
     /// Reads `name`; `None` if it does not exist.
     pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StateError> {
         let path = self.path(name);

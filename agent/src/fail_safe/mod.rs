@@ -23,12 +23,79 @@ use watchdog::Watchdog;
 pub use watchdog::{Engagement, Policy, Requirement};
 
 const FILE: &str = "fail-safe.yaml";
+/// When the controller was last heard, kept across restarts (`Heard`).
+const HEARD_FILE: &str = "heard.yaml";
+/// How often, at most, hearing the controller is recorded: the silence measured across a
+/// restart is longer than the real one by up to this (a fail-safe engages early, never late).
+const HEARD_EVERY: Duration = Duration::from_millis(250);
+/// The configuration the controller last sent: when no `heard.yaml` exists (an agent of an
+/// older version), storing it was the last time the controller was heard.
+const CONFIG_FILE: &str = "config.pb";
+
+/// When the controller was last heard, on two clocks: the kernel's boot clock (monotonic
+/// across process restarts, reset by a reboot, which the boot id tells) and the wall clock
+/// (used across a reboot only).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Heard {
+    boot_id: String,
+    uptime_micros: u64,
+    unix_micros: i64,
+}
+
+/// This boot's id and how long it has been up (CLOCK_BOOTTIME, via /proc), if readable.
+fn boot_clock() -> Option<(String, Duration)> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?.trim().to_owned();
+    let uptime = std::fs::read_to_string("/proc/uptime").ok()?;
+    let secs: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+    Some((id, Duration::from_secs_f64(secs)))
+}
+
+impl Heard {
+    fn now() -> Self {
+        let (boot_id, up) = boot_clock().unwrap_or_default();
+        Self {
+            boot_id,
+            uptime_micros: u64::try_from(up.as_micros()).unwrap_or(u64::MAX),
+            unix_micros: shopfloor_wire::time::now_micros(),
+        }
+    }
+
+    /// How long ago this was, by the boot clock within one boot, else by the wall clock (at
+    /// least zero: a clock set back does not make the silence negative).
+    fn ago(&self, now: &Heard) -> Duration {
+        if !self.boot_id.is_empty() && self.boot_id == now.boot_id {
+            return Duration::from_micros(now.uptime_micros.saturating_sub(self.uptime_micros));
+        }
+        Duration::from_micros(u64::try_from(now.unix_micros.saturating_sub(self.unix_micros)).unwrap_or(0))
+    }
+}
+
+/// How long the controller has been silent at this start, from what `state` recorded: since
+/// it was last heard, or (no record of that) since its last configuration was stored; zero for
+/// an agent that never had one (nothing is armed then).
+fn silence_at_start(state: &StateDir) -> Duration {
+    let now = Heard::now();
+    match state.read_parsed(HEARD_FILE, |b| serde_yaml::from_slice::<Heard>(b).map_err(|e| e.to_string())) {
+        Ok(Some(h)) => h.ago(&now),
+        // Unreadable or absent: fail closed, from the configuration's last store.
+        _ => std::fs::metadata(state.path(CONFIG_FILE))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default(),
+    }
+}
 
 /// The fail-safes of the equipment this agent drives.
 #[derive(Debug)]
 pub struct FailSafes {
     state: Option<StateDir>,
     origin: Instant,
+    /// The silence already measured at this start (across the restart).
+    silent_at_start: Duration,
+    /// When hearing the controller was last recorded.
+    recorded: StdMutex<Option<Instant>>,
     watchdog: StdMutex<Watchdog>,
     /// Set when the persisted engagements could not be read: every armed fail-safe is then held
     /// as engaged (fail closed) at the next arming.
@@ -48,9 +115,12 @@ impl Default for FailSafes {
 
 impl FailSafes {
     fn with_engaged(state: Option<StateDir>, engaged: BTreeMap<String, Engagement>) -> Self {
+        let silent_at_start = state.as_ref().map(silence_at_start).unwrap_or_default();
         Self {
             state,
             origin: Instant::now(),
+            silent_at_start,
+            recorded: StdMutex::new(None),
             watchdog: StdMutex::new(Watchdog::new(Duration::ZERO, engaged)),
             unreadable: StdMutex::new(None),
             changed: watch::channel(0).0,
@@ -74,17 +144,29 @@ impl FailSafes {
         this
     }
 
+    /// The watchdog's clock: zero is when the controller was last heard before this start.
     fn now(&self) -> Duration {
-        self.origin.elapsed()
+        self.origin.elapsed() + self.silent_at_start
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Watchdog) -> T) -> T {
         f(&mut self.watchdog.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Arms the fail-safes of `cfg`, narrowed by what the plant's envelope requires of each
-    /// equipment (`required`, by equipment name).
+    /// Arms the fail-safes of `cfg` as the controller just sent it, narrowed by what the plant's
+    /// envelope requires of each equipment (`required`, by equipment name).
     pub fn arm(&self, cfg: &ApplyConfig, required: impl Fn(&str) -> Option<Requirement>) {
+        self.arm_with(cfg, required, true);
+        self.record_heard();
+    }
+
+    /// Arms the fail-safes of `cfg` restored from disk at the agent's start: the silence goes
+    /// on from when the controller was last heard, before the restart.
+    pub fn restore(&self, cfg: &ApplyConfig, required: impl Fn(&str) -> Option<Requirement>) {
+        self.arm_with(cfg, required, false);
+    }
+
+    fn arm_with(&self, cfg: &ApplyConfig, required: impl Fn(&str) -> Option<Requirement>, heard: bool) {
         let policies: BTreeMap<String, Policy> = cfg
             .equipment
             .iter()
@@ -110,7 +192,7 @@ impl FailSafes {
                     );
                 }
             }
-            w.arm(policies, now);
+            if heard { w.arm(policies, now) } else { w.restore(policies) }
         });
         if problem.is_some() {
             self.persist();
@@ -123,6 +205,7 @@ impl FailSafes {
     pub fn heard(&self) {
         let now = self.now();
         let lifted = self.with(|w| w.heard(now));
+        self.record_heard();
         if !lifted.is_empty() {
             tracing::info!(equipment = ?lifted, "fail-safe lifted: the controller is back and resume is Automatic");
             self.persist();
@@ -198,6 +281,30 @@ impl FailSafes {
         self.with(|w| w.keep_alive(default))
     }
 
+    /// Records that the controller was heard now, at most every [`HEARD_EVERY`] and only while
+    /// something is armed. Not synced to disk: the page cache outlives a crash of the process,
+    /// and after a crash of the host the boot id changes and the older record read then makes
+    /// the silence longer, never shorter.
+    fn record_heard(&self) {
+        let Some(state) = &self.state else { return };
+        if self.idle() {
+            return;
+        }
+        {
+            let mut recorded = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
+            if recorded.is_some_and(|t| t.elapsed() < HEARD_EVERY) {
+                return;
+            }
+            *recorded = Some(Instant::now());
+        }
+        let text = serde_yaml::to_string(&Heard::now()).unwrap_or_default();
+        if let Err(e) = state.write_unsynced(HEARD_FILE, text.as_bytes(), 0o600) {
+            tracing::warn!(
+                "cannot record when the controller was last heard: {e}; after a restart the fail-safes count from the configuration's last store"
+            );
+        }
+    }
+
     fn persist(&self) {
         let Some(state) = &self.state else { return };
         let engaged = self.with(|w| w.engaged().clone());
@@ -250,5 +357,44 @@ mod tests {
         broken.arm(&config(), |_| None);
         let held = broken.holding("conveyor").expect("held as engaged");
         assert!(held.message.contains("unreadable"), "{}", held.message);
+    }
+
+    #[test]
+    fn silence_is_measured_on_the_boot_clock_within_a_boot_and_on_the_wall_clock_across_one() {
+        let then = Heard { boot_id: "a".into(), uptime_micros: 10_000_000, unix_micros: 1_000_000_000 };
+        // The wall clock set back meanwhile changes nothing within a boot.
+        let same_boot = Heard { boot_id: "a".into(), uptime_micros: 13_000_000, unix_micros: 900_000_000 };
+        assert_eq!(then.ago(&same_boot), Duration::from_secs(3));
+        let rebooted = Heard { boot_id: "b".into(), uptime_micros: 1_000_000, unix_micros: 1_060_000_000 };
+        assert_eq!(then.ago(&rebooted), Duration::from_secs(60));
+        let set_back = Heard { boot_id: "b".into(), uptime_micros: 0, unix_micros: 0 };
+        assert_eq!(then.ago(&set_back), Duration::ZERO);
+    }
+
+    /// A restart is no sign of life: an agent that heard the controller 5 s ago and restores
+    /// its configuration is 5 s into the silence; one that only ever stored its configuration
+    /// (no record of hearing, an older agent) counts from that store.
+    #[test]
+    fn a_restart_continues_the_silence_it_measured() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let state = StateDir::open(dir.path()).expect("state");
+        let mut earlier = Heard::now();
+        earlier.uptime_micros = earlier.uptime_micros.saturating_sub(5_000_000);
+        earlier.unix_micros -= 5_000_000;
+        state.write(HEARD_FILE, serde_yaml::to_string(&earlier).expect("yaml").as_bytes(), 0o600).expect("write");
+        let f = FailSafes::load(StateDir::open(dir.path()).expect("state"));
+        f.restore(&config(), |_| None);
+        let (due, silence) = f.due();
+        assert!(silence >= Duration::from_secs(5), "{silence:?}");
+        assert_eq!(due.len(), 1, "after: 1 s is long past");
+
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join(CONFIG_FILE), b"").expect("config");
+        let f = FailSafes::load(StateDir::open(dir.path()).expect("state"));
+        f.restore(&config(), |_| None);
+        assert!(f.due().0.is_empty(), "the configuration was stored just now");
+        // Armed by the controller: a sign of life, recorded for the next start.
+        f.arm(&config(), |_| None);
+        assert!(dir.path().join(HEARD_FILE).exists());
     }
 }

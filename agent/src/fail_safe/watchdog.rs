@@ -94,8 +94,8 @@ pub fn listen_interval(after: Duration) -> Duration {
 }
 
 impl Watchdog {
-    /// Starting at `now` with `engaged` restored: a start counts as hearing the controller, so
-    /// an agent that starts alone engages `after` later.
+    /// Starting at `now` with `engaged` restored, the controller last heard at `now` (the shell
+    /// starts its clock at the silence it measured across the restart).
     pub fn new(now: Duration, engaged: BTreeMap<String, Engagement>) -> Self {
         Self { policies: BTreeMap::new(), engaged, last_heard: now }
     }
@@ -108,6 +108,13 @@ impl Watchdog {
         if self.policies.is_empty() {
             self.last_heard = self.last_heard.max(now);
         }
+        self.policies = policies;
+    }
+
+    /// The fail-safes of a configuration restored from disk at the agent's start: no sign of
+    /// life, so the silence goes on from when the controller was last heard (before the
+    /// restart: a crash-looping agent must not restart its countdown with every start).
+    pub fn restore(&mut self, policies: BTreeMap<String, Policy>) {
         self.policies = policies;
     }
 

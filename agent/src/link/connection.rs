@@ -110,7 +110,7 @@ impl Agent {
             }
         };
         tracing::info!(revision = %cfg.revision, "restoring the last configuration from disk");
-        self.executor.fail_safes().arm(&cfg, |eq| self.executor.envelope().fail_safe(eq));
+        self.executor.fail_safes().restore(&cfg, |eq| self.executor.envelope().fail_safe(eq));
         let applied =
             apply::apply(self.executor.equipment(), self.executor.envelope(), self.executor.fail_safes(), &cfg).await;
         self.record_apply(&applied);

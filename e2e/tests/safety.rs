@@ -1,0 +1,69 @@
+//! The edge's safety promises under faults plants see, with real processes: a standalone
+//! controller, an agent reaching it only through the userspace UDP proxy, a Modbus simulator.
+
+use std::time::{Duration, Instant};
+
+use shopfloor_e2e::{
+    fixtures,
+    harness::{Scenario, eventually},
+    proxy::UdpProxy,
+};
+
+/// A conveyor whose fail-safe stops it (`running=false`, speed 0) after `after` without the
+/// controller; `running` on coil 0, the speed on holding register 0.
+fn conveyor_with_fail_safe(port: &str, after: &str) -> String {
+    fixtures::modbus_conveyor(port, "500ms").replace(
+        "  actions:\n",
+        &format!(
+            "  failSafe:\n    after: {after}\n    values: [{{property: running, value: false}}, {{property: belt-speed, value: 0}}]\n  actions:\n"
+        ),
+    )
+}
+
+/// The plant of `conveyor_with_fail_safe`, its agent connected through a proxy and the
+/// fail-safe armed; the conveyor started (running=true).
+fn armed_plant(s: &Scenario, rt: &tokio::runtime::Runtime, after: &str) -> UdpProxy {
+    std::fs::create_dir_all(s.path("plant")).expect("plant");
+    let modbus = s.modbus_sim("sim", &[]);
+    let port = modbus.rsplit(':').next().expect("port").to_owned();
+    std::fs::write(s.path("plant/plant.yaml"), conveyor_with_fail_safe(&port, after)).expect("plant");
+    let endpoint = s.controller();
+    let proxy = s.agent_behind_proxy(rt, "line-1", &endpoint, 23);
+    eventually("the fail-safe armed", Duration::from_secs(30), || {
+        let st = s.status("equipment", "conveyor");
+        let conds = st["conditions"].as_sequence()?.clone();
+        conds.iter().any(|c| c["type"] == "FailSafe" && c["reason"] == "Armed").then_some(())
+    });
+    let (code, out) = s.plugin(&["exec", "conveyor", "start", "speed=1.5", "--timeout", "10s"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(s.sim_writes("sim", "coil", 0), vec![vec![1]], "running");
+    proxy
+}
+
+/// Defect: with the controller unreachable and the agent restarting every few seconds, each
+/// start re-armed the countdown from zero and the fail-safe never engaged (22 s of silence, the
+/// conveyor left running). The silence is now measured across restarts.
+#[test]
+fn a_crash_looping_agent_still_engages_its_fail_safe() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let s = Scenario::new();
+    let proxy = armed_plant(&s, &rt, "2s");
+    proxy.partition(true);
+    let cut = Instant::now();
+    // Restarted every 0.7 s, each life far shorter than `after`.
+    let stopped = loop {
+        s.kill("agent-line-1");
+        s.agent("line-1");
+        std::thread::sleep(Duration::from_millis(700));
+        if s.sim_writes("sim", "coil", 0).last() == Some(&vec![0]) {
+            break cut.elapsed();
+        }
+        assert!(cut.elapsed() < Duration::from_secs(10), "10 s of silence and the conveyor still runs");
+    };
+    println!("a crash-looping agent stopped the conveyor {stopped:?} after the controller went silent (after: 2s)");
+    // 2 s + its listening interval (0.5 s) + a start of the agent and its first check.
+    assert!(stopped <= Duration::from_millis(4000), "{stopped:?}");
+    assert!(stopped >= Duration::from_secs(2), "never before `after`: {stopped:?}");
+    let log = std::fs::read_to_string(s.path("agent-line-1.log")).unwrap_or_default();
+    assert!(log.contains("restoring the last configuration from disk"), "the agent restarted with its configuration");
+}
