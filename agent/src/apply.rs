@@ -14,7 +14,7 @@ use shopfloor_wire::value;
 use crate::{envelope::Envelope, equipment::registry::EquipmentRegistry, fail_safe::FailSafes};
 
 /// Read-back tolerance of a property: half the smallest step its register can hold.
-fn tolerance(p: &shopfloor_wire::proto::PropertyConfig) -> f64 {
+pub(crate) fn tolerance(p: &shopfloor_wire::proto::PropertyConfig) -> f64 {
     match (&p.modbus, p.r#type()) {
         (_, ValueType::Bool) => 0.0,
         (Some(m), _) if m.scale != 0.0 => m.scale.abs() / 2.0 + 1e-9,

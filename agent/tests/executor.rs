@@ -597,8 +597,10 @@ fn conveyor_with_fail_safe(addr: std::net::SocketAddr) -> ApplyConfig {
 }
 
 fn engage(exec: &Executor) {
-    exec.fail_safes()
-        .engage("conveyor", Engagement { since_unix_micros: now_micros(), message: "test engagement".into() });
+    exec.fail_safes().engage(
+        "conveyor",
+        Engagement { since_unix_micros: now_micros(), message: "test engagement".into(), reached: true },
+    );
 }
 
 #[tokio::test]

@@ -92,6 +92,7 @@ pub struct Metrics {
     pub slice_delay_budget: Family<SliceLabel, Gauge<f64, AtomicU64>>,
     /// Per Equipment with a fail-safe: 1 while its agent reports it engaged.
     pub fail_safe_engaged: Family<EquipmentLabel, Gauge>,
+    pub fail_safe_unconfirmed: Family<EquipmentLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -118,6 +119,7 @@ impl Default for Metrics {
             command_network: Family::new_with_constructor(latency_histogram),
             slice_delay_budget: Family::default(),
             fail_safe_engaged: Family::default(),
+            fail_safe_unconfirmed: Family::default(),
         };
         registry.register("reconciliations", "Reconciliations by kind", m.reconciliations.clone());
         registry.register("reconcile_errors", "Failed reconciliations by kind", m.reconcile_errors.clone());
@@ -189,6 +191,11 @@ impl Default for Metrics {
             "equipment_fail_safe_engaged",
             "1 while an Equipment's fail-safe is engaged on its agent",
             m.fail_safe_engaged.clone(),
+        );
+        registry.register(
+            "equipment_fail_safe_unconfirmed",
+            "1 while an Equipment's fail-safe is engaged but its safe values are not read back from the device",
+            m.fail_safe_unconfirmed.clone(),
         );
         // Series of known label values exist from the start at zero: a rate over a counter that
         // appears with its first increment misses that increment, and dashboards show 0, not

@@ -408,9 +408,11 @@ impl<S: Store> Reconciler<S> {
         match reported {
             Some(r) => {
                 self.metrics.fail_safe_engaged.get_or_create(&label).set(i64::from(r.engaged));
+                self.metrics.fail_safe_unconfirmed.get_or_create(&label).set(i64::from(r.unconfirmed));
             }
             None => {
                 self.metrics.fail_safe_engaged.remove(&label);
+                self.metrics.fail_safe_unconfirmed.remove(&label);
             }
         }
         let before = eq.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();

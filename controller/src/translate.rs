@@ -413,6 +413,7 @@ pub fn fail_safes(report: &proto::Report) -> BTreeMap<String, FailSafeReport> {
                     automatic: f.resume_automatic,
                     required_by_envelope: f.required_by_envelope,
                     message: f.message.clone(),
+                    unconfirmed: f.engaged && f.safe_state_unconfirmed,
                 },
             )
         })

@@ -67,3 +67,47 @@ fn a_crash_looping_agent_still_engages_its_fail_safe() {
     let log = std::fs::read_to_string(s.path("agent-line-1.log")).unwrap_or_default();
     assert!(log.contains("restoring the last configuration from disk"), "the agent restarted with its configuration");
 }
+
+/// Defect: the link was cut while the device was unreachable; the safe write failed, the status
+/// said engaged, and when the device came back the safe value was never written. Now the agent
+/// writes until the device reads the safe values back, and the status says "safe state NOT
+/// reached" meanwhile.
+#[test]
+fn a_safe_state_not_reached_is_said_and_written_again_until_the_device_reads_it_back() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let s = Scenario::new();
+    let proxy = armed_plant(&s, &rt, "2s");
+    let device = {
+        let log = std::fs::read_to_string(s.path("sim.log")).unwrap_or_default();
+        let line = log.lines().find(|l| l.contains("listening on")).expect("the simulator's address").to_owned();
+        line.rsplit(' ').next().expect("address").trim().to_owned()
+    };
+    // The device drops off, then the link: the safe values cannot be written.
+    s.kill("sim");
+    proxy.partition(true);
+    let log = s.path("agent-line-1.log");
+    shopfloor_e2e::harness::wait_for_line(&log, "safe state NOT reached", Duration::from_secs(15));
+    proxy.partition(false);
+    let fail_safe = |s: &Scenario| {
+        let st = s.status("equipment", "conveyor");
+        let conds = st["conditions"].as_sequence()?.clone();
+        let c = conds.into_iter().find(|c| c["type"] == "FailSafe")?;
+        Some((c["reason"].as_str()?.to_owned(), c["message"].as_str().unwrap_or_default().to_owned()))
+    };
+    let (_, message) = eventually("the status says the safe state is not reached", Duration::from_secs(30), || {
+        fail_safe(&s).filter(|(reason, _)| reason == "EngagedSafeStateNotReached")
+    });
+    assert!(message.contains("safe state NOT reached"), "{message}");
+    // The device comes back (empty: the running coil reads false already, so only the write
+    // log proves the agent wrote it): the safe values are written and read back.
+    s.spawn("sim", "shopfloor-modbus-sim", &["--listen", &device, "--write-log", "sim-writes.jsonl"]);
+    eventually("the safe values written to the device once it is back", Duration::from_secs(20), || {
+        (s.sim_writes("sim", "coil", 0).last() == Some(&vec![0])
+            && s.sim_writes("sim", "holding", 0).last() == Some(&vec![0]))
+        .then_some(())
+    });
+    let (_, message) = eventually("the status says engaged, safe state reached", Duration::from_secs(30), || {
+        fail_safe(&s).filter(|(reason, _)| reason == "Engaged")
+    });
+    assert!(message.contains("safe state reached: wrote running=false, belt-speed=0"), "{message}");
+}

@@ -59,8 +59,8 @@ impl Executor {
 
     /// Writes `equipment`'s safe values, in order, under its lock (after any command under way,
     /// which stops before its next write once the fail-safe is recorded as engaged), through the
-    /// property's interlock limits and the plant's envelope, journalled as `id`. Every value is
-    /// tried even when one fails. A broken envelope file does not block these writes: they are
+    /// property's interlock limits and the plant's envelope, journalled as `id`, each read back.
+    /// Every value is tried even when one fails; `Ok` only when every one reads back. A broken envelope file does not block these writes: they are
     /// the safe action the configuration and the plant asked for.
     pub async fn write_safe_values(&self, equipment: &str, values: &[NamedValue], id: &str) -> CommandResult {
         let mut result = CommandResult { id: id.to_owned(), ..Default::default() };
@@ -90,8 +90,16 @@ impl Executor {
                         check_limits(envelope, equipment, p, &v, "failSafe.values").map(|()| (p, v)).map_err(|(_, m)| m)
                     }),
             };
+            // Read back: a safe state is claimed only once the device shows it.
             let outcome = match checked {
-                Ok((p, v)) => eq.driver.write(p, &v).await.map(|()| v).map_err(|e| format!("writing {name}: {e}")),
+                Ok((p, v)) => match eq.driver.write(p, &v).await {
+                    Err(e) => Err(format!("writing {name}: {e}")),
+                    Ok(()) => match eq.driver.read(p).await {
+                        Ok(back) if value::same(&back, &v, crate::apply::tolerance(p)) => Ok(v),
+                        Ok(back) => Err(format!("wrote {}, read back {}", value::display(&v), value::display(&back))),
+                        Err(e) => Err(format!("wrote {}, cannot read it back: {e}", value::display(&v))),
+                    },
+                },
                 Err(m) => Err(m),
             };
             match outcome {

@@ -188,6 +188,7 @@ impl FailSafes {
                                 "held as engaged: the agent's record of its fail-safes was unreadable ({problem}); \
                                  check the equipment, then resume it"
                             ),
+                            reached: false,
                         },
                     );
                 }
@@ -243,6 +244,33 @@ impl FailSafes {
         self.with(|w| w.engage(equipment, engagement));
         self.persist();
         self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// The engaged fail-safes whose safe values are not all read back yet, with their policy.
+    pub fn unreached(&self) -> Vec<(String, Engagement, Policy)> {
+        self.with(|w| {
+            w.engaged()
+                .iter()
+                .filter(|(_, e)| !e.reached)
+                .filter_map(|(eq, e)| w.policy(eq).map(|p| (eq.clone(), e.clone(), p.clone())))
+                .collect()
+        })
+    }
+
+    /// Records the outcome of an attempt to reach `equipment`'s safe state, if it is still
+    /// engaged (an operator may have resumed it meanwhile).
+    pub fn attempted(&self, equipment: &str, reached: bool, message: String) {
+        let changed = self.with(|w| match w.engagement(equipment).cloned() {
+            Some(e) if e.reached != reached || e.message != message => {
+                w.engage(equipment, Engagement { reached, message, ..e });
+                true
+            }
+            _ => false,
+        });
+        if changed {
+            self.persist();
+            self.changed.send_modify(|v| *v += 1);
+        }
     }
 
     /// Why writes to `equipment` are held back, if they are.
@@ -345,7 +373,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let f = FailSafes::load(StateDir::open(dir.path()).expect("state"));
         f.arm(&config(), |_| None);
-        f.engage("conveyor", Engagement { since_unix_micros: 5, message: "wrote running=false".into() });
+        f.engage("conveyor", Engagement { since_unix_micros: 5, message: "wrote running=false".into(), reached: true });
         let again = FailSafes::load(StateDir::open(dir.path()).expect("state"));
         assert_eq!(again.holding("conveyor").map(|e| e.since_unix_micros), Some(5));
         assert!(again.resume("conveyor").is_some());

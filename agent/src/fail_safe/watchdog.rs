@@ -77,6 +77,10 @@ pub struct Engagement {
     pub since_unix_micros: i64,
     /// What was written and what was refused, for people.
     pub message: String,
+    /// Every safe value was written and read back. Until then the agent keeps writing them.
+    /// (A record without it, from an older agent, is written again at start.)
+    #[serde(default)]
+    pub reached: bool,
 }
 
 /// The fail-safes of every equipment, and the last time the controller was heard.
@@ -198,6 +202,7 @@ impl Watchdog {
                     after_ms: p.map_or(0, |p| u64::try_from(p.after.as_millis()).unwrap_or(u64::MAX)),
                     resume_automatic: p.is_some_and(|p| p.automatic),
                     required_by_envelope: p.is_some_and(|p| p.required_by_envelope),
+                    safe_state_unconfirmed: e.is_some_and(|e| !e.reached),
                     message: e.map(|e| e.message.clone()).unwrap_or_default(),
                 }
             })
@@ -244,7 +249,7 @@ mod tests {
         let due = w.due(S(12_500));
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].0, "conveyor");
-        w.engage("conveyor", Engagement { since_unix_micros: 1, message: "wrote running=false".into() });
+        w.engage("conveyor", Engagement { since_unix_micros: 1, message: "wrote running=false".into(), reached: true });
         assert!(w.due(S(60_000)).is_empty(), "engaged once, not again");
         // Heard again in an older instant: time does not go back.
         w.heard(S(5_000));
@@ -255,7 +260,7 @@ mod tests {
     fn manual_fail_safes_wait_for_an_operator_and_automatic_ones_for_the_controllers_return() {
         for automatic in [false, true] {
             let mut w = armed(1000, automatic);
-            w.engage("conveyor", Engagement { since_unix_micros: 1, message: String::new() });
+            w.engage("conveyor", Engagement { since_unix_micros: 1, message: String::new(), reached: true });
             let lifted = w.heard(S(5_000));
             assert_eq!(lifted.is_empty(), !automatic);
             assert_eq!(w.engagement("conveyor").is_some(), !automatic);
@@ -270,7 +275,7 @@ mod tests {
     #[test]
     fn an_engagement_outlives_a_configuration_without_the_fail_safe() {
         let mut w = armed(1000, true);
-        w.engage("conveyor", Engagement { since_unix_micros: 7, message: "m".into() });
+        w.engage("conveyor", Engagement { since_unix_micros: 7, message: "m".into(), reached: true });
         w.arm(BTreeMap::new(), S(1));
         assert!(w.heard(S(1)).is_empty(), "no policy says Automatic any more: an operator decides");
         let states = w.states();

@@ -1,14 +1,21 @@
 //! The dead-man switch's task: every 100 ms, asks the fail-safes which are due (the controller
 //! silent for their `after`) and engages each: recorded as engaged first (so commands that
 //! write are refused and an action under way stops before its next write), then its safe values
-//! written through the executor, then the outcome recorded for the controller and the log.
+//! written through the executor and read back, again and again until the device shows them,
+//! each outcome recorded for the controller and the log.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use shopfloor_wire::proto::ResultCode;
 
 use crate::{
     clock::Offset,
     commands::Executor,
-    fail_safe::{Engagement, FailSafes},
+    fail_safe::{Engagement, FailSafes, Policy},
 };
 
 /// Every datagram from the controller on `conn` is a sign of life: checked every 100 ms, in a
@@ -33,6 +40,7 @@ pub(super) async fn hear(conn: quinn::Connection, fail_safes: Arc<FailSafes>) {
 pub(super) async fn engage_when_silent(executor: Arc<Executor>, offset: Arc<std::sync::RwLock<Offset>>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let reaching: Arc<Mutex<HashSet<String>>> = Arc::default();
     loop {
         executor.fail_safes().until_armed().await;
         tick.tick().await;
@@ -47,15 +55,53 @@ pub(super) async fn engage_when_silent(executor: Arc<Executor>, offset: Arc<std:
                 policy.after,
                 if policy.required_by_envelope { ", as the plant's envelope requires" } else { "" }
             );
-            executor.fail_safes().engage(&equipment, Engagement { since_unix_micros: since, message: why.clone() });
-            let executor = executor.clone();
+            let engagement = Engagement { since_unix_micros: since, message: why, reached: false };
+            executor.fail_safes().engage(&equipment, engagement);
+        }
+        // Every engaged fail-safe whose safe state is not read back yet, just engaged or
+        // restored so at start, gets one task that writes until it is.
+        for (equipment, engagement, policy) in executor.fail_safes().unreached() {
+            if !reaching.lock().unwrap_or_else(|p| p.into_inner()).insert(equipment.clone()) {
+                continue;
+            }
+            let (executor, reaching) = (executor.clone(), reaching.clone());
             tokio::spawn(async move {
-                let id = format!("fail-safe/{equipment}/{since}");
-                let result = executor.write_safe_values(&equipment, &policy.values, &id).await;
-                let message = format!("{why}: {}", result.message);
-                tracing::warn!(equipment = %equipment, "fail-safe {message}");
-                executor.fail_safes().engage(&equipment, Engagement { since_unix_micros: since, message });
+                reach_safe_state(&executor, &equipment, &engagement, &policy).await;
+                reaching.lock().unwrap_or_else(|p| p.into_inner()).remove(&equipment);
             });
         }
+    }
+}
+
+/// Writes `equipment`'s safe values until every one reads back from the device, with a
+/// backoff from 100 ms to 5 s between attempts; stops early when the fail-safe is lifted. Each
+/// attempt is journalled under its own id and its outcome recorded: the status says "safe state
+/// NOT reached" until the device shows it.
+async fn reach_safe_state(executor: &Executor, equipment: &str, engagement: &Engagement, policy: &Policy) {
+    let mut backoff = Duration::from_millis(100);
+    for attempt in 1u32.. {
+        if executor.fail_safes().holding(equipment).is_none_or(|e| e.since_unix_micros != engagement.since_unix_micros)
+        {
+            return;
+        }
+        let id = format!("fail-safe/{equipment}/{}/{attempt}", engagement.since_unix_micros);
+        let result = executor.write_safe_values(equipment, &policy.values, &id).await;
+        let why = engagement.message.split(": safe state").next().unwrap_or_default();
+        let reached = result.code == ResultCode::Ok as i32;
+        if reached {
+            let message = format!("{why}: safe state reached: {}", result.message);
+            tracing::warn!(equipment, attempt, "fail-safe {message}");
+            executor.fail_safes().attempted(equipment, true, message);
+            return;
+        }
+        let message = format!(
+            "{why}: safe state NOT reached ({}); writing again in {:.1} s (attempt {attempt})",
+            result.message,
+            backoff.as_secs_f64()
+        );
+        tracing::error!(equipment, attempt, "fail-safe {message}");
+        executor.fail_safes().attempted(equipment, false, message);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }

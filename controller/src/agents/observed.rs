@@ -47,6 +47,8 @@ pub struct FailSafeReport {
     pub automatic: bool,
     pub required_by_envelope: bool,
     pub message: String,
+    /// Engaged, its safe values not all read back from the device yet.
+    pub unconfirmed: bool,
 }
 
 /// Reports from every agent.

@@ -33,6 +33,14 @@ pub fn set(
             conds.retain(|c| c.type_ != FAIL_SAFE);
             return;
         }
+        (Some(r), _) if r.engaged && r.unconfirmed => (
+            State::True,
+            "EngagedSafeStateNotReached",
+            format!(
+                "engaged, safe state NOT reached: the agent has not read the safe values back from the device and keeps writing them: {}",
+                r.message
+            ),
+        ),
         (Some(r), _) if r.engaged => {
             let lifted_by = if r.automatic {
                 "the controller's return: the agent hears it again (resume: Automatic)".to_owned()
@@ -101,6 +109,7 @@ mod tests {
 
     fn report(engaged: bool, automatic: bool) -> FailSafeReport {
         FailSafeReport {
+            unconfirmed: false,
             engaged,
             after: std::time::Duration::from_secs(2),
             automatic,
