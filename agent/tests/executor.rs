@@ -204,6 +204,36 @@ async fn a_command_interrupted_by_a_restart_is_answered_outcome_unknown_at_once(
     assert_eq!(r.sim.device.writes_to("holding", 0) + r.sim.device.writes_to("coil", 0), 0, "never re-run");
 }
 
+/// A device that answers after the driver's timeout has applied the write all the same: that
+/// was reported "timed out … (nothing was written)", and a retry then ran the action twice. It
+/// is now outcome unknown, naming the write in flight, and recorded so: a redelivery is
+/// answered from the journal, never executed again.
+#[tokio::test]
+async fn a_write_answered_too_late_is_outcome_unknown_not_nothing_written() {
+    let r = rig("").await;
+    // The conveyor's Modbus timeout is 500 ms.
+    r.sim.device.regs.lock().expect("registers").response_delay = Duration::from_millis(800);
+    let c = cmd("late", "conveyor", "start", &[("speed", num(1.5))]);
+    let res = r.exec.execute(&c, arrive(&c)).await;
+    assert_eq!(code(&res), ResultCode::Internal, "{res:?}");
+    for needle in ["writing belt-speed=1.5", "outcome is unknown", "0 of 2 writes done before it"] {
+        assert!(res.message.contains(needle), "{needle}: {}", res.message);
+    }
+    assert!(!res.message.contains("nothing was written"), "{}", res.message);
+    let again = r.exec.execute(&c, arrive(&c)).await;
+    assert!(again.replayed && again.message == res.message, "answered from the journal: {again:?}");
+    // And the device did write it, late.
+    let mut applied = 0;
+    for _ in 0..40 {
+        applied = r.sim.device.writes_to("holding", 0);
+        if applied > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(applied, 1, "the device applied the write the agent gave up on, once");
+}
+
 /// The reported failure: a kill -9 tore the journal's last line, the next record was appended
 /// onto it, the following restart threw the journal away and a redelivered command ran twice.
 #[tokio::test]

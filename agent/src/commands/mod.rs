@@ -375,6 +375,17 @@ impl Executor {
         if let Err(e) = self.journal.lock().await.start(&cmd.id) {
             return refuse(ResultCode::Internal, format!("cannot journal the command, so it is not executed: {e}"));
         }
+        // The request on the wire, if any: the action's timeout may cut it off unanswered.
+        let in_flight: std::sync::Mutex<Option<String>> = Default::default();
+        let unknown = |what: &str, e: &dyn std::fmt::Display, done: String| {
+            let done = if done.is_empty() { done } else { format!(" ({done})") };
+            (
+                ResultCode::Internal,
+                format!(
+                    "{what}: {e}; the outcome is unknown: the device may have carried it out{done}; check the equipment before retrying"
+                ),
+            )
+        };
         let run = async {
             let plan_writes = &plan.writes;
             for (i, (p, v)) in plan_writes.iter().enumerate() {
@@ -406,14 +417,17 @@ impl Executor {
                         ),
                     );
                 }
+                let done = format!("{i} of {} writes done before it", plan_writes.len());
+                *in_flight.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("writing {}={} ({done})", p.name, value::display(v)));
                 eq.driver.write(p, v).await.map_err(|e| {
-                    let done = if i == 0 {
-                        "nothing was written".to_owned()
-                    } else {
-                        format!("{i} of {} writes done", plan_writes.len())
-                    };
+                    if e.outcome_unknown() {
+                        return unknown(&format!("writing {}={}", p.name, value::display(v)), &e, done.clone());
+                    }
+                    let done = if i == 0 { "nothing was written".to_owned() } else { done.clone() };
                     (ResultCode::DeviceError, format!("writing {}: {e} ({done})", p.name))
                 })?;
+                *in_flight.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 result.outputs.push(NamedValue { name: p.name.clone(), value: Some(*v) });
             }
             if let Some((m, args)) = &plan.call {
@@ -426,11 +440,16 @@ impl Executor {
                 if let Some(e) = self.fail_safes.holding(&eq.config.name) {
                     return refuse(ResultCode::FailSafeEngaged, engaged_message(&eq.config.name, &e.message));
                 }
-                let outputs = eq
-                    .driver
-                    .call(m, args)
-                    .await
-                    .map_err(|e| (ResultCode::DeviceError, format!("calling {}: {e}", m.method_id)))?;
+                let done = format!("{} writes done before it", plan_writes.len());
+                *in_flight.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("calling {} ({done})", m.method_id));
+                let outputs = eq.driver.call(m, args).await.map_err(|e| {
+                    if e.outcome_unknown() {
+                        return unknown(&format!("calling {}", m.method_id), &e, done.clone());
+                    }
+                    (ResultCode::DeviceError, format!("calling {}: {e}", m.method_id))
+                })?;
+                *in_flight.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 result.outputs.extend(
                     m.outputs.iter().zip(outputs).map(|(name, v)| NamedValue { name: name.clone(), value: Some(v) }),
                 );
@@ -446,9 +465,14 @@ impl Executor {
             Ok::<(), Refusal>(())
         };
         match tokio::time::timeout(timeout, run).await {
-            Err(_) => {
-                refuse(ResultCode::DeviceError, format!("the action did not finish within its {timeout:?} timeout"))
-            }
+            Err(_) => match in_flight.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                Some(what) => {
+                    Err(unknown(&what, &format!("no answer within the action's {timeout:?} timeout"), String::new()))
+                }
+                None => {
+                    refuse(ResultCode::DeviceError, format!("the action did not finish within its {timeout:?} timeout"))
+                }
+            },
             Ok(r) => {
                 r?;
                 result.code = ResultCode::Ok as i32;

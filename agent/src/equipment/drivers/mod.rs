@@ -17,8 +17,12 @@ pub mod simulated;
 pub enum DriverError {
     #[error("cannot reach {0}")]
     Unreachable(String),
+    /// The request was sent and no answer came in time.
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
+    /// The request was sent and its answer lost (the connection broke before it came).
+    #[error("the answer was lost: {0}")]
+    Lost(String),
     #[error("the device refused: {0}")]
     Exception(String),
     #[error("property {0} has no mapping this driver understands")]
@@ -30,6 +34,14 @@ pub enum DriverError {
     Security(String),
     #[error("{0}")]
     Unsupported(String),
+}
+
+impl DriverError {
+    /// Whether a write or a call that failed so may have been carried out by the device all the
+    /// same: it was sent, and no answer says either way.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Self::Timeout(_) | Self::Lost(_))
+    }
 }
 
 /// A value the device pushed (an OPC UA data change), or why it could not be read.

@@ -167,9 +167,10 @@ impl ModbusDriver {
                 *guard = None;
                 Err(DriverError::Timeout(self.timeout))
             }
+            // Sent on a connection that broke before the answer came.
             Ok(Err(e)) => {
                 *guard = None;
-                Err(DriverError::Unreachable(format!("{}: {e}", self.target)))
+                Err(DriverError::Lost(format!("{}: {e}", self.target)))
             }
             Ok(Ok(Err(exception))) => Err(DriverError::Exception(format!("{exception:?}"))),
             Ok(Ok(Ok(v))) => Ok(v),

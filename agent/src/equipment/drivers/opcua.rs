@@ -568,7 +568,7 @@ impl Driver for OpcUaDriver {
             let codes = tokio::time::timeout(self.timeout, session.write(&[write]))
                 .await
                 .map_err(|_| DriverError::Timeout(self.timeout))?
-                .map_err(|e| request_failed(&format!("write {}", n.node_id), e))?;
+                .map_err(|e| DriverError::Lost(format!("write {}: {e}", n.node_id)))?;
             match codes.first() {
                 Some(c) if c.is_good() => Ok(()),
                 Some(c) => Err(status(&format!("write {}", n.node_id), *c)),
@@ -603,7 +603,7 @@ impl Driver for OpcUaDriver {
             let result = tokio::time::timeout(self.timeout, session.call_one(request))
                 .await
                 .map_err(|_| DriverError::Timeout(self.timeout))?
-                .map_err(|e| request_failed(&format!("call {}", method.method_id), e))?;
+                .map_err(|e| DriverError::Lost(format!("call {}: {e}", method.method_id)))?;
             if !result.status_code.is_good() {
                 return Err(status(&format!("call {}", method.method_id), result.status_code));
             }
