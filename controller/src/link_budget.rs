@@ -22,11 +22,14 @@ pub const SST_URLLC: u8 = 2;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkBudget {
     pub slice: String,
-    pub budget: Duration,
+    /// `None`: the slice `spec.networkSliceRef` names does not exist or does not select the
+    /// equipment's agent, so its budget is unknown; the gate then fails closed.
+    pub budget: Option<Duration>,
     pub urllc: bool,
 }
 
-/// The budgets of every planned equipment on a slice with a packet delay budget, by equipment.
+/// The budgets of every planned equipment on a slice with a packet delay budget (or on a slice
+/// that is not there), by equipment.
 pub fn budgets(plans: &Plans) -> HashMap<ObjectKey, LinkBudget> {
     plans.agents.iter().flat_map(|(agent, plan)| of_plan(agent, plan)).collect()
 }
@@ -35,11 +38,19 @@ pub fn budgets(plans: &Plans) -> HashMap<ObjectKey, LinkBudget> {
 pub fn of_plan<'a>(agent: &'a ObjectKey, plan: &'a AgentPlan) -> impl Iterator<Item = (ObjectKey, LinkBudget)> + 'a {
     plan.equipment.iter().filter_map(move |(name, eq)| {
         let slice_name = &eq.network_slice_ref.as_ref()?.name;
-        let slice = plan.slices.get(slice_name)?;
+        let key = ObjectKey::new(agent.namespace.clone(), name.clone());
+        // Deleted, or no longer selecting the agent: a gate that skipped it would fail open.
+        let Some(slice) = plan.slices.get(slice_name) else {
+            return Some((key, LinkBudget { slice: slice_name.clone(), budget: None, urllc: false }));
+        };
         let budget = slice.qos.packet_delay_budget.as_ref()?;
         Some((
-            ObjectKey::new(agent.namespace.clone(), name.clone()),
-            LinkBudget { slice: slice_name.clone(), budget: (*budget).into(), urllc: slice.snssai.sst == SST_URLLC },
+            key,
+            LinkBudget {
+                slice: slice_name.clone(),
+                budget: Some((*budget).into()),
+                urllc: slice.snssai.sst == SST_URLLC,
+            },
         ))
     })
 }
@@ -49,24 +60,31 @@ pub fn one_way(rtt: Duration) -> Duration {
     rtt / 2
 }
 
-/// Whether a link with round-trip time `rtt` meets `budget`.
+/// Whether a link with round-trip time `rtt` meets `budget` (never an unknown one).
 pub fn within(budget: &LinkBudget, rtt: Duration) -> bool {
-    one_way(rtt) <= budget.budget
+    budget.budget.is_some_and(|b| one_way(rtt) <= b)
 }
 
-/// Whether `spec` may only be sent over a link within `budget`.
+/// Whether `spec` may only be sent over a link within `budget`: by default on a URLLC slice,
+/// and on a slice that is not there (whether it was URLLC is not known: fail closed).
 pub fn required(spec: &ControlCommandSpec, budget: &LinkBudget) -> bool {
-    spec.require_link_within_budget.unwrap_or(budget.urllc)
+    spec.require_link_within_budget.unwrap_or(budget.urllc || budget.budget.is_none())
 }
 
 /// What the link measures against the budget, in words an operator reads in a condition or a
 /// refusal.
 pub fn describe(budget: &LinkBudget, rtt: Duration) -> String {
+    let Some(b) = budget.budget else {
+        return format!(
+            "NetworkSlice {} named by spec.networkSliceRef does not exist or does not select this equipment's agent: the link's delay budget is unknown",
+            budget.slice
+        );
+    };
     format!(
         "estimated one-way delay {:.1} ms (half the smoothed round-trip time) {} the {:.1} ms packet delay budget of NetworkSlice {}",
         one_way(rtt).as_secs_f64() * 1000.0,
         if within(budget, rtt) { "is within" } else { "exceeds" },
-        budget.budget.as_secs_f64() * 1000.0,
+        b.as_secs_f64() * 1000.0,
         budget.slice
     )
 }
@@ -77,7 +95,7 @@ mod tests {
     use shopfloor_api::{LocalRef, control_command::WhenOffline};
 
     fn budget(ms: u64, urllc: bool) -> LinkBudget {
-        LinkBudget { slice: "control-urllc".into(), budget: Duration::from_millis(ms), urllc }
+        LinkBudget { slice: "control-urllc".into(), budget: Some(Duration::from_millis(ms)), urllc }
     }
 
     #[test]

@@ -341,7 +341,7 @@ async fn a_command_that_requires_the_slice_budget_is_refused_over_a_slow_link() 
     let budget = |micros: u64, urllc: bool| {
         [(
             ObjectKey::of(&eq.metadata),
-            LinkBudget { slice: "control-urllc".into(), budget: Duration::from_micros(micros), urllc },
+            LinkBudget { slice: "control-urllc".into(), budget: Some(Duration::from_micros(micros)), urllc },
         )]
         .into()
     };
@@ -372,4 +372,40 @@ async fn a_command_that_requires_the_slice_budget_is_refused_over_a_slow_link() 
     rig.engine.set_link_budgets(budget(1000, true));
     rig.engine.reconcile(&cmds[3], Some(&eq)).await.expect("reconcile");
     settle(&rig.store, &ObjectKey::of(&cmds[3].metadata), CommandPhase::Succeeded).await;
+}
+
+/// Defect: once the NetworkSlice an Equipment names was deleted, its budget vanished with it and
+/// the gate let every command through (fail open), over any link. From the plans, as the
+/// reconciler computes the budgets: the equipment's budget is unknown and its commands are
+/// refused unless they waive the budget.
+#[tokio::test]
+async fn a_command_on_an_equipment_whose_slice_is_gone_is_refused() {
+    let (cmd, eq) = command("start-infeed");
+    let rig = rig(Arc::default());
+    let session = connect(&rig, "line-1", Script::Succeed);
+    let agent: shopfloor_api::EdgeAgent = serde_yaml::from_str(
+        "apiVersion: shopfloor.io/v1alpha1\nkind: EdgeAgent\nmetadata: {name: line-1, namespace: plant-a}\nspec: {site: plant-a/line-1}\n",
+    )
+    .expect("agent");
+    let mut on_slice = eq.clone();
+    on_slice.spec.network_slice_ref = Some(shopfloor_api::LocalRef { name: "control-urllc".into() });
+    // No NetworkSlice at all: it was deleted.
+    let plans = shopfloor_controller::planner::plan(&[agent], &[on_slice], &[]);
+    rig.engine.set_link_budgets(shopfloor_controller::link_budget::budgets(&plans));
+    let cmds = copies(&cmd, 2);
+    rig.engine.reconcile(&cmds[0], Some(&eq)).await.expect("reconcile");
+    let s = last_status(&rig.store, &ObjectKey::of(&cmds[0].metadata));
+    assert_eq!(s.phase, Some(CommandPhase::Rejected));
+    let result = s.result.expect("result");
+    assert_eq!(result.code, ResultCode::LinkOverBudget);
+    assert!(
+        result.message.contains("NetworkSlice control-urllc named by spec.networkSliceRef does not exist"),
+        "{}",
+        result.message
+    );
+    assert!(session.seen.lock().expect("lock").is_empty(), "never sent");
+    let mut waived = cmds[1].clone();
+    waived.spec.require_link_within_budget = Some(false);
+    rig.engine.reconcile(&waived, Some(&eq)).await.expect("reconcile");
+    settle(&rig.store, &ObjectKey::of(&waived.metadata), CommandPhase::Succeeded).await;
 }

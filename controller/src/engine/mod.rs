@@ -223,7 +223,9 @@ impl<S: Store> Engine<S> {
             }
         }
         let equipment = ObjectKey::new(cmd.key.namespace.clone(), cmd.object.spec.equipment_ref.name.clone());
-        if let (Some(us), Some(budget)) = (latency.network_micros, self.link_budget(&equipment)) {
+        if let (Some(us), Some(budget)) =
+            (latency.network_micros, self.link_budget(&equipment).filter(|b| b.budget.is_some()))
+        {
             let label = SliceLabel { namespace: cmd.key.namespace.clone(), slice: budget.slice };
             m.command_network.get_or_create(&label).observe(seconds(us));
         }
@@ -638,9 +640,13 @@ fn rate_limited(equipment: &Equipment, limits: &[(RateKey, RateLimit)], exceeded
 /// The refusal of a command that requires a link within its slice's delay budget, sent while
 /// the link is over it.
 fn over_budget(equipment: &Equipment, budget: &LinkBudget, rtt: Duration) -> Event {
+    let remedy = if budget.budget.is_some() {
+        "Retry when the link recovers (see the LinkWithinBudget condition), or set spec.requireLinkWithinBudget: false to send it over a slow link"
+    } else {
+        "Fix the Equipment's spec.networkSliceRef or the NetworkSlice, or set spec.requireLinkWithinBudget: false to send it without a budget"
+    };
     let message = format!(
-        "Equipment {}: {}; not sent. Retry when the link recovers (see the LinkWithinBudget condition), \
-         or set spec.requireLinkWithinBudget: false to send it over a slow link",
+        "Equipment {}: {}; not sent. {remedy}",
         ObjectKey::of(&equipment.metadata),
         link_budget::describe(budget, rtt)
     );

@@ -32,6 +32,7 @@ pub fn set(
     };
     let (state, reason, message) = match rtt {
         None => (State::Unknown, "NotConnected", "the agent is not connected; nothing to measure".to_owned()),
+        Some(rtt) if tightest.budget.is_none() => (State::False, "SliceUnknown", link_budget::describe(tightest, rtt)),
         Some(rtt) if link_budget::within(tightest, rtt) => {
             (State::True, "WithinBudget", link_budget::describe(tightest, rtt))
         }
@@ -49,7 +50,7 @@ mod tests {
     use super::*;
 
     fn budget(ms: u64) -> LinkBudget {
-        LinkBudget { slice: "control-urllc".into(), budget: Duration::from_millis(ms), urllc: true }
+        LinkBudget { slice: "control-urllc".into(), budget: Some(Duration::from_millis(ms)), urllc: true }
     }
 
     fn condition(conds: &[Condition]) -> (String, String, String) {
