@@ -278,6 +278,15 @@ async fn commands_over_a_rate_limit_are_rejected_naming_the_limit_and_never_sent
     let action = eq.spec.actions.iter().position(|a| a.name == cmd.spec.action).expect("action");
     let rig = rig(Arc::default());
     let session = connect(&rig, "line-1", Script::Succeed);
+    // Just started, the controller has no token to give (a restart hands out no fresh burst).
+    let (mut first, _) = command("start-infeed");
+    first.metadata.name = Some("at-start".into());
+    first.metadata.uid = Some("uid-at-start".into());
+    rig.engine.reconcile(&first, Some(&eq)).await.expect("reconcile");
+    let s = last_status(&rig.store, &ObjectKey::of(&first.metadata));
+    assert_eq!(s.phase, Some(CommandPhase::Rejected), "refused at the start: {s:?}");
+    // Long after the start, the burst is there.
+    rig.engine.backdate_rate_limits(Duration::from_secs(3600));
     let cmds = copies(&cmd, 3);
     for c in &cmds {
         rig.engine.reconcile(c, Some(&eq)).await.expect("reconcile");

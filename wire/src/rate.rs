@@ -4,6 +4,12 @@
 //!
 //! A limit is a token bucket: `burst` commands at once, refilled at `per_minute` a minute. A
 //! refused command takes no token.
+//!
+//! Buckets are not persisted: a bucket starts as if it had been filling since the process
+//! started (time zero of the caller's clock), from a `head_start` of tokens. Right after a
+//! restart it is nearly empty, never full: a controller or an agent restarted (or crash-looping,
+//! or a new leader) must not hand out a fresh burst on top of the one just spent. A bucket first
+//! used long after the start is full, as before.
 
 use std::{collections::HashMap, hash::Hash, time::Duration};
 
@@ -39,8 +45,11 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn full(limit: RateLimit, now: Duration) -> Self {
-        Self { limit, tokens: f64::from(limit.burst.max(1)), at: now }
+    /// Filled since the process started, from `head_start` tokens.
+    fn started(limit: RateLimit, head_start: f64, now: Duration) -> Self {
+        let mut b = Self { limit, tokens: head_start, at: Duration::ZERO };
+        b.refill(now);
+        b
     }
 
     fn refill(&mut self, now: Duration) {
@@ -63,18 +72,28 @@ impl Bucket {
 #[derive(Debug)]
 pub struct Limiter<K> {
     buckets: HashMap<K, Bucket>,
+    head_start: f64,
 }
 
 impl<K> Default for Limiter<K> {
+    /// Buckets start empty at time zero.
     fn default() -> Self {
-        Self { buckets: HashMap::new() }
+        Self::with_head_start(0)
+    }
+}
+
+impl<K> Limiter<K> {
+    /// Buckets hold `tokens` at time zero (the agent's one command of slack over the
+    /// controller's burst), never more than their burst.
+    pub fn with_head_start(tokens: u32) -> Self {
+        Self { buckets: HashMap::new(), head_start: f64::from(tokens) }
     }
 }
 
 impl<K: Hash + Eq + Clone> Limiter<K> {
     /// Takes one token from the bucket of every `(key, limit)` pair, or none when any of them is
     /// empty: a command passes every limit that applies to it, or is refused by the first that
-    /// it would cross. A key whose limit changed starts a full bucket of the new limit.
+    /// it would cross. A key whose limit changed keeps its tokens, up to the new burst.
     pub fn admit(&mut self, limits: &[(K, RateLimit)], now: Duration) -> Result<(), Exceeded> {
         for (which, (key, limit)) in limits.iter().enumerate() {
             let bucket = self.bucket(key, *limit, now);
@@ -89,9 +108,11 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
     }
 
     fn bucket(&mut self, key: &K, limit: RateLimit, now: Duration) -> &mut Bucket {
-        let bucket = self.buckets.entry(key.clone()).or_insert_with(|| Bucket::full(limit, now));
+        let head_start = self.head_start;
+        let bucket = self.buckets.entry(key.clone()).or_insert_with(|| Bucket::started(limit, head_start, now));
         if bucket.limit != limit {
-            *bucket = Bucket::full(limit, now);
+            bucket.refill(now);
+            bucket.limit = limit;
         }
         bucket.refill(now);
         bucket
@@ -121,7 +142,8 @@ mod tests {
     fn a_burst_then_the_rate() {
         let limit = RateLimit { per_minute: 6, burst: 3 };
         let mut l = Limiter::default();
-        let at = |s: u64| S * s as u32;
+        // An hour after the start: the buckets have filled.
+        let at = |s: u64| S * 3600 + S * s as u32;
         for _ in 0..3 {
             assert!(l.admit(&[("press", limit)], at(0)).is_ok());
         }
@@ -140,27 +162,47 @@ mod tests {
         let machine = RateLimit { per_minute: 60, burst: 5 };
         let action = RateLimit { per_minute: 1, burst: 1 };
         let mut l = Limiter::default();
-        assert!(l.admit(&[("press", machine), ("press/start", action)], Duration::ZERO).is_ok());
-        let refused = l.admit(&[("press", machine), ("press/start", action)], Duration::ZERO).expect_err("action");
+        let t = S * 3600;
+        assert!(l.admit(&[("press", machine), ("press/start", action)], t).is_ok());
+        let refused = l.admit(&[("press", machine), ("press/start", action)], t).expect_err("action");
         assert_eq!((refused.which, refused.limit), (1, action));
         // The machine's bucket lost only the one token of the command that passed.
         for _ in 0..4 {
-            assert!(l.admit(&[("press", machine)], Duration::ZERO).is_ok());
+            assert!(l.admit(&[("press", machine)], t).is_ok());
         }
-        assert!(l.admit(&[("press", machine)], Duration::ZERO).is_err());
+        assert!(l.admit(&[("press", machine)], t).is_err());
     }
 
     #[test]
-    fn a_changed_limit_starts_afresh_and_time_going_backwards_adds_nothing() {
+    fn a_changed_limit_keeps_what_was_spent_and_time_going_backwards_adds_nothing() {
         let mut l = Limiter::default();
         let one = RateLimit { per_minute: 1, burst: 1 };
         assert!(l.admit(&[("press", one)], S * 100).is_ok());
         assert!(l.admit(&[("press", one)], S * 50).is_err());
+        // Raising the burst is no way around what was spent.
         let two = RateLimit { per_minute: 1, burst: 2 };
-        assert!(l.admit(&[("press", two)], S * 100).is_ok());
-        assert!(l.admit(&[("press", two)], S * 100).is_ok());
         assert!(l.admit(&[("press", two)], S * 100).is_err());
+        assert!(l.admit(&[("press", two)], S * 160).is_ok());
+        assert!(l.admit(&[("press", two)], S * 160).is_err());
         l.retain(|k| *k != "press");
         assert!(l.is_empty());
+    }
+
+    /// Defect: with `perMinute: 2, burst: 3`, restarting the controller and the agent let 7
+    /// writes through in 12 s. A limiter (a process) starts empty-handed, filling at the rate
+    /// from its start, with the head start asked (the agent's one command of slack).
+    #[test]
+    fn a_restarted_limiter_hands_out_no_fresh_burst() {
+        let limit = RateLimit { per_minute: 2, burst: 3 };
+        let mut controller = Limiter::default();
+        assert!(controller.admit(&[("press", limit)], S).is_err(), "nothing at the start");
+        assert!(controller.admit(&[("press", limit)], S * 30).is_ok(), "one token every 30 s");
+        assert!(controller.admit(&[("press", limit)], S * 31).is_err());
+        let mut agent = Limiter::with_head_start(1);
+        assert!(agent.admit(&[("press", limit)], Duration::ZERO).is_ok(), "its slack");
+        assert!(agent.admit(&[("press", limit)], S).is_err());
+        // Twelve seconds after restarting both: at most one write, where a fresh burst let 3+4 through.
+        let passed = (0..=12).filter(|s| controller.admit(&[("oven", limit)], S * *s).is_ok()).count();
+        assert_eq!(passed, 0);
     }
 }

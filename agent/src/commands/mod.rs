@@ -162,7 +162,7 @@ impl Executor {
             envelope,
             running: StdMutex::default(),
             wall: WallClock::system(),
-            rates: StdMutex::default(),
+            rates: StdMutex::new(Limiter::with_head_start(1)),
             origin: Instant::now(),
             fail_safes: Arc::default(),
         }

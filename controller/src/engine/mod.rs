@@ -80,9 +80,11 @@ struct Inner<S> {
     /// Where command spans go (nowhere unless an OTLP collector is configured).
     tracer: std::sync::RwLock<Tracer>,
     /// The equipment's and actions' rate limits, on this process's monotonic clock. A restarted
-    /// controller starts with full buckets; the agent enforces the limits again.
+    /// controller (or a new leader) starts with empty buckets filling at the rate: a restart
+    /// hands out no fresh burst. The agent enforces the limits again.
     rates: Mutex<Limiter<RateKey>>,
-    origin: std::time::Instant,
+    /// Time zero of the rate limits' clock: the buckets have been filling since then.
+    origin: Mutex<std::time::Instant>,
     /// The delay budgets of the slices equipment rides on, by equipment, from the latest plans.
     link_budgets: std::sync::RwLock<Arc<HashMap<ObjectKey, LinkBudget>>>,
 }
@@ -118,7 +120,7 @@ impl<S: Store> Engine<S> {
                 transitions: Mutex::default(),
                 tracer: std::sync::RwLock::default(),
                 rates: Mutex::default(),
-                origin: std::time::Instant::now(),
+                origin: Mutex::new(std::time::Instant::now()),
                 link_budgets: std::sync::RwLock::default(),
             }),
         }
@@ -369,7 +371,7 @@ impl<S: Store> Engine<S> {
                 return self.ttl(&cmd, &self.status_of(&cmd)).await;
             }
             let limits = rate_limits(&cmd, equipment);
-            let now = self.inner.origin.elapsed();
+            let now = self.inner.origin.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
             let admitted = self.inner.rates.lock().unwrap_or_else(|p| p.into_inner()).admit(&limits, now);
             if let Err(exceeded) = admitted {
                 self.release(&cmd.uid, connected.connection_id);
@@ -401,6 +403,14 @@ impl<S: Store> Engine<S> {
             engine.deliver(cmd, connected.session, dispatch, connected.connection_id).await;
         });
         Ok(until(deadline.checked_add(lifecycle::RESULT_GRACE).unwrap_or(deadline)))
+    }
+
+    /// Moves the rate limits' time zero `by` earlier: buckets first used from now on have been
+    /// filling for that much longer (a test of a long-running controller; a controller that
+    /// knew how long its predecessor's buckets had been filling).
+    pub fn backdate_rate_limits(&self, by: Duration) {
+        let mut origin = self.inner.origin.lock().unwrap_or_else(|p| p.into_inner());
+        *origin = origin.checked_sub(by).unwrap_or(*origin);
     }
 
     /// Replaces the delay budgets commands are held to (after the plans changed).
