@@ -79,6 +79,8 @@ impl AgentSession for FakeSession {
         })
     }
 
+    fn measure_link(&self, _: Duration) {}
+
     fn close(&self, _: &str, _: Option<Duration>) {}
 }
 

@@ -89,6 +89,8 @@ impl AgentSession for Session {
         })
     }
 
+    fn measure_link(&self, _: Duration) {}
+
     fn close(&self, _: &str, _: Option<Duration>) {}
 }
 

@@ -111,3 +111,66 @@ fn a_safe_state_not_reached_is_said_and_written_again_until_the_device_reads_it_
     });
     assert!(message.contains("safe state reached: wrote running=false, belt-speed=0"), "{message}");
 }
+
+/// Defect: refusals for a slow link went on long after it recovered (19–25 s with 1 s
+/// reporting, over 133 s with 60 s): a refused command sends nothing, and only telemetry kept
+/// the controller's round-trip estimate fresh. While it refuses, the controller now measures
+/// the link itself. Telemetry every 60 s here, so only that measurement can see the recovery.
+#[test]
+fn a_recovered_link_is_seen_while_commands_are_refused_for_it() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let s = Scenario::new();
+    std::fs::create_dir_all(s.path("plant")).expect("plant");
+    let modbus = s.modbus_sim("sim", &[]);
+    let port = modbus.rsplit(':').next().expect("port").to_owned();
+    // The example plant's URLLC slice (10 ms budget), steering over loopback.
+    let slices =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/plant/slices.yaml")).expect("slices");
+    let slice = slices.split("\n---").next().expect("the URLLC slice").replace("uesimtun0", "lo");
+    let slice = slice.replace("shopfloor.io/traffic: control", "line: \"1\"");
+    let plant = fixtures::modbus_conveyor(&port, "60s")
+        .replace(
+            "metadata: {name: line-1, namespace: plant-a}",
+            "metadata: {name: line-1, namespace: plant-a, labels: {line: \"1\"}}",
+        )
+        .replace(
+            "  agentRef: {name: line-1}\n",
+            "  agentRef: {name: line-1}\n  networkSliceRef: {name: control-urllc}\n",
+        );
+    std::fs::write(s.path("plant/plant.yaml"), format!("{plant}---\n{slice}")).expect("plant");
+    let endpoint = s.controller();
+    let proxy = s.agent_behind_proxy(&rt, "line-1", &endpoint, 29);
+    eventually("connected", Duration::from_secs(30), || {
+        (s.status("edgeagents", "line-1")["phase"] == "Connected").then_some(())
+    });
+    let write = |i: u32| {
+        let (_, out) = s.plugin(&[
+            "exec",
+            "conveyor",
+            "write",
+            "property=belt-speed",
+            &format!("value=1.{i:02}"),
+            "--timeout",
+            "5s",
+        ]);
+        out
+    };
+    // 40 ms each way: far over the 10 ms budget.
+    proxy.set(shopfloor_e2e::proxy::Impairment { delay: Duration::from_millis(40), ..Default::default() });
+    let mut i = 0;
+    eventually("a command refused for the slow link", Duration::from_secs(30), || {
+        i += 1;
+        write(i).contains("LinkOverBudget").then_some(())
+    });
+    proxy.set(shopfloor_e2e::proxy::Impairment::default());
+    let healed = Instant::now();
+    let passed = eventually("a command admitted over the recovered link", Duration::from_secs(30), || {
+        i += 1;
+        let out = write(i);
+        (!out.contains("LinkOverBudget")).then(|| (healed.elapsed(), out))
+    });
+    println!("the recovered link was seen {:?} after it recovered (telemetry every 60 s)", passed.0);
+    assert!(passed.1.contains("Succeeded"), "{}", passed.1);
+    // The estimate follows within about a second of samples; each try here costs a process start.
+    assert!(passed.0 < Duration::from_secs(5), "{:?}", passed.0);
+}

@@ -59,7 +59,7 @@ fn transport_config(timing: Timing, accept: (u32, u32), keep_alive: bool) -> Tra
     t.max_concurrent_bidi_streams(VarInt::from_u32(accept.0));
     t.max_concurrent_uni_streams(VarInt::from_u32(accept.1));
     t.stream_receive_window(VarInt::from_u32(256 * 1024));
-    t.receive_window(VarInt::from_u32(2 * 1024 * 1024));
+    t.receive_window(VarInt::from_u32(RECEIVE_WINDOW));
     t.send_window(2 * 1024 * 1024);
     t
 }
@@ -73,6 +73,9 @@ fn transport_config(timing: Timing, accept: (u32, u32), keep_alive: bool) -> Tra
 /// batch of up to 10 datagrams (13–26 KiB, never shrunk) from its first multi-datagram flight,
 /// the handshake's. The controller sends agents small messages; one datagram per send costs it
 /// nothing measurable and saves that buffer on every connected agent.
+/// The connection-wide receive window both sides start with.
+pub const RECEIVE_WINDOW: u32 = 2 * 1024 * 1024;
+
 pub fn server_transport_config(timing: Timing) -> TransportConfig {
     let mut t = transport_config(timing, (AGENT_BIDI_STREAMS, AGENT_UNI_STREAMS), false);
     t.enable_segmentation_offload(false);

@@ -50,6 +50,10 @@ pub trait AgentSession: Send + Sync + 'static {
     /// Opens a command stream and sends the command; replies arrive on the receiver, which
     /// closes when the stream ends (with or without a result).
     fn dispatch(&self, command: Dispatch) -> BoxFuture<'_, Result<mpsc::Receiver<Reply>, SessionError>>;
+    /// Keeps the round-trip estimate fresh for `span` from now: a command refused for a slow
+    /// link sends nothing, and an idle link's estimate stays at its last value, so the link
+    /// must be measured while commands are refused or its recovery is not seen.
+    fn measure_link(&self, span: Duration);
     /// Closes the connection with a Goodbye carrying `reason`; with `redial_after`, a Goodbye
     /// that asks the agent to dial the same address again after that delay, without backing
     /// off (a handover, not a refusal).

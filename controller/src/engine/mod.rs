@@ -366,6 +366,9 @@ impl<S: Store> Engine<S> {
                 && link_budget::required(&cmd.object.spec, &budget)
                 && !link_budget::within(&budget, connected.session.rtt())
             {
+                // Refused commands send nothing: measure the link meanwhile, so its recovery
+                // is seen within a second or two rather than at the next telemetry report.
+                connected.session.measure_link(MEASURE_WHILE_REFUSING);
                 self.release(&cmd.uid, connected.connection_id);
                 self.transition(&cmd, over_budget(equipment, &budget, connected.session.rtt())).await?;
                 return self.ttl(&cmd, &self.status_of(&cmd)).await;
@@ -646,6 +649,9 @@ fn rate_limited(equipment: &Equipment, limits: &[(RateKey, RateLimit)], exceeded
         }],
     }
 }
+
+/// How long a link is measured after a command was refused for it.
+const MEASURE_WHILE_REFUSING: Duration = Duration::from_secs(30);
 
 /// The refusal of a command that requires a link within its slice's delay budget, sent while
 /// the link is over it.

@@ -367,6 +367,8 @@ mod tests {
         > {
             Box::pin(async { Err(crate::agents::port::SessionError::Closed) })
         }
+        fn measure_link(&self, _: std::time::Duration) {}
+
         fn close(&self, _: &str, _: Option<std::time::Duration>) {}
     }
 

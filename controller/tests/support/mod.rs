@@ -54,5 +54,7 @@ impl AgentSession for Silent {
         Box::pin(async { Err(shopfloor_controller::agents::port::SessionError::Closed) })
     }
 
+    fn measure_link(&self, _: Duration) {}
+
     fn close(&self, _: &str, _: Option<Duration>) {}
 }
