@@ -94,6 +94,11 @@ impl Default for Metrics {
         r.register("telemetry_buffered", "Readings waiting to be sent", m.telemetry_buffered.clone());
         r.register("telemetry_dropped", "Readings dropped because the buffer was full", m.telemetry_dropped.clone());
         r.register("slices_applied", "Network slices steered on this host", m.slices_applied.clone());
+        r.register(
+            "opcua_chunks_refused",
+            "OPC UA chunks refused at their header for announcing more than the agent's receive buffer",
+            crate::equipment::drivers::opcua::OPCUA_REFUSED.clone(),
+        );
         r.register("slices_failed", "Network slices that could not be steered", m.slices_failed.clone());
         r.register(
             "fail_safes_engaged",

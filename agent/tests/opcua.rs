@@ -400,3 +400,44 @@ async fn a_method_action_runs_once_through_the_executor_with_its_output_in_the_r
     assert!(refused.message.contains("spec.parameters.program"), "{}", refused.message);
     assert_eq!(sim.records().iter().filter(|r| r.kind == "call").count(), 1, "nothing called");
 }
+
+/// Defect: a server announcing a 4 GiB message and streaming zeros took the agent from 15 MB
+/// to over 1 GB in under a second (the client's codec buffered whatever a header announced).
+/// The agent now refuses the chunk at its header; the server gets to send little more than
+/// what was in flight.
+#[tokio::test]
+async fn a_server_announcing_a_huge_message_is_refused_without_buffering_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let server = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            // Every connection the driver makes: its Hello read, then a giant ACK, streamed.
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut hello = [0u8; 8];
+                let _ = s.read(&mut hello).await;
+                let mut header = b"ACKF".to_vec();
+                header.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+                if s.write_all(&header).await.is_err() {
+                    continue;
+                }
+                let zeros = vec![0u8; 64 * 1024];
+                while s.write_all(&zeros).await.is_ok() {
+                    sent.fetch_add(zeros.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = connection(&format!("opc.tcp://{addr}/"), OpcUaSecurityPolicy::None, OpcUaSecurityMode::None);
+    let driver = OpcUaDriver::new("hostile", &cfg, site(dir.path()));
+    let p = property("temperature", ValueType::Float, "Temperature", OpcUaDataType::Double);
+    let err =
+        tokio::time::timeout(Duration::from_secs(10), driver.read(&p)).await.expect("answered").expect_err("refused");
+    let took = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(took < 16 << 20, "the agent took in {took} bytes of a hostile message ({err})");
+    assert!(shopfloor_agent::equipment::drivers::opcua::OPCUA_REFUSED.get() > 0, "the refusal is counted ({err})");
+    server.abort();
+}

@@ -23,7 +23,7 @@ use opcua::{
     client::{
         ClientBuilder, ConnectionSource, DataChangeCallback, IdentityToken, MonitoredItem, Session, SessionPollResult,
         transport::{
-            Connector, RequestRecv, SecureChannelState, StreamConnection, StreamConnector, TcpTransport,
+            Connector, RequestRecv, SecureChannelState, StreamConnection, StreamConnector, StreamTransport,
             TransportConfiguration,
         },
     },
@@ -234,7 +234,11 @@ impl OpcUaDriver {
             .session_retry_max(Duration::from_secs(10))
             .request_timeout(self.timeout)
             .keep_alive_interval(Duration::from_secs(2))
-            .max_failed_keep_alive_count(3);
+            .max_failed_keep_alive_count(3)
+            // What a property's value or a method's outputs can need, and no more: a server that
+            // announces more is refused (`ChunkGuard` bounds each chunk on the wire).
+            .max_message_size(MAX_MESSAGE_SIZE)
+            .max_chunk_count(MAX_CHUNK_COUNT);
         // The first use of a PKI folder generates the agent's RSA key: seconds of CPU, off the
         // runtime's threads and outside any network timeout.
         let client = tokio::task::spawn_blocking(move || builder.client())
@@ -247,7 +251,13 @@ impl OpcUaDriver {
         };
         let token = UserTokenPolicy { token_type, ..UserTokenPolicy::anonymous() };
         let wanted: EndpointDescription = (url, policy.to_uri(), mode, token).into();
-        let endpoints = tokio::time::timeout(self.timeout, client.get_server_endpoints_from_url(url))
+        let marked = Marked {
+            dscp_tos: self.marking.and_then(|m| m.dscp).map(|d| u32::from(d) << 2),
+            fwmark: self.marking.map(|m| m.fwmark),
+        };
+        // Through the agent's own connector: marked for the slice, and every chunk checked.
+        let discovery = MarkedConnector { url: url.to_owned(), marking: marked };
+        let endpoints = tokio::time::timeout(self.timeout, client.get_server_endpoints_from_url(discovery))
             .await
             .map_err(|_| DriverError::Timeout(self.timeout))?
             .map_err(|e| DriverError::Unreachable(format!("{url}: {e}")))?;
@@ -263,10 +273,7 @@ impl OpcUaDriver {
         let (session, event_loop) = client
             .session_builder()
             .with_endpoints(endpoints)
-            .with_connector(Marked {
-                dscp_tos: self.marking.and_then(|m| m.dscp).map(|d| u32::from(d) << 2),
-                fwmark: self.marking.map(|m| m.fwmark),
-            })
+            .with_connector(marked)
             .connect_to_matching_endpoint(wanted)
             .map_err(|e| DriverError::Security(format!("{url}: {e}")))?
             .user_identity_token(identity)
@@ -654,11 +661,95 @@ struct MarkedConnector {
     marking: Marked,
 }
 
+/// The largest message the agent takes from an OPC UA server, reassembled: scalar values and
+/// method outputs need a few KiB.
+const MAX_MESSAGE_SIZE: usize = 1 << 20;
+/// The most chunks one message may come in.
+const MAX_CHUNK_COUNT: usize = 32;
+
+/// Reads an OPC UA server's byte stream, checking each chunk's header before any of its body
+/// is buffered: a chunk larger than the receive buffer the agent announced (its `limit`) is a
+/// protocol violation, and the client's codec would buffer whatever size a header announces (a
+/// hostile server declaring 4 GiB and streaming zeros took the agent from 15 MB to 1 GB in under
+/// a second). Refused with an error that ends the connection.
+pub(crate) struct ChunkGuard<R> {
+    inner: R,
+    limit: usize,
+    header: [u8; 8],
+    have: usize,
+    left: usize,
+}
+
+impl<R> ChunkGuard<R> {
+    pub(crate) fn new(inner: R, limit: usize) -> Self {
+        Self { inner, limit, header: [0; 8], have: 0, left: 0 }
+    }
+
+    /// Follows the chunk boundaries through `bytes`, just read.
+    fn inspect(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(bytes.len());
+                self.left -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (8 - self.have).min(bytes.len());
+            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have == 8 {
+                self.have = 0;
+                let size =
+                    u32::from_le_bytes([self.header[4], self.header[5], self.header[6], self.header[7]]) as usize;
+                if !(8..=self.limit).contains(&size) {
+                    OPCUA_REFUSED.inc();
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "the OPC UA server announced a {size}-byte chunk; this agent takes at most {} (its receive buffer): refused",
+                            self.limit
+                        ),
+                    ));
+                }
+                self.left = size - 8;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Chunks refused for their size since the agent started, over every OPC UA connection
+/// (`shopfloor_agent_opcua_chunks_refused_total`).
+pub static OPCUA_REFUSED: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
+    std::sync::LazyLock::new(Default::default);
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for ChunkGuard<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = &polled {
+            let fresh = buf.filled()[before..].to_vec();
+            if let Err(e) = self.inspect(&fresh) {
+                return std::task::Poll::Ready(Err(e));
+            }
+        }
+        polled
+    }
+}
+
+type GuardedTcp = ChunkGuard<ReadHalf<tokio::net::TcpStream>>;
+
 async fn dial(
     url: String,
     options: DecodingOptions,
     marking: Marked,
-) -> Result<StreamConnection<ReadHalf<tokio::net::TcpStream>, WriteHalf<tokio::net::TcpStream>>, opcua::types::Error> {
+    limit: usize,
+) -> Result<StreamConnection<GuardedTcp, WriteHalf<tokio::net::TcpStream>>, opcua::types::Error> {
     use opcua::types::Error;
     let (host, port) = opcua::core::comms::url::hostname_port_from_url(&url, 4840)
         .map_err(|e| Error::new(e, format!("{url} is not an opc.tcp URL")))?;
@@ -684,20 +775,22 @@ async fn dial(
         .map_err(|e| Error::new(StatusCode::BadCommunicationError, e))?;
     let _ = stream.set_nodelay(true);
     let (r, w) = tokio::io::split(stream);
+    let r = ChunkGuard::new(r, limit);
     Ok(StreamConnection::new(tokio_util::codec::FramedRead::new(r, TcpCodec::new(options)), w, url))
 }
 
 impl Connector for MarkedConnector {
-    type Transport = TcpTransport;
+    type Transport = StreamTransport<GuardedTcp, WriteHalf<tokio::net::TcpStream>>;
 
     async fn connect(
         &self,
         channel: Arc<SecureChannelState>,
         requests: RequestRecv,
         config: TransportConfiguration,
-    ) -> Result<TcpTransport, opcua::types::Error> {
+    ) -> Result<Self::Transport, opcua::types::Error> {
         let marking = self.marking;
-        StreamConnector::new(move |url, options| dial(url, options, marking), self.url.clone())
+        let limit = config.recv_buffer_size;
+        StreamConnector::new(move |url, options| dial(url, options, marking, limit), self.url.clone())
             .connect(channel, requests, config)
             .await
     }
@@ -712,5 +805,38 @@ impl ConnectionSource for Marked {
 
     fn get_connector(&self, endpoint: &EndpointDescription) -> Result<MarkedConnector, opcua::types::Error> {
         Ok(MarkedConnector { url: endpoint.endpoint_url.as_ref().to_owned(), marking: *self })
+    }
+}
+
+#[cfg(test)]
+mod chunk_guard_tests {
+    use super::*;
+
+    /// A chunk announcing more than the receive buffer is refused at its header, wherever the
+    /// reads happen to split the stream; chunks within it pass untouched.
+    #[test]
+    fn the_chunk_guard_refuses_an_oversized_chunk_at_its_header() {
+        let chunk = |size: u32| {
+            let mut c = b"MSGF".to_vec();
+            c.extend_from_slice(&size.to_le_bytes());
+            c.resize(size as usize, 0);
+            c
+        };
+        let mut stream = chunk(100);
+        stream.extend(chunk(8));
+        stream.extend(chunk(65_535));
+        let mut g = ChunkGuard::new((), 65_535);
+        for piece in stream.chunks(7) {
+            g.inspect(piece).expect("within the limit");
+        }
+        let mut hostile = b"ACKF".to_vec();
+        hostile.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        let mut g = ChunkGuard::new((), 65_535);
+        g.inspect(&hostile[..5]).expect("not a whole header yet");
+        let e = g.inspect(&hostile[5..]).expect_err("refused");
+        assert!(e.to_string().contains("4294967280-byte chunk"), "{e}");
+        let mut tiny = b"MSGF".to_vec();
+        tiny.extend_from_slice(&3u32.to_le_bytes());
+        assert!(ChunkGuard::new((), 65_535).inspect(&tiny).is_err(), "shorter than its own header");
     }
 }
