@@ -38,92 +38,103 @@ pub async fn apply(
         Default::default()
     };
     let installed = equipment.install(&cfg.equipment, &markings);
-    let mut out = ConfigApplied { revision: cfg.revision.clone(), ..Default::default() };
-    for (name, installed) in installed {
-        let mut er = EquipmentResult { equipment: name.clone(), properties: vec![] };
-        let Some(eq) = equipment.get(&name) else {
-            let msg = installed.err().unwrap_or_else(|| "not installed".into());
-            for p in cfg
-                .equipment
-                .iter()
-                .filter(|e| e.name == name)
-                .flat_map(|e| &e.properties)
-                .filter(|p| p.desired.is_some())
-            {
-                er.properties.push(PropertyResult {
-                    property: p.name.clone(),
-                    desired: p.desired,
-                    result: ApplyResult::Failed as i32,
-                    message: msg.clone(),
-                    read_back: None,
-                });
-            }
-            out.equipment.push(er);
-            continue;
-        };
-        let _turn = eq.lock.lock().await;
-        let held = fail_safes.holding(&name);
-        for p in eq.config.properties.iter().filter(|p| p.desired.is_some()) {
-            let desired = p.desired.unwrap_or_default();
-            let mut pr = PropertyResult { property: p.name.clone(), desired: Some(desired), ..Default::default() };
-            if let Some(e) = &held {
-                pr.result = ApplyResult::Pending as i32;
-                pr.message = format!(
-                    "held back: the fail-safe is engaged ({}); it applies once the fail-safe is lifted",
-                    e.message
-                );
-                er.properties.push(pr);
-                continue;
-            }
-            let checked = value::coerce(&desired, p.r#type())
-                .ok_or_else(|| format!("{} does not fit a {:?} property", value::display(&desired), p.r#type()))
-                .and_then(|v| {
-                    // Limits and the envelope bound numbers; a boolean has none.
-                    let Some(x) = value::as_f64(&v) else { return Ok(v) };
-                    if p.min.is_some_and(|lo| x < lo) || p.max.is_some_and(|hi| x > hi) {
-                        return Err(format!("{x} is outside the interlock limits"));
-                    }
-                    envelope.check(&name, &p.name, x).map(|()| v)
-                });
-            let v = match checked {
-                Ok(v) => v,
-                Err(message) => {
-                    pr.result = ApplyResult::Rejected as i32;
-                    pr.message = message;
-                    er.properties.push(pr);
-                    continue;
-                }
-            };
-            let current = eq.driver.read(p).await;
-            let needs_write = !matches!(&current, Ok(c) if value::same(c, &v, tolerance(p)));
-            if needs_write && let Err(e) = eq.driver.write(p, &v).await {
-                pr.result = ApplyResult::Failed as i32;
-                pr.message = e.to_string();
-                er.properties.push(pr);
-                continue;
-            }
-            match eq.driver.read(p).await {
-                Ok(back) if value::same(&back, &v, tolerance(p)) => {
-                    pr.result = ApplyResult::Applied as i32;
-                    pr.read_back = Some(back);
-                }
-                Ok(back) => {
-                    pr.result = ApplyResult::Failed as i32;
-                    pr.message = format!("wrote {}, read back {}", value::display(&v), value::display(&back));
-                    pr.read_back = Some(back);
-                }
-                Err(e) => {
-                    pr.result = ApplyResult::Failed as i32;
-                    pr.message = format!("read-back failed: {e}");
-                }
-            }
-            er.properties.push(pr);
-        }
-        out.equipment.push(er);
+    // Each equipment on its own: a dead or slow device (an OPC UA server that never answers)
+    // delays no other equipment's setpoints. The results keep the configuration's order.
+    let results = futures::future::join_all(
+        installed.into_iter().map(|(name, installed)| apply_one(equipment, envelope, fail_safes, cfg, name, installed)),
+    )
+    .await;
+    ConfigApplied {
+        revision: cfg.revision.clone(),
+        equipment: results,
+        slices: slice_results,
+        applied_at_unix_micros: now_micros(),
     }
-    out.slices = slice_results;
-    out.applied_at_unix_micros = now_micros();
-    out
+}
+
+/// Applies one equipment's desired setpoints, under its lock, each written only if it differs
+/// and read back.
+async fn apply_one(
+    equipment: &EquipmentRegistry,
+    envelope: &Envelope,
+    fail_safes: &FailSafes,
+    cfg: &ApplyConfig,
+    name: String,
+    installed: Result<(), String>,
+) -> EquipmentResult {
+    let mut er = EquipmentResult { equipment: name.clone(), properties: vec![] };
+    let Some(eq) = equipment.get(&name) else {
+        let msg = installed.err().unwrap_or_else(|| "not installed".into());
+        for p in
+            cfg.equipment.iter().filter(|e| e.name == name).flat_map(|e| &e.properties).filter(|p| p.desired.is_some())
+        {
+            er.properties.push(PropertyResult {
+                property: p.name.clone(),
+                desired: p.desired,
+                result: ApplyResult::Failed as i32,
+                message: msg.clone(),
+                read_back: None,
+            });
+        }
+        return er;
+    };
+    let _turn = eq.lock.lock().await;
+    let held = fail_safes.holding(&name);
+    for p in eq.config.properties.iter().filter(|p| p.desired.is_some()) {
+        let desired = p.desired.unwrap_or_default();
+        let mut pr = PropertyResult { property: p.name.clone(), desired: Some(desired), ..Default::default() };
+        if let Some(e) = &held {
+            pr.result = ApplyResult::Pending as i32;
+            pr.message =
+                format!("held back: the fail-safe is engaged ({}); it applies once the fail-safe is lifted", e.message);
+            er.properties.push(pr);
+            continue;
+        }
+        let checked = value::coerce(&desired, p.r#type())
+            .ok_or_else(|| format!("{} does not fit a {:?} property", value::display(&desired), p.r#type()))
+            .and_then(|v| {
+                // Limits and the envelope bound numbers; a boolean has none.
+                let Some(x) = value::as_f64(&v) else { return Ok(v) };
+                if p.min.is_some_and(|lo| x < lo) || p.max.is_some_and(|hi| x > hi) {
+                    return Err(format!("{x} is outside the interlock limits"));
+                }
+                envelope.check(&name, &p.name, x).map(|()| v)
+            });
+        let v = match checked {
+            Ok(v) => v,
+            Err(message) => {
+                pr.result = ApplyResult::Rejected as i32;
+                pr.message = message;
+                er.properties.push(pr);
+                continue;
+            }
+        };
+        let current = eq.driver.read(p).await;
+        let needs_write = !matches!(&current, Ok(c) if value::same(c, &v, tolerance(p)));
+        if needs_write && let Err(e) = eq.driver.write(p, &v).await {
+            pr.result = ApplyResult::Failed as i32;
+            pr.message = e.to_string();
+            er.properties.push(pr);
+            continue;
+        }
+        match eq.driver.read(p).await {
+            Ok(back) if value::same(&back, &v, tolerance(p)) => {
+                pr.result = ApplyResult::Applied as i32;
+                pr.read_back = Some(back);
+            }
+            Ok(back) => {
+                pr.result = ApplyResult::Failed as i32;
+                pr.message = format!("wrote {}, read back {}", value::display(&v), value::display(&back));
+                pr.read_back = Some(back);
+            }
+            Err(e) => {
+                pr.result = ApplyResult::Failed as i32;
+                pr.message = format!("read-back failed: {e}");
+            }
+        }
+        er.properties.push(pr);
+    }
+    er
 }
 
 /// Whether any property failed (and a retry may help).

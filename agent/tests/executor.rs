@@ -742,3 +742,72 @@ async fn the_plants_envelope_requires_a_fail_safe_the_configuration_lacks() {
     assert!(silence >= Duration::from_millis(1250));
     assert!(due[0].1.required_by_envelope);
 }
+
+/// Defect: configuration apply walked the equipment one after another, so an OPC UA server
+/// that accepts connections and answers nothing held a Modbus setpoint back for 16–29 s. Each
+/// equipment now applies on its own: the Modbus setpoint reaches its device while the silent
+/// server's apply is still waiting.
+#[tokio::test]
+async fn a_silent_opcua_server_does_not_hold_back_another_equipments_setpoint() {
+    use shopfloor_wire::proto::{OpcUa, OpcUaDataType, OpcUaNode, OpcUaSecurityMode, OpcUaSecurityPolicy};
+    let r = rig("").await;
+    // Accepts, reads, never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listen");
+    let silent_addr = silent.local_addr().expect("addr");
+    let _server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let packer = EquipmentConfig {
+        name: "packer".into(),
+        protocol: Some(Protocol::Opcua(OpcUa {
+            endpoint_url: format!("opc.tcp://{silent_addr}/"),
+            security_policy: OpcUaSecurityPolicy::None as i32,
+            security_mode: OpcUaSecurityMode::None as i32,
+            timeout_ms: 5000,
+            publishing_interval_ms: 100,
+        })),
+        properties: vec![PropertyConfig {
+            name: "speed".into(),
+            r#type: ValueType::Float as i32,
+            writable: true,
+            desired: Some(value::float_value(2.0)),
+            opcua: Some(OpcUaNode {
+                node_id: "ns=2;s=Speed".into(),
+                data_type: OpcUaDataType::Double as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut conveyor = conveyor(r.sim.addr);
+    conveyor.properties[0].desired = Some(value::float_value(1.2));
+    // The silent server first, as it was in the configuration that showed the defect.
+    let cfg = ApplyConfig { revision: "r1".into(), equipment: vec![packer, conveyor], ..Default::default() };
+    let journal = Journal::open(&r.state, Duration::from_secs(86400), 1000).expect("journal");
+    let exec = Arc::new(Executor::new(journal, Envelope::none()).with_opcua(
+        shopfloor_agent::equipment::drivers::opcua::Site {
+            pki_dir: r._dir.path().join("pki"),
+            users: Default::default(),
+        },
+    ));
+    let started = std::time::Instant::now();
+    let applying =
+        tokio::spawn(async move { apply::apply(exec.equipment(), exec.envelope(), exec.fail_safes(), &cfg).await });
+    let mut reached = None;
+    for _ in 0..100 {
+        if r.sim.device.regs.lock().expect("lock").holding.get(&0) == Some(&120) {
+            reached = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reached = reached.expect("the Modbus setpoint reached its device within 2 s");
+    assert!(!applying.is_finished(), "the silent server's apply was still waiting: this measured isolation");
+    println!("the Modbus setpoint reached its device after {reached:?} beside a silent OPC UA server");
+    let applied = applying.await.expect("apply");
+    assert_eq!(applied.equipment.iter().map(|e| e.equipment.as_str()).collect::<Vec<_>>(), ["packer", "conveyor"]);
+}

@@ -189,21 +189,23 @@ impl Agent {
     /// Sleeps until the next reading is due or the equipment changes: a fleet of agents in one
     /// process (or a small edge host) pays for readings, not for looking at the clock.
     pub async fn poll_telemetry(self: Arc<Self>) {
-        use crate::equipment::drivers::Pushed;
         let mut due: std::collections::HashMap<String, Instant> = std::collections::HashMap::new();
         // Equipment whose driver pushes its values (OPC UA subscriptions) is not polled; the key
         // (driver instance and properties) says when to subscribe again. Polled equipment is
         // remembered too, so a driver that cannot push is asked once, not every tick.
-        type Key = (usize, Vec<proto::PropertyConfig>);
-        let mut pushing: std::collections::HashMap<String, Key> = std::collections::HashMap::new();
-        let mut polled: std::collections::HashMap<String, Key> = std::collections::HashMap::new();
+        let mut pushing: std::collections::HashMap<String, PollKey> = std::collections::HashMap::new();
+        let mut polled: std::collections::HashMap<String, PollKey> = std::collections::HashMap::new();
+        // Each equipment is polled in a task of its own, one poll at a time: a dead or silent
+        // device (an OPC UA server that answers nothing) delays no other equipment's readings.
+        let mut busy: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(String, PollKey, Polled)>();
         let mut installs = self.executor.equipment().installs();
         let mut installs_open = true;
         loop {
             let mut next: Option<Instant> = None;
             for eq in self.executor.equipment().all() {
                 let name = eq.config.name.clone();
-                let key: Key = (Arc::as_ptr(&eq.driver) as *const () as usize, eq.config.properties.clone());
+                let key: PollKey = (Arc::as_ptr(&eq.driver) as *const () as usize, eq.config.properties.clone());
                 if pushing.get(&name) == Some(&key) {
                     continue;
                 }
@@ -215,50 +217,15 @@ impl Agent {
                 }
                 due.insert(name.clone(), now + every);
                 next = Some(next.map_or(now + every, |n| n.min(now + every)));
-                if polled.get(&name) != Some(&key) {
-                    let (tx, mut rx) = tokio::sync::mpsc::channel::<Pushed>(256);
-                    match eq.driver.subscribe(&eq.config.properties, tx).await {
-                        Ok(true) => {
-                            tracing::info!(equipment = %name, "values arrive by subscription");
-                            let this = self.clone();
-                            let equipment = name.clone();
-                            // Ends when the driver drops its sender (equipment removed or rebuilt).
-                            tokio::spawn(async move {
-                                while let Some(p) = rx.recv().await {
-                                    match p.value {
-                                        Ok(v) => this.record_reading(proto::Reading {
-                                            equipment: equipment.clone(),
-                                            property: p.property,
-                                            value: Some(v),
-                                            observed_unix_micros: this.controller_time(),
-                                        }),
-                                        Err(e) => {
-                                            tracing::debug!(%equipment, property = %p.property, "pushed value unreadable: {e}")
-                                        }
-                                    }
-                                }
-                            });
-                            pushing.insert(name, key);
-                            continue;
-                        }
-                        Ok(false) => {
-                            polled.insert(name.clone(), key);
-                        }
-                        // Polled meanwhile; subscribing is tried again at the next interval.
-                        Err(e) => tracing::debug!(equipment = %name, "cannot subscribe yet: {e}"),
-                    }
+                if !busy.insert(name.clone()) {
+                    continue;
                 }
-                for p in &eq.config.properties {
-                    match eq.driver.read(p).await {
-                        Ok(v) => self.record_reading(proto::Reading {
-                            equipment: eq.config.name.clone(),
-                            property: p.name.clone(),
-                            value: Some(v),
-                            observed_unix_micros: self.controller_time(),
-                        }),
-                        Err(e) => tracing::debug!(equipment = %eq.config.name, property = %p.name, "read failed: {e}"),
-                    }
-                }
+                let subscribe = polled.get(&name) != Some(&key);
+                let (this, done) = (self.clone(), done_tx.clone());
+                tokio::spawn(async move {
+                    let outcome = this.poll_one(&eq, subscribe).await;
+                    let _ = done.send((name, key, outcome));
+                });
             }
             let sleep = async {
                 match next {
@@ -269,8 +236,69 @@ impl Agent {
             tokio::select! {
                 () = sleep => {}
                 changed = installs.changed(), if installs_open => installs_open = changed.is_ok(),
+                Some((name, key, outcome)) = done_rx.recv() => {
+                    busy.remove(&name);
+                    match outcome {
+                        Polled::Subscribed => {
+                            pushing.insert(name, key);
+                        }
+                        Polled::CannotPush => {
+                            polled.insert(name, key);
+                        }
+                        Polled::Read => {}
+                    }
+                }
             }
         }
+    }
+
+    /// One equipment's turn: subscribe when asked (a driver that can push its values is not
+    /// polled again), else read every property and record what was read.
+    async fn poll_one(self: &Arc<Self>, eq: &crate::equipment::registry::Equipment, subscribe: bool) -> Polled {
+        use crate::equipment::drivers::Pushed;
+        let name = eq.config.name.clone();
+        let mut outcome = Polled::Read;
+        if subscribe {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Pushed>(256);
+            match eq.driver.subscribe(&eq.config.properties, tx).await {
+                Ok(true) => {
+                    tracing::info!(equipment = %name, "values arrive by subscription");
+                    let this = self.clone();
+                    // Ends when the driver drops its sender (equipment removed or rebuilt).
+                    tokio::spawn(async move {
+                        while let Some(p) = rx.recv().await {
+                            match p.value {
+                                Ok(v) => this.record_reading(proto::Reading {
+                                    equipment: name.clone(),
+                                    property: p.property,
+                                    value: Some(v),
+                                    observed_unix_micros: this.controller_time(),
+                                }),
+                                Err(e) => {
+                                    tracing::debug!(equipment = %name, property = %p.property, "pushed value unreadable: {e}")
+                                }
+                            }
+                        }
+                    });
+                    return Polled::Subscribed;
+                }
+                Ok(false) => outcome = Polled::CannotPush,
+                // Polled meanwhile; subscribing is tried again at the next interval.
+                Err(e) => tracing::debug!(equipment = %name, "cannot subscribe yet: {e}"),
+            }
+        }
+        for p in &eq.config.properties {
+            match eq.driver.read(p).await {
+                Ok(v) => self.record_reading(proto::Reading {
+                    equipment: eq.config.name.clone(),
+                    property: p.name.clone(),
+                    value: Some(v),
+                    observed_unix_micros: self.controller_time(),
+                }),
+                Err(e) => tracing::debug!(equipment = %eq.config.name, property = %p.name, "read failed: {e}"),
+            }
+        }
+        outcome
     }
 
     /// Applies the held configuration again (after a fail-safe was lifted, or to retry).
@@ -604,4 +632,17 @@ const REDIAL_UNSAID: Duration = Duration::from_millis(500);
 /// Now, in whole seconds of Unix time.
 fn unix_secs() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Which driver instance and properties an equipment's telemetry decision was made for.
+type PollKey = (usize, Vec<proto::PropertyConfig>);
+
+/// How one equipment's telemetry turn went.
+enum Polled {
+    /// Its driver pushes its values from now on.
+    Subscribed,
+    /// Its driver cannot push: polled from now on without asking again.
+    CannotPush,
+    /// Read (or tried to), to be polled again.
+    Read,
 }
