@@ -31,3 +31,23 @@ fn a_new_leader_lets_agents_in_at_once_and_a_planned_handover_engages_no_fail_sa
         h.managers
     );
 }
+
+/// The commands the plugin creates were owned by the field manager `unknown`: its requests
+/// carry its User-Agent now, which the API server takes as the manager.
+#[test]
+fn the_plugin_names_itself_as_the_field_manager_of_what_it_creates() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let api = rt.block_on(shopfloor_e2e::mock_api::MockApi::start()).expect("mock API");
+    let s = shopfloor_e2e::harness::Scenario::new();
+    std::fs::write(s.path("kubeconfig"), api.kubeconfig()).expect("kubeconfig");
+    let out = std::process::Command::new(shopfloor_e2e::harness::bin("kubectl-shopfloor"))
+        .env("KUBECONFIG", s.path("kubeconfig"))
+        .args(["-n", "plant-a", "exec", "conveyor", "read", "property=belt-speed", "--no-wait"])
+        .output()
+        .expect("plugin");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert_eq!(api.list("controlcommands").len(), 1, "{text}");
+    let managers = api.managers();
+    assert_eq!(managers.keys().collect::<Vec<_>>(), ["kubectl-shopfloor"], "{managers:?}");
+}
