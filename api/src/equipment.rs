@@ -99,12 +99,12 @@ pub struct EquipmentSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "duration(self.after) >= duration('1s') && duration(self.after) <= duration('1h')", "message": "after must be between 1s and 1h", "fieldPath": ".after"},
+    {"rule": "duration(self.after) >= duration('100ms') && duration(self.after) <= duration('1h')", "message": "after must be between 100ms and 1h", "fieldPath": ".after"},
     {"rule": "self.values.all(v, self.values.exists_one(w, w.property == v.property))", "message": "each property may have one safe value", "fieldPath": ".values"}
 ]))]
 pub struct FailSafe {
     /// How long the control link may be silent before the fail-safe engages (Go duration,
-    /// 1s to 1h).
+    /// 100ms to 1h; under 800ms the agent's keep-alive is an eighth of it).
     #[schemars(length(max = 32))]
     pub after: Duration,
     /// The safe value of each property to write, in order.

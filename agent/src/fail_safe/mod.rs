@@ -304,6 +304,11 @@ impl FailSafes {
         self.with(|w| w.states())
     }
 
+    /// How often to check for silence and for fail-safes due (`watchdog::poll_interval`).
+    pub fn poll_interval(&self) -> Duration {
+        self.with(|w| w.poll_interval())
+    }
+
     /// See [`Watchdog::keep_alive`].
     pub fn keep_alive(&self, default: Duration) -> Duration {
         self.with(|w| w.keep_alive(default))

@@ -92,9 +92,21 @@ pub struct Watchdog {
 }
 
 /// How often a link must be heard for a fail-safe of `after`: a quarter of it, between 200 and
-/// 750 ms (so that it engages within `after` + 1 s of a failure, counting the shell's polling).
+/// 750 ms (so that it engages within `after` + 1 s of a failure, counting the shell's polling);
+/// for a fail-safe at machine speed (`after` under 800 ms) an eighth of it, at least 10 ms, so
+/// that it engages within `after` + a few tens of milliseconds of the link's loss.
 pub fn listen_interval(after: Duration) -> Duration {
+    if after < Duration::from_millis(800) {
+        return (after / 8).max(Duration::from_millis(10));
+    }
     (after / 4).clamp(Duration::from_millis(200), Duration::from_millis(750))
+}
+
+/// How often the shell checks for silence and for fail-safes due, with the shortest armed
+/// `after`: a twentieth of it, between 5 and 100 ms.
+pub fn poll_interval(shortest_after: Option<Duration>) -> Duration {
+    shortest_after
+        .map_or(Duration::from_millis(100), |a| (a / 20).clamp(Duration::from_millis(5), Duration::from_millis(100)))
 }
 
 impl Watchdog {
@@ -183,6 +195,11 @@ impl Watchdog {
     pub fn keep_alive(&self, default: Duration) -> Duration {
         let shortest = self.policies.values().map(|p| p.after).min();
         shortest.map_or(default, |a| listen_interval(a).min(default))
+    }
+
+    /// See [`poll_interval`].
+    pub fn poll_interval(&self) -> Duration {
+        poll_interval(self.policies.values().map(|p| p.after).min())
     }
 
     /// Every armed or engaged fail-safe, for the controller.
@@ -321,7 +338,10 @@ mod tests {
     fn the_keep_alive_follows_the_shortest_fail_safe() {
         let w = armed(1000, false);
         assert_eq!(w.keep_alive(S(1000)), S(250));
-        assert_eq!(armed(400, false).keep_alive(S(1000)), S(200));
+        assert_eq!(armed(400, false).keep_alive(S(1000)), S(50), "machine speed: an eighth");
+        assert_eq!(armed(100, false).keep_alive(S(1000)), S(12) + Duration::from_micros(500));
+        assert_eq!(armed(100, false).poll_interval(), S(5));
+        assert_eq!(armed(2000, false).poll_interval(), S(100));
         assert_eq!(armed(60_000, false).keep_alive(S(1000)), S(750));
         assert_eq!(Watchdog::default().keep_alive(S(1000)), S(1000));
     }

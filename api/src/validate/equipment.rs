@@ -94,7 +94,7 @@ pub(super) fn equipment_spec_rules(spec: &EquipmentSpec) -> Violations {
 /// inside its interlock limits (an agent would refuse to write it otherwise, exactly when it
 /// matters).
 fn fail_safe(v: &mut Violations, f: &FailSafe, properties: &[Property]) {
-    v.duration_between("spec.failSafe.after", &f.after, SECS(1), Some(SECS(3600)));
+    v.duration_between("spec.failSafe.after", &f.after, std::time::Duration::from_millis(100), Some(SECS(3600)));
     if f.values.is_empty() {
         v.push("spec.failSafe.values", "a fail-safe must write at least one property");
     }
