@@ -19,15 +19,12 @@ fn main() {
     let cuts: usize = std::env::var("SHOPFLOOR_FAILSAFE_CUTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let s = Scenario::new();
-    std::fs::create_dir_all(s.path("plant")).expect("plant");
-    let modbus = s.modbus_sim("sim", &[]);
-    let port = modbus.rsplit(':').next().expect("port").to_owned();
-    let plant = fixtures::modbus_conveyor(&port, "60s").replace(
-        "  actions:\n",
-        "  failSafe:\n    after: 100ms\n    values: [{property: running, value: false}]\n    resume: Automatic\n  actions:\n",
-    );
-    std::fs::write(s.path("plant/plant.yaml"), plant).expect("plant");
-    let endpoint = s.controller();
+    let endpoint = s.modbus_plant(|port| {
+        fixtures::modbus_conveyor(port, "60s").replace(
+            "  actions:\n",
+            "  failSafe:\n    after: 100ms\n    values: [{property: running, value: false}]\n    resume: Automatic\n  actions:\n",
+        )
+    });
     let proxy = s.agent_behind_proxy(&rt, "line-1", &endpoint, 41);
     eventually("the fail-safe armed", Duration::from_secs(30), || {
         let st = s.status("equipment", "conveyor");

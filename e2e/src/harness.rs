@@ -200,6 +200,16 @@ impl Scenario {
         line.rsplit(' ').next().expect("address").trim().to_owned()
     }
 
+    /// A standalone plant on one Modbus simulator (`sim`): `manifests` gets the simulator's port
+    /// and returns `plant/plant.yaml`; the controller is started and its QUIC address returned.
+    pub fn modbus_plant(&self, manifests: impl FnOnce(&str) -> String) -> String {
+        std::fs::create_dir_all(self.path("plant")).expect("plant");
+        let modbus = self.modbus_sim("sim", &[]);
+        let port = modbus.rsplit(':').next().expect("port").to_owned();
+        std::fs::write(self.path("plant/plant.yaml"), manifests(&port)).expect("plant");
+        self.controller()
+    }
+
     /// Writes recorded by a simulator to a holding register or coil, with their values.
     pub fn sim_writes(&self, name: &str, table: &str, address: u16) -> Vec<Vec<u16>> {
         let text = std::fs::read_to_string(self.path(&format!("{name}-writes.jsonl"))).unwrap_or_default();

@@ -23,11 +23,7 @@ fn conveyor_with_fail_safe(port: &str, after: &str) -> String {
 /// The plant of `conveyor_with_fail_safe`, its agent connected through a proxy and the
 /// fail-safe armed; the conveyor started (running=true).
 fn armed_plant(s: &Scenario, rt: &tokio::runtime::Runtime, after: &str) -> UdpProxy {
-    std::fs::create_dir_all(s.path("plant")).expect("plant");
-    let modbus = s.modbus_sim("sim", &[]);
-    let port = modbus.rsplit(':').next().expect("port").to_owned();
-    std::fs::write(s.path("plant/plant.yaml"), conveyor_with_fail_safe(&port, after)).expect("plant");
-    let endpoint = s.controller();
+    let endpoint = s.modbus_plant(|port| conveyor_with_fail_safe(port, after));
     let proxy = s.agent_behind_proxy(rt, "line-1", &endpoint, 23);
     eventually("the fail-safe armed", Duration::from_secs(30), || {
         let st = s.status("equipment", "conveyor");
@@ -120,25 +116,23 @@ fn a_safe_state_not_reached_is_said_and_written_again_until_the_device_reads_it_
 fn a_recovered_link_is_seen_while_commands_are_refused_for_it() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let s = Scenario::new();
-    std::fs::create_dir_all(s.path("plant")).expect("plant");
-    let modbus = s.modbus_sim("sim", &[]);
-    let port = modbus.rsplit(':').next().expect("port").to_owned();
     // The example plant's URLLC slice (10 ms budget), steering over loopback.
     let slices =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/plant/slices.yaml")).expect("slices");
     let slice = slices.split("\n---").next().expect("the URLLC slice").replace("uesimtun0", "lo");
     let slice = slice.replace("shopfloor.io/traffic: control", "line: \"1\"");
-    let plant = fixtures::modbus_conveyor(&port, "60s")
-        .replace(
-            "metadata: {name: line-1, namespace: plant-a}",
-            "metadata: {name: line-1, namespace: plant-a, labels: {line: \"1\"}}",
-        )
-        .replace(
-            "  agentRef: {name: line-1}\n",
-            "  agentRef: {name: line-1}\n  networkSliceRef: {name: control-urllc}\n",
-        );
-    std::fs::write(s.path("plant/plant.yaml"), format!("{plant}---\n{slice}")).expect("plant");
-    let endpoint = s.controller();
+    let endpoint = s.modbus_plant(|port| {
+        let plant = fixtures::modbus_conveyor(port, "60s")
+            .replace(
+                "metadata: {name: line-1, namespace: plant-a}",
+                "metadata: {name: line-1, namespace: plant-a, labels: {line: \"1\"}}",
+            )
+            .replace(
+                "  agentRef: {name: line-1}\n",
+                "  agentRef: {name: line-1}\n  networkSliceRef: {name: control-urllc}\n",
+            );
+        format!("{plant}---\n{slice}")
+    });
     let proxy = s.agent_behind_proxy(&rt, "line-1", &endpoint, 29);
     eventually("connected", Duration::from_secs(30), || {
         (s.status("edgeagents", "line-1")["phase"] == "Connected").then_some(())
