@@ -168,3 +168,23 @@ fn a_recovered_link_is_seen_while_commands_are_refused_for_it() {
     // The estimate follows within about a second of samples; each try here costs a process start.
     assert!(passed.0 < Duration::from_secs(5), "{:?}", passed.0);
 }
+
+/// A fail-safe at machine speed (`after: 100ms`): accepted, armed, and engaged on a cut. The
+/// timing figures are the fail_safe benchmark's; this checks the path.
+#[test]
+fn a_fail_safe_of_100_ms_is_accepted_and_engages_on_a_cut() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let s = Scenario::new();
+    // Armed during a session made with the default 1 s keep-alive: the agent makes the
+    // controller answer often enough itself (it engaged within 250 ms of arming before).
+    let proxy = armed_plant(&s, &rt, "100ms");
+    // Up for ten times `after` with the link up: never engaged.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(s.sim_writes("sim", "coil", 0), vec![vec![1]], "no fail-safe while the link is up");
+    proxy.partition(true);
+    let cut = Instant::now();
+    eventually("the safe values written", Duration::from_secs(5), || {
+        (s.sim_writes("sim", "coil", 0).last() == Some(&vec![0])).then_some(())
+    });
+    println!("a 100 ms fail-safe stopped the conveyor {:?} after the cut (debug build, file polling)", cut.elapsed());
+}

@@ -76,6 +76,15 @@ fn transport_config(timing: Timing, accept: (u32, u32), keep_alive: bool) -> Tra
 /// The connection-wide receive window both sides start with.
 pub const RECEIVE_WINDOW: u32 = 2 * 1024 * 1024;
 
+/// Makes the peer answer now: quinn's API has no PING, so the connection's receive window grows
+/// by one byte, a MAX_DATA frame the peer must acknowledge (a round-trip sample for this side,
+/// and a packet heard). `grown` counts the bytes added so far on this connection.
+pub fn elicit_ack(conn: &quinn::Connection, grown: &mut u64) {
+    *grown += 1;
+    let window = u64::from(RECEIVE_WINDOW).saturating_add(*grown);
+    conn.set_receive_window(VarInt::from_u64(window).unwrap_or(VarInt::MAX));
+}
+
 pub fn server_transport_config(timing: Timing) -> TransportConfig {
     let mut t = transport_config(timing, (AGENT_BIDI_STREAMS, AGENT_UNI_STREAMS), false);
     t.enable_segmentation_offload(false);

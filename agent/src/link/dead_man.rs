@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use shopfloor_wire::proto::ResultCode;
+use shopfloor_wire::{proto::ResultCode, transport};
 
 use crate::{
     clock::Offset,
@@ -21,19 +21,31 @@ use crate::{
 
 /// Every datagram from the controller on `conn` is a sign of life: checked every 100 ms, in a
 /// task of its own so that a long apply on the control stream never reads as silence.
+///
+/// A connection keeps the keep-alive it was made with, and a fail-safe armed during it may need
+/// a shorter one: when nothing was heard for half the shortest fail-safe's listening interval,
+/// the controller is made to answer (`transport::elicit_ack`), so a live link is never taken
+/// for a lost one, whatever the connection's keep-alive.
 pub(super) async fn hear(conn: quinn::Connection, fail_safes: Arc<FailSafes>) {
     let mut seen = conn.stats().udp_rx.datagrams;
+    let mut quiet_since = tokio::time::Instant::now();
+    let mut grown = 0;
     loop {
         if fail_safes.idle() {
             fail_safes.until_armed().await;
             seen = conn.stats().udp_rx.datagrams;
+            quiet_since = tokio::time::Instant::now();
         }
         // As often as the shortest fail-safe needs: 5 ms for one of 100 ms, 100 ms for seconds.
         tokio::time::sleep(fail_safes.poll_interval()).await;
         let now = conn.stats().udp_rx.datagrams;
         if now != seen {
             seen = now;
+            quiet_since = tokio::time::Instant::now();
             fail_safes.heard();
+        } else if quiet_since.elapsed() >= fail_safes.keep_alive(Duration::MAX) / 2 {
+            transport::elicit_ack(&conn, &mut grown);
+            quiet_since = tokio::time::Instant::now();
         }
     }
 }

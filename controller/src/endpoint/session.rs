@@ -292,10 +292,8 @@ impl AgentSession for QuicSession {
         self.conn.rtt()
     }
 
-    /// QUIC has no ping in quinn's API: the connection's receive window grows by one byte every
-    /// [`MEASURE_EVERY`], which sends a MAX_DATA frame the agent must acknowledge, and each
-    /// acknowledgement is a round-trip sample (the smoothed estimate follows within about a
-    /// second of samples).
+    /// Every [`MEASURE_EVERY`] the agent is made to answer (`transport::elicit_ack`): each
+    /// answer is a round-trip sample, and the smoothed estimate follows within about a second.
     fn measure_link(&self, span: Duration) {
         let until = tokio::time::Instant::now() + span;
         {
@@ -307,7 +305,7 @@ impl AgentSession for QuicSession {
         }
         let (conn, measuring) = (self.conn.clone(), self.measuring.clone());
         tokio::spawn(async move {
-            let mut window = u64::from(transport::RECEIVE_WINDOW);
+            let mut grown = 0;
             let mut tick = tokio::time::interval(MEASURE_EVERY);
             loop {
                 tokio::select! {
@@ -321,8 +319,7 @@ impl AgentSession for QuicSession {
                         return;
                     }
                 }
-                window += 1;
-                conn.set_receive_window(quinn::VarInt::from_u64(window).unwrap_or(quinn::VarInt::MAX));
+                transport::elicit_ack(&conn, &mut grown);
             }
             *measuring.lock().unwrap_or_else(|p| p.into_inner()) = (None, false);
         });
