@@ -100,6 +100,7 @@ impl Drop for Slot {
         self.gauge.dec();
     }
 }
+
 /// How long a starting controller asks agents to wait before they dial again: its plant is
 /// usually read within a second; an agent adds up to half again as jitter.
 pub const STARTING_REDIAL: Duration = Duration::from_millis(500);
