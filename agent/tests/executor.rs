@@ -547,9 +547,10 @@ async fn an_unreachable_device_fails_its_setpoints_without_stopping_the_others()
     assert_eq!(by["conveyor"], ApplyResult::Applied as i32);
 }
 
-/// The agent's buckets start, as the process does, with its one command of slack and fill at
-/// the rate from there: a restarted (or crash-looping) agent hands out no fresh burst (with
-/// `perMinute: 2, burst: 3`, restarts let 7 writes through in 12 s).
+/// The agent's buckets start, as the process does, with two commands (the controller's head
+/// start and the agent's one of slack) and fill at the rate from there: a restarted (or
+/// crash-looping) agent hands out no fresh burst (with `perMinute: 2, burst: 3`, restarts let 7
+/// writes through in 12 s).
 #[tokio::test]
 async fn the_agent_enforces_rate_limits_itself_with_one_command_of_slack() {
     use shopfloor_wire::proto::RateLimit;
@@ -570,7 +571,8 @@ async fn the_agent_enforces_rate_limits_itself_with_one_command_of_slack() {
     let installed = [conveyor, robot];
     r.exec.equipment().install(&installed, &Default::default());
 
-    // Just started: the one command of slack, then one every 10 s; the second write is refused.
+    // Just started: the controller's head start and the agent's one of slack, not the burst and
+    // the slack; the third write is refused.
     let writes: Vec<Command> = (0..4)
         .map(|i| cmd(&format!("w{i}"), "conveyor", "write", &[("property", text("belt-speed")), ("value", num(1.0))]))
         .collect();
@@ -578,12 +580,12 @@ async fn the_agent_enforces_rate_limits_itself_with_one_command_of_slack() {
     for c in &writes {
         codes.push(code(&r.exec.execute(c, arrive(c)).await));
     }
-    assert_eq!(codes, [ResultCode::Ok, ResultCode::RateLimited, ResultCode::RateLimited, ResultCode::RateLimited]);
-    assert_eq!(r.sim.device.writes_to("holding", 0), 1, "the refused commands never reached the machine");
-    // Restarted: still no fresh burst (the slack only, spent by none of these yet).
+    assert_eq!(codes, [ResultCode::Ok, ResultCode::Ok, ResultCode::RateLimited, ResultCode::RateLimited]);
+    assert_eq!(r.sim.device.writes_to("holding", 0), 2, "the refused commands never reached the machine");
+    // Restarted: still no fresh burst.
     let restarted = r.restart();
     restarted.equipment().install(&installed, &Default::default());
-    let after: Vec<Command> = (0..2)
+    let after: Vec<Command> = (0..3)
         .map(|i| {
             cmd(&format!("after-{i}"), "conveyor", "write", &[("property", text("belt-speed")), ("value", num(1.0))])
         })
@@ -592,7 +594,7 @@ async fn the_agent_enforces_rate_limits_itself_with_one_command_of_slack() {
     for c in &after {
         codes.push(code(&restarted.execute(c, arrive(c)).await));
     }
-    assert_eq!(codes, [ResultCode::Ok, ResultCode::RateLimited], "a restart hands out no burst");
+    assert_eq!(codes, [ResultCode::Ok, ResultCode::Ok, ResultCode::RateLimited], "a restart hands out no burst");
     let refused = r.exec.execute(&writes[3], arrive(&writes[3])).await;
     assert!(refused.replayed, "a refusal is journalled like any result: a redelivery is not a new command");
     assert!(
@@ -607,16 +609,13 @@ async fn the_agent_enforces_rate_limits_itself_with_one_command_of_slack() {
     dry.dry_run = true;
     assert_eq!(code(&r.exec.execute(&dry, arrive(&dry)).await), ResultCode::DryRunOk);
 
-    // An action's own limit: the slack, then refused naming the action's field.
+    // An action's own limit (burst 1): 1 + 1 of slack, then refused naming the action's field.
     let runs: Vec<Command> = (0..3).map(|i| cmd(&format!("run{i}"), "robot", "run", &[])).collect();
     let mut results = Vec::new();
     for c in &runs {
         results.push(r.exec.execute(c, arrive(c)).await);
     }
-    assert_eq!(
-        results.iter().map(code).collect::<Vec<_>>(),
-        [ResultCode::Ok, ResultCode::RateLimited, ResultCode::RateLimited]
-    );
+    assert_eq!(results.iter().map(code).collect::<Vec<_>>(), [ResultCode::Ok, ResultCode::Ok, ResultCode::RateLimited]);
     assert!(
         results[2].message.contains("robot spec.actions[0].rateLimit allows 1 per minute"),
         "{}",
@@ -707,8 +706,8 @@ async fn safe_values_are_checked_by_the_envelope_never_rate_limited_and_one_refu
     cfg.equipment[0].rate_limit = Some(shopfloor_wire::proto::RateLimit { per_minute: 1, burst: 1 });
     r.exec.equipment().install(&cfg.equipment, &Default::default());
     r.exec.fail_safes().arm(&cfg, |eq| r.exec.envelope().fail_safe(eq));
-    // Spend the rate limit (all a just-started agent has: its one command of slack).
-    for i in 0..1 {
+    // Spend the rate limit (all a just-started agent has: a command and its one of slack).
+    for i in 0..2 {
         let c = cmd(&format!("w{i}"), "conveyor", "write", &[("property", text("running")), ("value", boolean(true))]);
         assert_eq!(code(&r.exec.execute(&c, arrive(&c)).await), ResultCode::Ok);
     }

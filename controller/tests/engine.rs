@@ -280,13 +280,23 @@ async fn commands_over_a_rate_limit_are_rejected_naming_the_limit_and_never_sent
     let action = eq.spec.actions.iter().position(|a| a.name == cmd.spec.action).expect("action");
     let rig = rig(Arc::default());
     let session = connect(&rig, "line-1", Script::Succeed);
-    // Just started, the controller has no token to give (a restart hands out no fresh burst).
-    let (mut first, _) = command("start-infeed");
-    first.metadata.name = Some("at-start".into());
-    first.metadata.uid = Some("uid-at-start".into());
-    rig.engine.reconcile(&first, Some(&eq)).await.expect("reconcile");
-    let s = last_status(&rig.store, &ObjectKey::of(&first.metadata));
-    assert_eq!(s.phase, Some(CommandPhase::Rejected), "refused at the start: {s:?}");
+    // Just started, the controller has one command to give, not its burst of 2 (a restart
+    // hands out no fresh burst).
+    let at_start: Vec<_> = copies(&cmd, 2)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            c.metadata.name = Some(format!("at-start-{i}"));
+            c.metadata.uid = Some(format!("uid-at-start-{i}"));
+            c
+        })
+        .collect();
+    for c in &at_start {
+        rig.engine.reconcile(c, Some(&eq)).await.expect("reconcile");
+    }
+    settle(&rig.store, &ObjectKey::of(&at_start[0].metadata), CommandPhase::Succeeded).await;
+    let s = last_status(&rig.store, &ObjectKey::of(&at_start[1].metadata));
+    assert_eq!(s.phase, Some(CommandPhase::Rejected), "the second refused at the start: {s:?}");
     // Long after the start, the burst is there.
     rig.engine.backdate_rate_limits(Duration::from_secs(3600));
     let cmds = copies(&cmd, 3);
@@ -308,7 +318,7 @@ async fn commands_over_a_rate_limit_are_rejected_naming_the_limit_and_never_sent
         result.message
     );
     assert!(result.message.contains("the next command may pass in"), "{}", result.message);
-    assert_eq!(session.seen.lock().expect("lock").len(), 2, "the refused command never left");
+    assert_eq!(session.seen.lock().expect("lock").len(), 3, "the refused commands never left");
     // Reconciled again (a watch event), the admitted commands take no second token, and a
     // read never counts.
     for c in &cmds[..2] {

@@ -6,10 +6,11 @@
 //! refused command takes no token.
 //!
 //! Buckets are not persisted: a bucket starts as if it had been filling since the process
-//! started (time zero of the caller's clock), from a `head_start` of tokens. Right after a
-//! restart it is nearly empty, never full: a controller or an agent restarted (or crash-looping,
-//! or a new leader) must not hand out a fresh burst on top of the one just spent. A bucket first
-//! used long after the start is full, as before.
+//! started (time zero of the caller's clock), from a `head_start` of tokens (the controller's
+//! is one command, so a fresh install runs its first command at once; the agent's one more, its
+//! slack). Right after a restart a bucket holds its head start, never its burst: a controller or
+//! an agent restarted (or crash-looping, or a new leader) must not hand out a fresh burst on top
+//! of the one just spent. A bucket first used long after the start is full, as before.
 
 use std::{collections::HashMap, hash::Hash, time::Duration};
 
@@ -189,20 +190,22 @@ mod tests {
     }
 
     /// Defect: with `perMinute: 2, burst: 3`, restarting the controller and the agent let 7
-    /// writes through in 12 s. A limiter (a process) starts empty-handed, filling at the rate
-    /// from its start, with the head start asked (the agent's one command of slack).
+    /// writes through in 12 s. A limiter (a process) starts with its head start, filling at the
+    /// rate from its start: after a restart, one write in those 12 s, not a fresh burst.
     #[test]
     fn a_restarted_limiter_hands_out_no_fresh_burst() {
         let limit = RateLimit { per_minute: 2, burst: 3 };
-        let mut controller = Limiter::default();
-        assert!(controller.admit(&[("press", limit)], S).is_err(), "nothing at the start");
-        assert!(controller.admit(&[("press", limit)], S * 30).is_ok(), "one token every 30 s");
-        assert!(controller.admit(&[("press", limit)], S * 31).is_err());
-        let mut agent = Limiter::with_head_start(1);
-        assert!(agent.admit(&[("press", limit)], Duration::ZERO).is_ok(), "its slack");
-        assert!(agent.admit(&[("press", limit)], S).is_err());
-        // Twelve seconds after restarting both: at most one write, where a fresh burst let 3+4 through.
-        let passed = (0..=12).filter(|s| controller.admit(&[("oven", limit)], S * *s).is_ok()).count();
-        assert_eq!(passed, 0);
+        let mut empty = Limiter::default();
+        assert!(empty.admit(&[("press", limit)], S).is_err(), "nothing at the start");
+        assert!(empty.admit(&[("press", limit)], S * 30).is_ok(), "one token every 30 s");
+        assert!(empty.admit(&[("press", limit)], S * 31).is_err());
+        let mut controller = Limiter::with_head_start(1);
+        let passed = (0..=12).filter(|s| controller.admit(&[("press", limit)], S * *s).is_ok()).count();
+        assert_eq!(passed, 1, "one write in the 12 s after a restart, where a fresh burst let 3 through");
+        // A head start never exceeds the burst.
+        let mut agent = Limiter::with_head_start(2);
+        let one = RateLimit { per_minute: 1, burst: 1 };
+        assert!(agent.admit(&[("robot", one)], Duration::ZERO).is_ok());
+        assert!(agent.admit(&[("robot", one)], Duration::ZERO).is_err());
     }
 }

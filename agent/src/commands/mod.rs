@@ -162,7 +162,8 @@ impl Executor {
             envelope,
             running: StdMutex::default(),
             wall: WallClock::system(),
-            rates: StdMutex::new(Limiter::with_head_start(1)),
+            // The controller's head start (one command) and the agent's one of slack.
+            rates: StdMutex::new(Limiter::with_head_start(2)),
             origin: Instant::now(),
             fail_safes: Arc::default(),
         }

@@ -80,8 +80,8 @@ struct Inner<S> {
     /// Where command spans go (nowhere unless an OTLP collector is configured).
     tracer: std::sync::RwLock<Tracer>,
     /// The equipment's and actions' rate limits, on this process's monotonic clock. A restarted
-    /// controller (or a new leader) starts with empty buckets filling at the rate: a restart
-    /// hands out no fresh burst. The agent enforces the limits again.
+    /// controller (or a new leader) starts each bucket with one command, filling at the rate
+    /// from there: a restart hands out no fresh burst. The agent enforces the limits again.
     rates: Mutex<Limiter<RateKey>>,
     /// Time zero of the rate limits' clock: the buckets have been filling since then.
     origin: Mutex<std::time::Instant>,
@@ -119,7 +119,7 @@ impl<S: Store> Engine<S> {
                 redrive_rx: Mutex::new(Some(redrive_rx)),
                 transitions: Mutex::default(),
                 tracer: std::sync::RwLock::default(),
-                rates: Mutex::default(),
+                rates: Mutex::new(Limiter::with_head_start(1)),
                 origin: Mutex::new(std::time::Instant::now()),
                 link_budgets: std::sync::RwLock::default(),
             }),
