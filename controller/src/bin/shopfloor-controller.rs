@@ -206,6 +206,13 @@ async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Resul
         redial: shopfloor_controller::planner::Failover::REDIAL,
     });
     let elector = LeaderElector::new(client.clone(), &args.namespace, "shopfloor-controller", &args.replica(), timing);
+    // Listening from the start, declining while standing by: when this replica leads and the
+    // Service routes agents to it, they find it answering at once (bound only then, the first
+    // agents' handshakes went unanswered and they waited a second or more).
+    let quic = Endpoint::bind(core.endpoint_context(), ca, args.listen, &args.server_names, endpoint::timing())
+        .with_context(|| format!("cannot listen on {} for agents (QUIC/UDP)", args.listen))?;
+    quic.stand_by();
+    tokio::spawn(quic.clone().run());
     // Standby until we hold the lease; then reconcile until we lose it, and exit so that the
     // replacement pod starts clean as a standby.
     tokio::select! {
@@ -237,11 +244,9 @@ async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Resul
     if std::env::var_os("POD_NAME").is_none() {
         tracing::info!("not in a pod (no POD_NAME): no pod to label for the agents' Service");
     }
-    set_label(serde_json::json!("true")).await;
     // Only the leader accepts agents: a standby holds no sessions to lose at takeover.
-    let quic = Endpoint::bind(core.endpoint_context(), ca, args.listen, &args.server_names, endpoint::timing())
-        .with_context(|| format!("cannot listen on {} for agents (QUIC/UDP)", args.listen))?;
-    tokio::spawn(quic.clone().run());
+    quic.lead();
+    set_label(serde_json::json!("true")).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let controllers = tokio::spawn(controllers::run(client, core, scope, stop_rx));
     let released = tokio::select! {
@@ -262,8 +267,9 @@ async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Resul
     tracing::info!(agents = handed, "agents asked to dial the next leader");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), controllers).await;
-    // Unlabelled first, so the Service stops sending agents here before a standby takes over.
-    set_label(serde_json::Value::Null).await;
+    // Released before unlabelling: the next leader labels its pod as it takes over, so the
+    // Service always has a pod to send agents to; agents it still sends here are asked to dial
+    // again.
     if released {
         match elector.release().await {
             Ok(true) => tracing::info!("leader lease released: a standby takes over at once"),
@@ -271,6 +277,7 @@ async fn run_cluster(args: &Args, health: Arc<metrics::Health>) -> anyhow::Resul
             Err(e) => tracing::warn!("cannot release the leader lease ({e}); a standby takes over when it expires"),
         }
     }
+    set_label(serde_json::Value::Null).await;
     // The Goodbyes and closes are sent by the endpoint's tasks: let them go out before exiting.
     quic.drain(Duration::from_secs(1)).await;
     Ok(())

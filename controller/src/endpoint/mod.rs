@@ -64,6 +64,9 @@ pub struct Endpoint<S: Store> {
     failure_log: crate::log_limit::LogLimit,
     /// Set when this replica steps down: every agent is sent to the next leader.
     handing_over: std::sync::atomic::AtomicBool,
+    /// Cleared while this replica stands by (Kubernetes mode): agents routed here meanwhile are
+    /// asked to dial again.
+    leading: std::sync::atomic::AtomicBool,
 }
 
 impl<S: Store> std::fmt::Debug for Endpoint<S> {
@@ -136,6 +139,7 @@ impl<S: Store> Endpoint<S> {
             next_id: AtomicU64::new(1),
             failure_log: crate::log_limit::LogLimit::new(10, Duration::from_secs(10)),
             handing_over: Default::default(),
+            leading: std::sync::atomic::AtomicBool::new(true),
         }))
     }
 
@@ -159,6 +163,17 @@ impl<S: Store> Endpoint<S> {
         self.ctx.registry.hand_over("this controller replica is stepping down: dial again", HANDOVER_REDIAL)
     }
 
+    /// Stands by: listening, so that the moment this replica leads (and the Service routes to
+    /// it) agents find it answering, but asking each to dial again until [`Self::lead`].
+    pub fn stand_by(&self) {
+        self.leading.store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Leads: agents are let in once the plant is read.
+    pub fn lead(&self) {
+        self.leading.store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// Waits, at most `patience`, until every connection has closed and its close was sent.
     pub async fn drain(&self, patience: Duration) {
         let _ = tokio::time::timeout(patience, self.endpoint.wait_idle()).await;
@@ -171,6 +186,13 @@ impl<S: Store> Endpoint<S> {
         if self.handing_over.load(std::sync::atomic::Ordering::Acquire) {
             let after = HANDOVER_REDIAL;
             return Some((format!("controller replica stepping down, retry in {:.1} s", after.as_secs_f64()), after));
+        }
+        if !self.leading.load(std::sync::atomic::Ordering::Acquire) {
+            let after = HANDOVER_REDIAL;
+            return Some((
+                format!("controller replica standing by (another leads), retry in {:.1} s", after.as_secs_f64()),
+                after,
+            ));
         }
         (!self.ctx.book.is_complete()).then(|| {
             let after = STARTING_REDIAL;
