@@ -810,3 +810,66 @@ async fn a_silent_opcua_server_does_not_hold_back_another_equipments_setpoint() 
     let applied = applying.await.expect("apply");
     assert_eq!(applied.equipment.iter().map(|e| e.equipment.as_str()).collect::<Vec<_>>(), ["packer", "conveyor"]);
 }
+
+/// The same defect in telemetry: polling walked the equipment one after another, so a silent
+/// OPC UA server held every other equipment's readings back (a Modbus equipment read 1–2 times
+/// in 20 s instead of 20). Each equipment is now polled in a task of its own.
+#[tokio::test]
+async fn a_silent_opcua_server_does_not_hold_back_another_equipments_readings() {
+    use shopfloor_agent::link::{connection::Agent, credentials::Identity};
+    use shopfloor_wire::proto::{OpcUa, OpcUaDataType, OpcUaNode, OpcUaSecurityMode, OpcUaSecurityPolicy};
+    let r = rig("").await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listen");
+    let silent_addr = silent.local_addr().expect("addr");
+    let _server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let packer = EquipmentConfig {
+        name: "packer".into(),
+        protocol: Some(Protocol::Opcua(OpcUa {
+            endpoint_url: format!("opc.tcp://{silent_addr}/"),
+            security_policy: OpcUaSecurityPolicy::None as i32,
+            security_mode: OpcUaSecurityMode::None as i32,
+            timeout_ms: 5000,
+            publishing_interval_ms: 100,
+        })),
+        reporting_interval_ms: 100,
+        properties: vec![PropertyConfig {
+            name: "speed".into(),
+            r#type: ValueType::Float as i32,
+            opcua: Some(OpcUaNode {
+                node_id: "ns=2;s=Speed".into(),
+                data_type: OpcUaDataType::Double as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut conveyor = conveyor(r.sim.addr);
+    conveyor.reporting_interval_ms = 100;
+    let journal = Journal::open(&r.state, Duration::from_secs(86400), 1000).expect("journal");
+    let exec = Arc::new(Executor::new(journal, Envelope::none()).with_opcua(
+        shopfloor_agent::equipment::drivers::opcua::Site {
+            pki_dir: r._dir.path().join("pki"),
+            users: Default::default(),
+        },
+    ));
+    exec.equipment().install(&[packer, conveyor], &Default::default());
+    let identity = Identity {
+        namespace: "plant-a".into(),
+        name: "line-1".into(),
+        controller: "127.0.0.1:9".into(),
+        server_name: "127.0.0.1".into(),
+    };
+    let agent = Agent::new(r.state.clone(), identity, exec, 10_000);
+    let polling = tokio::spawn(agent.clone().poll_telemetry());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let readings = agent.telemetry.lock().expect("buffer").len();
+    polling.abort();
+    // Two properties every 100 ms for 1.5 s: about 30; one poll (2) before the fix.
+    assert!(readings >= 10, "the Modbus conveyor's readings while the OPC UA server is silent: {readings}");
+}
