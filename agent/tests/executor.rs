@@ -748,51 +748,13 @@ async fn the_plants_envelope_requires_a_fail_safe_the_configuration_lacks() {
 /// server's apply is still waiting.
 #[tokio::test]
 async fn a_silent_opcua_server_does_not_hold_back_another_equipments_setpoint() {
-    use shopfloor_wire::proto::{OpcUa, OpcUaDataType, OpcUaNode, OpcUaSecurityMode, OpcUaSecurityPolicy};
     let r = rig("").await;
-    // Accepts, reads, never answers.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listen");
-    let silent_addr = silent.local_addr().expect("addr");
-    let _server = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = silent.accept().await {
-            held.push(s);
-        }
-    });
-    let packer = EquipmentConfig {
-        name: "packer".into(),
-        protocol: Some(Protocol::Opcua(OpcUa {
-            endpoint_url: format!("opc.tcp://{silent_addr}/"),
-            security_policy: OpcUaSecurityPolicy::None as i32,
-            security_mode: OpcUaSecurityMode::None as i32,
-            timeout_ms: 5000,
-            publishing_interval_ms: 100,
-        })),
-        properties: vec![PropertyConfig {
-            name: "speed".into(),
-            r#type: ValueType::Float as i32,
-            writable: true,
-            desired: Some(value::float_value(2.0)),
-            opcua: Some(OpcUaNode {
-                node_id: "ns=2;s=Speed".into(),
-                data_type: OpcUaDataType::Double as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+    let (packer, _server) = silent_opcua_packer(true).await;
     let mut conveyor = conveyor(r.sim.addr);
     conveyor.properties[0].desired = Some(value::float_value(1.2));
     // The silent server first, as it was in the configuration that showed the defect.
     let cfg = ApplyConfig { revision: "r1".into(), equipment: vec![packer, conveyor], ..Default::default() };
-    let journal = Journal::open(&r.state, Duration::from_secs(86400), 1000).expect("journal");
-    let exec = Arc::new(Executor::new(journal, Envelope::none()).with_opcua(
-        shopfloor_agent::equipment::drivers::opcua::Site {
-            pki_dir: r._dir.path().join("pki"),
-            users: Default::default(),
-        },
-    ));
+    let exec = with_opcua(&r);
     let started = std::time::Instant::now();
     let applying =
         tokio::spawn(async move { apply::apply(exec.equipment(), exec.envelope(), exec.fail_safes(), &cfg).await });
@@ -817,47 +779,11 @@ async fn a_silent_opcua_server_does_not_hold_back_another_equipments_setpoint() 
 #[tokio::test]
 async fn a_silent_opcua_server_does_not_hold_back_another_equipments_readings() {
     use shopfloor_agent::link::{connection::Agent, credentials::Identity};
-    use shopfloor_wire::proto::{OpcUa, OpcUaDataType, OpcUaNode, OpcUaSecurityMode, OpcUaSecurityPolicy};
     let r = rig("").await;
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listen");
-    let silent_addr = silent.local_addr().expect("addr");
-    let _server = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = silent.accept().await {
-            held.push(s);
-        }
-    });
-    let packer = EquipmentConfig {
-        name: "packer".into(),
-        protocol: Some(Protocol::Opcua(OpcUa {
-            endpoint_url: format!("opc.tcp://{silent_addr}/"),
-            security_policy: OpcUaSecurityPolicy::None as i32,
-            security_mode: OpcUaSecurityMode::None as i32,
-            timeout_ms: 5000,
-            publishing_interval_ms: 100,
-        })),
-        reporting_interval_ms: 100,
-        properties: vec![PropertyConfig {
-            name: "speed".into(),
-            r#type: ValueType::Float as i32,
-            opcua: Some(OpcUaNode {
-                node_id: "ns=2;s=Speed".into(),
-                data_type: OpcUaDataType::Double as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+    let (packer, _server) = silent_opcua_packer(false).await;
     let mut conveyor = conveyor(r.sim.addr);
     conveyor.reporting_interval_ms = 100;
-    let journal = Journal::open(&r.state, Duration::from_secs(86400), 1000).expect("journal");
-    let exec = Arc::new(Executor::new(journal, Envelope::none()).with_opcua(
-        shopfloor_agent::equipment::drivers::opcua::Site {
-            pki_dir: r._dir.path().join("pki"),
-            users: Default::default(),
-        },
-    ));
+    let exec = with_opcua(&r);
     exec.equipment().install(&[packer, conveyor], &Default::default());
     let identity = Identity {
         namespace: "plant-a".into(),
@@ -870,6 +796,56 @@ async fn a_silent_opcua_server_does_not_hold_back_another_equipments_readings() 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let readings = agent.telemetry.lock().expect("buffer").len();
     polling.abort();
-    // Two properties every 100 ms for 1.5 s: about 30; one poll (2) before the fix.
+    // Two properties every 100 ms for 1.5 s: about 30; none before the fix.
     assert!(readings >= 10, "the Modbus conveyor's readings while the OPC UA server is silent: {readings}");
+}
+
+/// An OPC UA server that accepts connections, reads, and never answers, and a packer on it
+/// (its speed with a desired setpoint when `desired`, read every 100 ms); the server runs as
+/// long as the test's runtime.
+async fn silent_opcua_packer(desired: bool) -> (EquipmentConfig, tokio::task::JoinHandle<()>) {
+    use shopfloor_wire::proto::{OpcUa, OpcUaDataType, OpcUaNode, OpcUaSecurityMode, OpcUaSecurityPolicy};
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listen");
+    let addr = silent.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let packer = EquipmentConfig {
+        name: "packer".into(),
+        protocol: Some(Protocol::Opcua(OpcUa {
+            endpoint_url: format!("opc.tcp://{addr}/"),
+            security_policy: OpcUaSecurityPolicy::None as i32,
+            security_mode: OpcUaSecurityMode::None as i32,
+            timeout_ms: 5000,
+            publishing_interval_ms: 100,
+        })),
+        reporting_interval_ms: 100,
+        properties: vec![PropertyConfig {
+            name: "speed".into(),
+            r#type: ValueType::Float as i32,
+            writable: desired,
+            desired: desired.then(|| value::float_value(2.0)),
+            opcua: Some(OpcUaNode {
+                node_id: "ns=2;s=Speed".into(),
+                data_type: OpcUaDataType::Double as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    (packer, server)
+}
+
+/// An executor on the rig's state directory that can drive OPC UA equipment (its PKI folder
+/// under the rig's), without an envelope.
+fn with_opcua(r: &Rig) -> Arc<Executor> {
+    let journal = Journal::open(&r.state, Duration::from_secs(86400), 1000).expect("journal");
+    Arc::new(Executor::new(journal, Envelope::none()).with_opcua(shopfloor_agent::equipment::drivers::opcua::Site {
+        pki_dir: r._dir.path().join("pki"),
+        users: Default::default(),
+    }))
 }
